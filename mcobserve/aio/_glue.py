@@ -1,0 +1,120 @@
+"""Every use of aiocoap 0.4.17 internals, in one place (DESIGN.md, "adapter").
+
+aiocoap has no public API to send an unsolicited response (a multicast notification) from a
+server's own socket, nor to send the empty ACK of a separate response at once. The functions here
+do both through objects that are internal to aiocoap 0.4.17, which ``pyproject.toml`` pins. Each
+function has a test in ``tests/test_glue.py``; when aiocoap changes, only this module moves.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import aiocoap
+from aiocoap import Context, Message
+from aiocoap.messagemanager import MessageManager
+from aiocoap.tokenmanager import TokenManager
+from aiocoap.transports.udp6 import MessageInterfaceUDP6, UDP6EndpointAddress
+
+from ..engine.common import Endpoint, normalize_ip
+
+assert aiocoap.meta.version == "0.4.17", "mcobserve.aio._glue is written against aiocoap 0.4.17"
+
+IPV6_MULTICAST_ALL = 29
+IP_MULTICAST_ALL = 49
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; not exported by Python's socket module
+
+
+def udp_message_manager(ctx: Context) -> MessageManager:
+    """The MessageManager of the context's udp6 transport (the order of request_interfaces varies)."""
+    for ri in ctx.request_interfaces:
+        if isinstance(ri, TokenManager):
+            mman = ri.token_interface
+            if isinstance(getattr(mman, "message_interface", None), MessageInterfaceUDP6):
+                return mman
+    raise RuntimeError("context has no udp6 transport")
+
+
+def server_socket(ctx: Context) -> socket.socket:
+    """The dual-stack UDP socket aiocoap serves on."""
+    mif = udp_message_manager(ctx).message_interface
+    return mif.transport.get_extra_info("socket")
+
+
+def _v6(host: Endpoint) -> str:
+    return str(host.host) if host.is_v6 else f"::ffff:{host.host}"
+
+
+def group_remote(ctx: Context, group: Endpoint, source: Endpoint, ifindex: int = 0) -> UDP6EndpointAddress:
+    """A remote for GRP_ADDR:GRP_PORT whose pktinfo pins SRV_ADDR as source (draft §4.3)."""
+    mif = udp_message_manager(ctx).message_interface
+    pktinfo = struct.pack("16sI", socket.inet_pton(socket.AF_INET6, _v6(source)), ifindex)
+    return UDP6EndpointAddress((_v6(group), group.port, 0, 0), mif, pktinfo=pktinfo)
+
+
+def send_unsolicited(ctx: Context, message: Message, remote: UDP6EndpointAddress) -> None:
+    """Send a ready NON response from the server's own socket (draft §4.3, §4.5)."""
+    message.remote = remote
+    udp_message_manager(ctx).send_message(message, None)
+
+
+def acknowledge_now(request: Message) -> bool:
+    """Send the empty ACK of a CON request at once, so the response goes out separately (RFC 7252 §5.2.2).
+
+    Returns False when there is nothing to acknowledge (NON request, or the ACK already went out
+    after EMPTY_ACK_DELAY); the response is then separate anyway.
+    """
+    remote = request.remote
+    mman = getattr(getattr(remote, "interface", None), "_ctx", None)
+    if not isinstance(mman, MessageManager):
+        return False
+    entry = mman._piggyback_opportunities.pop((remote, request.token), None)
+    if entry is None:
+        return False
+    mid, handle = entry
+    handle.cancel()
+    mman._send_empty_ack(remote, mid, "separate informative response (draft §4.2)")
+    return True
+
+
+def local_endpoint(request: Message) -> Endpoint | None:
+    """The address and port a unicast request arrived at, from its pktinfo."""
+    remote = request.remote
+    pktinfo = getattr(remote, "pktinfo", None)
+    if pktinfo is None:
+        return None
+    addr = socket.inet_ntop(socket.AF_INET6, pktinfo[:16])
+    sock = remote.interface.transport.get_extra_info("socket")
+    return Endpoint.of(normalize_ip(addr), sock.getsockname()[1])
+
+
+def configure_multicast_sender(ctx: Context, ifindex: int, *, hops: int = 1, loop: bool = True) -> None:
+    """Outgoing interface, hop limit and loopback for multicast from the server socket (draft §4.4)."""
+    sock = server_socket(ctx)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, int(loop))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, hops)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(loop))
+    if ifindex:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+        mreqn = struct.pack("4s4si", b"\0" * 4, b"\0" * 4, ifindex)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+
+
+def set_receive_buffer(ctx: Context, size: int) -> int:
+    """Grow the server socket's receive buffer (ACK bursts when many observers move over at once)."""
+    sock = server_socket(ctx)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def incoming(message: Message, remote: UDP6EndpointAddress | None = None) -> Message:
+    """Mark a locally built request (the phantom request) as incoming, as Resource.render expects."""
+    message.direction = aiocoap.message.Direction.INCOMING
+    if remote is not None:
+        message.remote = remote
+    return message

@@ -1,0 +1,376 @@
+"""``mcobserve``: command line for servers, observers and the tools around them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import signal
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from typing import Any
+
+from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MIN_INTERVAL, CodePoints
+from ..errors import McObserveError, MalformedError
+
+#: Options a TOML file may set, per command; keys are the long option names (``-`` or ``_``).
+_CONFIG_KEYS = {
+    "server": {
+        "bind", "group", "interface", "resource", "group_after", "min_interval", "json", "duration",
+        "token_length", "hops", "run_for", "content_format",
+    },
+    "observe": {"uri", "count", "timeout", "json", "interface", "content_format"},
+}
+
+
+class UsageError(McObserveError):
+    """Bad command line or configuration."""
+
+
+def _load_config(path: str | None, command: str) -> dict[str, Any]:
+    """The ``[command]`` table of a TOML file (or its top level), keys normalised to underscores."""
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"cannot read configuration {path}: {e}") from None
+    table = data.get(command, data)
+    if not isinstance(table, dict):
+        raise UsageError(f"[{command}] in {path} is not a table")
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            continue
+        name = key.replace("-", "_")
+        if name not in _CONFIG_KEYS[command]:
+            raise UsageError(f"unknown setting {key!r} in [{command}] of {path}")
+        out[name] = value
+    if "code_points" in data and isinstance(data["code_points"], dict):
+        out.setdefault("content_format", data["code_points"].get("content_format"))
+    return out
+
+
+def _merge(args: argparse.Namespace, config: dict[str, Any], defaults: dict[str, Any]) -> None:
+    for name, default in defaults.items():
+        if getattr(args, name, None) in (None, []):
+            setattr(args, name, config.get(name, default))
+
+
+# -- server ------------------------------------------------------------------------------------
+
+
+def _server_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "server",
+        help="serve observable text resources, with group observation (draft §4)",
+        description="Serve text/plain observable resources; PUT replaces a value (2.04) and notifies. "
+        "From the --group-after'th observer on, a resource is delivered as multicast notifications.",
+    )
+    p.add_argument("--bind", help="SRV_ADDR[:SRV_PORT], e.g. [fd00:db8:1::1]:5683 or 10.78.0.1")
+    p.add_argument("--group", help="GRP_ADDR[:GRP_PORT], e.g. [ff35:30:2001:db8::23]:61616 or 239.255.0.1")
+    p.add_argument("--interface", help="interface for multicast notifications (IFNAME)")
+    p.add_argument("--resource", action="append", default=[], metavar="PATH[=TEXT]",
+                   help="an observable text resource (repeatable)")
+    p.add_argument("--group-after", type=int, help="start group observation at the N-th observer (default 1)")
+    p.add_argument("--min-interval", type=float,
+                   help=f"seconds between multicast notifications; changes coalesce (default {DEFAULT_MIN_INTERVAL})")
+    p.add_argument("--duration", type=float, help="cancel each group observation after SECONDS ('ending')")
+    p.add_argument("--token-length", type=int, help="length of the Token T in bytes (default 2)")
+    p.add_argument("--hops", type=int, help="multicast hop limit / TTL (default 1)")
+    p.add_argument("--content-format", type=int,
+                   help=f"Content-Format number of informative responses (default {DEFAULT_CODE_POINTS.content_format})")
+    p.add_argument("--run-for", type=float, help="shut down (cancelling group observations) after SECONDS")
+    p.add_argument("--json", action="store_true", default=None, help="one JSON object per event on stdout")
+    p.add_argument("--config", help="TOML file with the same settings ([server] table)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.set_defaults(func=_cmd_server)
+
+
+def _parse_resource(spec: str) -> tuple[tuple[str, ...], str]:
+    path, _, text = spec.partition("=")
+    parts = tuple(s for s in path.strip("/").split("/") if s)
+    if not parts:
+        raise UsageError(f"resource {spec!r} has an empty path")
+    return parts, text
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from ..engine.common import Endpoint
+    from ..engine.server import GroupPolicy
+
+    _merge(args, _load_config(args.config, "server"), {
+        "bind": None, "group": None, "interface": None, "resource": [], "group_after": 1,
+        "min_interval": DEFAULT_MIN_INTERVAL, "duration": None, "token_length": 2, "hops": 1,
+        "run_for": None, "json": False, "content_format": DEFAULT_CODE_POINTS.content_format,
+    })
+    if not args.bind or not args.group:
+        raise UsageError("--bind and --group are required (or set them in --config)")
+    if not args.resource:
+        raise UsageError("give at least one --resource PATH[=TEXT]")
+    try:
+        bind = Endpoint.parse(args.bind)
+        group = Endpoint.parse(args.group)
+        policy = GroupPolicy(group_after=args.group_after, min_interval=args.min_interval, duration=args.duration)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    resources = [_parse_resource(r) for r in args.resource]
+    code_points = CodePoints(content_format=args.content_format)
+    return asyncio.run(_serve(args, bind, group, policy, resources, code_points))
+
+
+async def _serve(
+    args: argparse.Namespace, bind: Any, group: Any, policy: Any,
+    resources: list[tuple[tuple[str, ...], str]], code_points: CodePoints,
+) -> int:
+    from ..aio.resources import TextResource
+    from ..aio.server import GroupServer
+
+    out = _EventPrinter(args.json)
+    server = await GroupServer.create(
+        bind, group, interface=args.interface, code_points=code_points, token_length=args.token_length,
+        hops=args.hops, on_event=out,
+    )
+    for path, text in resources:
+        server.add_resource(path, TextResource(text), policy)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.run_for)
+    finally:
+        await server.shutdown()
+        out({"event": "stopped", "time": round(time.time(), 3), "datagrams_sent": server.datagrams_sent})
+    return 0
+
+
+class _EventPrinter:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.as_json:
+            print(json.dumps(event), flush=True)
+        else:
+            fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "time"))
+            print(f"{event['event']:<26} {fields}", flush=True)
+
+
+# -- observe -----------------------------------------------------------------------------------
+
+
+def _observe_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "observe",
+        help="observe a CoAP resource; follows the server into a group observation (draft §5)",
+        description="Prints one line per notification. Exits 0 after --count notifications; non-zero "
+        "with a one-line reason on errors, on a timeout before --count, or when the server ends it early.",
+    )
+    p.add_argument("uri", nargs="?", help="coap://HOST[:PORT]/PATH")
+    p.add_argument("--count", type=int, help="exit 0 after N notifications")
+    p.add_argument("--timeout", type=float,
+                   help="give up after SECONDS (non-zero exit if --count was not reached; without --count: "
+                   "observe for SECONDS and exit 0)")
+    p.add_argument("--interface", help="interface to listen for multicast notifications on")
+    p.add_argument("--content-format", type=int, help="Content-Format number of informative responses")
+    p.add_argument("--json", action="store_true", default=None, help="one JSON object per notification")
+    p.add_argument("--config", help="TOML file with the same settings ([observe] table)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.set_defaults(func=_cmd_observe)
+
+
+def _cmd_observe(args: argparse.Namespace) -> int:
+    _merge(args, _load_config(args.config, "observe"), {
+        "uri": None, "count": None, "timeout": None, "json": False, "interface": None,
+        "content_format": DEFAULT_CODE_POINTS.content_format,
+    })
+    if not args.uri:
+        raise UsageError("give the URI to observe")
+    if args.count is not None and args.count < 1:
+        raise UsageError("--count must be at least 1")
+    return asyncio.run(_observe(args))
+
+
+def _notification_json(n: Any, index: int) -> dict[str, Any]:
+    payload = n.payload
+    try:
+        text: str | None = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    out: dict[str, Any] = {
+        "index": index,
+        "observe": n.observe,
+        "code": n.code,
+        "payload": text if text is not None else payload.hex(),
+        "via": n.via.value,
+        "token": n.message.token.hex(),
+        "time": round(n.received_at, 3),
+    }
+    if text is None:
+        out["payload_encoding"] = "hex"
+    return out
+
+
+async def _observe(args: argparse.Namespace) -> int:
+    from ..aio.client import Observer
+
+    observer = Observer(args.uri, interface=args.interface,
+                        code_points=CodePoints(content_format=args.content_format))
+    received = 0
+    loop = asyncio.get_running_loop()
+    deadline = None if args.timeout is None else loop.time() + args.timeout
+    it = observer.__aiter__()
+    try:
+        while args.count is None or received < args.count:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                n = await asyncio.wait_for(it.__anext__(), remaining)
+            except StopAsyncIteration:
+                why = "server cancelled the group observation" if observer.ended_by_server is not None \
+                    else "observation ended"
+                if args.count is None:
+                    _reason(f"{why} after {received} notifications")
+                    return 0 if observer.ended_by_server is not None else 1
+                _reason(f"{why} after {received} of {args.count} notifications")
+                return 3
+            except TimeoutError:
+                if args.count is None:
+                    return 0
+                _reason(f"timeout after {args.timeout} s: {received} of {args.count} notifications")
+                return 2
+            received += 1
+            if args.json:
+                print(json.dumps(_notification_json(n, received)), flush=True)
+            else:
+                text = n.payload.decode("utf-8", "replace")
+                print(f"{n.code} observe={n.observe} via={n.via.value}: {text}", flush=True)
+        return 0
+    except McObserveError as e:
+        _reason(str(e))
+        return 1
+    except OSError as e:
+        _reason(f"network error: {e}")
+        return 1
+    except Exception as e:  # aiocoap errors (timeouts, resolution) have many types
+        _reason(f"{type(e).__name__}: {e}")
+        return 1
+    finally:
+        await it.aclose()
+
+
+def _reason(text: str) -> None:
+    print(f"mcobserve: {text}", file=sys.stderr, flush=True)
+
+
+# -- inspect -----------------------------------------------------------------------------------
+
+
+def _inspect_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="decode an informative-response payload into CBOR diagnostic notation (draft §4.2)",
+    )
+    p.add_argument("hex", help="the payload in hex (spaces and a 0x prefix allowed); '-' reads stdin")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ..wire.diag import informative_response_diag
+
+    text = sys.stdin.read() if args.hex == "-" else args.hex
+    cleaned = "".join(text.split()).removeprefix("0x").removeprefix("h'").removesuffix("'")
+    try:
+        data = bytes.fromhex(cleaned)
+    except ValueError:
+        raise UsageError("the argument is not hexadecimal") from None
+    try:
+        print(informative_response_diag(data))
+    except MalformedError as e:
+        raise UsageError(f"not an informative-response payload: {e}") from None
+    return 0
+
+
+# -- publish -----------------------------------------------------------------------------------
+
+
+def _publish_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("publish", help="PUT a changing text value to a resource, like a sensor would")
+    p.add_argument("uri")
+    p.add_argument("--every", type=float, default=1.0, help="seconds between updates (default 1)")
+    p.add_argument("--count", type=int, default=10, help="number of updates (default 10)")
+    p.add_argument("--values", help="comma-separated values to cycle through (default: a temperature walk)")
+    p.set_defaults(func=_cmd_publish)
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    return asyncio.run(_publish(args))
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    import aiocoap
+
+    ctx = await aiocoap.Context.create_client_context()
+    values = args.values.split(",") if args.values else None
+    try:
+        for i in range(args.count):
+            value = values[i % len(values)] if values else f"{21.0 + 2.5 * math.sin(i / 3):.1f} C"
+            response = await ctx.request(
+                aiocoap.Message(code=aiocoap.PUT, uri=args.uri, payload=value.encode(), content_format=0)
+            ).response
+            if not response.code.is_successful():
+                _reason(f"PUT answered {response.code.dotted}")
+                return 1
+            if i + 1 < args.count:
+                await asyncio.sleep(args.every)
+    except Exception as e:  # aiocoap's network errors have many types
+        _reason(f"PUT to {args.uri} failed: {type(e).__name__}: {e}")
+        return 1
+    finally:
+        await ctx.shutdown()
+    return 0
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcobserve",
+        description="Observe notifications as CoAP multicast responses (draft-ietf-core-observe-multicast-notifications)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _server_parser(sub)
+    _observe_parser(sub)
+    _inspect_parser(sub)
+    _publish_parser(sub)
+    from .demo import add_parser as add_demo
+
+    add_demo(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(getattr(args, "verbose", 0) or 0, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        _reason(str(e))
+        return 64
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

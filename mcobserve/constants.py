@@ -1,0 +1,42 @@
+"""Code points and protocol constants (draft §11, §12; RFC 7252; RFC 7641).
+
+Values the IANA has not assigned yet are configurable: every component takes a :class:`CodePoints`
+and defaults to :data:`DEFAULT_CODE_POINTS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Default Content-Format of ``application/informative-response+cbor`` (draft §12.2, "TBD").
+#: Taken from the experimental range 65000-65535 of RFC 7252 §12.3 until IANA assigns one.
+CONTENT_FORMAT_INFORMATIVE_RESPONSE = 65000
+#: Feedback-Divider option number (draft §8.1, "TBD18"); 18 is the draft's preferred value.
+OPTION_FEEDBACK_DIVIDER = 18
+#: Listen-To-Multicast-Responses option (draft-ietf-core-multicast-notifications-proxy, TBD47).
+OPTION_LISTEN_TO_MULTICAST_RESPONSES = 47
+#: Request-Hash option (draft-ietf-core-cacheable-oscore, TBD548).
+OPTION_REQUEST_HASH = 548
+
+#: Default CoAP over UDP port (RFC 7252 §6.1); omitted from CRIs.
+COAP_PORT = 5683
+#: Max-Age assumed when a notification carries none (RFC 7252 §5.10.5).
+DEFAULT_MAX_AGE = 60
+#: Minimum interval between multicast notifications (draft §4.4: at most one every 3 s).
+DEFAULT_MIN_INTERVAL = 3.0
+#: No-Response value that suppresses 2.xx, 4.xx and 5.xx (RFC 7967); 16 suppresses 5.xx only.
+NO_RESPONSE_5XX = 16
+NO_RESPONSE_ALL = 26
+
+
+@dataclass(frozen=True)
+class CodePoints:
+    """Numbers not yet assigned by IANA, in one place (draft §12)."""
+
+    content_format: int = CONTENT_FORMAT_INFORMATIVE_RESPONSE
+    feedback_divider: int = OPTION_FEEDBACK_DIVIDER
+    listen_to_multicast_responses: int = OPTION_LISTEN_TO_MULTICAST_RESPONSES
+    request_hash: int = OPTION_REQUEST_HASH
+
+
+DEFAULT_CODE_POINTS = CodePoints()

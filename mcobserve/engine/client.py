@@ -1,0 +1,232 @@
+"""Client side of group observations as a pure state machine (draft §5).
+
+:class:`GroupObservationClient` takes an informative response (steps 1-7 of draft §5.2) and then
+judges every datagram heard on the group: right Token, right source, fresh Observe (RFC 7641 §3.4).
+Time comes in as ``now``; name resolution comes in as a mapping; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiocoap import NON, SERVICE_UNAVAILABLE, Message
+
+from ..constants import DEFAULT_CODE_POINTS, CodePoints
+from ..errors import MalformedError, UnsupportedTransportError, WithdrawnError
+from ..wire import CRI, InformativeResponse, parse_message, serialize_message
+from .common import Endpoint, IPAddress, observe_is_fresh
+
+log = logging.getLogger(__name__)
+
+
+class Via(enum.Enum):
+    """How a notification reached the client."""
+
+    UNICAST = "unicast"  # traditional observation (RFC 7641)
+    MULTICAST = "multicast"  # multicast notification of a group observation (draft §5.3)
+    LAST_NOTIF = "last_notif"  # rebuilt from an informative response (draft §5.2, steps 5-6)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One notification as delivered to the application."""
+
+    message: Message
+    via: Via
+    received_at: float
+
+    @property
+    def observe(self) -> int | None:
+        return self.message.opt.observe
+
+    @property
+    def code(self) -> str:
+        return self.message.code.dotted
+
+    @property
+    def payload(self) -> bytes:
+        return self.message.payload
+
+
+@dataclass(frozen=True)
+class Accepted:
+    notification: Notification
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A datagram that is not a valid notification of this group observation; the reason is logged."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The server cancelled the group observation (draft §4.5, §5.4)."""
+
+    message: Message
+
+
+Verdict = Accepted | Dropped | Ended
+
+#: Options that take part in deciding whether the phantom request can serve the client's own request
+#: (draft §5.2, step 3): those that select the representation. Observe, No-Response, Block and
+#: transport-bound ones (Uri-Host, Uri-Port) do not.
+_REPRESENTATION_OPTIONS = ("uri_path", "uri_query", "accept", "content_format", "proxy_uri", "proxy_scheme")
+
+
+def informative_response_payload(response: Message, code_points: CodePoints = DEFAULT_CODE_POINTS) -> bytes | None:
+    """The payload if ``response`` is an informative response (5.03 + the Content-Format, draft §4.2)."""
+    if response.code == SERVICE_UNAVAILABLE and response.opt.content_format == code_points.content_format:
+        return response.payload
+    return None
+
+
+def _resolve(cri: CRI, resolved: Mapping[str, IPAddress], what: str) -> IPAddress:
+    host = cri.host
+    if isinstance(host, str):
+        try:
+            return resolved[host]
+        except KeyError:
+            raise MalformedError(f"{what} names host {host!r} that could not be resolved") from None
+    return host
+
+
+def hostnames(informative: InformativeResponse) -> list[str]:
+    """Host names in 'tp_info' that the caller has to resolve before :meth:`GroupObservationClient.join`."""
+    tp = informative.tp_info
+    if tp is None:
+        return []
+    return [c.host for c in (tp.tpi_server, tp.tpi_client) if c is not None and isinstance(c.host, str)]
+
+
+class GroupObservationClient:
+    """Follows one group observation for one registration request (draft §5)."""
+
+    def __init__(self, request: Message, *, code_points: CodePoints = DEFAULT_CODE_POINTS) -> None:
+        self.request = request
+        self.code_points = code_points
+        self.server: Endpoint | None = None
+        self.group: Endpoint | None = None
+        self.token: bytes | None = None
+        self.phantom: Message | None = None
+        self.informative: InformativeResponse | None = None
+        self._last: tuple[int, float] | None = None
+        self.ended = False
+
+    @property
+    def joined(self) -> bool:
+        return self.token is not None and not self.ended
+
+    def parse(self, payload: bytes) -> InformativeResponse:
+        """Decode the informative-response payload; :class:`MalformedError` if it is not one (draft §4.2)."""
+        return InformativeResponse.decode(payload)
+
+    def join(
+        self, informative: InformativeResponse, now: float, resolved: Mapping[str, IPAddress] | None = None
+    ) -> Notification | None:
+        """Steps 1-7 of draft §5.2. Returns the rebuilt 'last_notif' when there is one.
+
+        Raises :class:`MalformedError` when expected fields are absent or invalid (the caller may then
+        register again, draft §5.2 last paragraphs) and :class:`WithdrawnError` when the phantom
+        request cannot serve this client's request (step 3).
+        """
+        resolved = resolved or {}
+        tp = informative.tp_info
+        # Step 1: identify the transport from 'tpi_server' and parse 'tpi_details'.
+        if tp is None:
+            raise MalformedError("informative response lacks 'tp_info' (draft §4.2)")
+        if tp.tpi_server.scheme_id != -1:
+            raise UnsupportedTransportError(f"transport of scheme-id {tp.tpi_server.scheme_id} is not supported")
+        if tp.tpi_client is None or tp.tpi_token is None:
+            raise MalformedError("'tp_info' lacks 'tpi_client' and 'tpi_token' (draft §4.2.1.1)")
+        # A CRI without port means the transport's default port (draft §5.2, step 1).
+        server = Endpoint.of(_resolve(tp.tpi_server, resolved, "'tpi_server'"), tp.tpi_server.effective_port())
+        group = Endpoint.of(_resolve(tp.tpi_client, resolved, "'tpi_client'"), tp.tpi_client.effective_port())
+        if not group.host.is_multicast:
+            raise MalformedError(f"'tpi_client' address {group.host} is not a multicast address")
+        if group.host.version != server.host.version:
+            raise MalformedError("'tpi_server' and 'tpi_client' are of different IP versions")
+        token = tp.tpi_token
+        # Step 2: rebuild the phantom request with Token T.
+        if informative.ph_req is not None:
+            phantom = parse_message(informative.ph_req, token=token)
+            if not phantom.code.is_request():
+                raise MalformedError(f"'ph_req' has code {phantom.code.dotted}, not a request")
+            if phantom.opt.observe != 0:
+                raise MalformedError("'ph_req' is not an Observe registration (Observe 0)")
+        else:
+            phantom = parse_message(serialize_message(self.request), token=token)
+        # Step 3: can the phantom request serve our own request?
+        if informative.ph_req is not None and informative.ph_req != serialize_message(self.request):
+            mismatch = self._mismatch(phantom)
+            if mismatch:
+                raise WithdrawnError(f"the phantom request differs in {mismatch}; it cannot serve this request")
+        # Step 5: rebuild 'last_notif' (parsed before committing to anything, so that a malformed one
+        # leaves this object untouched).
+        last: Message | None = None
+        if informative.last_notif is not None:
+            last = parse_message(informative.last_notif, token=token)
+            if not last.code.is_response():
+                raise MalformedError(f"'last_notif' has code {last.code.dotted}, not a response")
+            if last.code.is_successful() and last.opt.observe is None:
+                raise MalformedError("'last_notif' lacks the Observe option (draft §4.3)")
+        # Step 4: adopt T.
+        self.server, self.group, self.token, self.phantom = server, group, token, phantom
+        self.informative = informative
+        self._last = None
+        self.ended = False
+        if last is None:
+            return None
+        # Step 6: its Observe is the baseline for reordering.
+        if last.opt.observe is not None:
+            self._last = (last.opt.observe, now)
+        return Notification(last, Via.LAST_NOTIF, now)
+
+    def _mismatch(self, phantom: Message) -> str | None:
+        if phantom.code != self.request.code:
+            return "its method"
+        for name in _REPRESENTATION_OPTIONS:
+            if getattr(phantom.opt, name) != getattr(self.request.opt, name):
+                return name.replace("_", "-")
+        if phantom.payload != self.request.payload:
+            return "its payload"
+        return None
+
+    def on_multicast(self, message: Message, source: Endpoint, now: float) -> Verdict:
+        """Judge a datagram heard on GRP_ADDR:GRP_PORT (draft §5.3, §5.4; RFC 7641 §3.4)."""
+        if not self.joined:
+            return Dropped("not part of a group observation")
+        if message.token != self.token:
+            return Dropped(f"token {message.token.hex()} is not T={self.token.hex()}")  # type: ignore[union-attr]
+        if source != self.server:
+            return Dropped(f"source {source} is not SRV_ADDR:SRV_PORT {self.server}")
+        if not message.code.is_response():
+            return Dropped(f"code {message.code.dotted} is not a response")
+        if message.mtype != NON:
+            return Dropped(f"multicast notifications are NON, got type {message.mtype}")
+        if message.opt.observe is None:
+            if not message.code.is_successful():
+                # The multicast 5.03 (or any error without Observe) ends the observation (draft §5.4).
+                self.ended = True
+                return Ended(message)
+            return Dropped("successful response without Observe on Token T")
+        if not message.code.is_successful():
+            self.ended = True
+            return Ended(message)
+        observe = message.opt.observe
+        if self._last is not None and not observe_is_fresh(self._last[0], self._last[1], observe, now):
+            return Dropped(f"Observe {observe} is not newer than {self._last[0]} (RFC 7641 §3.4)")
+        self._last = (observe, now)
+        return Accepted(Notification(message, Via.MULTICAST, now))
+
+
+def is_link_local(host: IPAddress) -> bool:
+    """Link-local addresses are not used for registrations (draft §5.1)."""
+    return host.is_link_local or (
+        isinstance(host, ipaddress.IPv6Address) and host.is_multicast and (host.packed[1] & 0x0F) == 2
+    )

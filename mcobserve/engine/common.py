@@ -1,0 +1,77 @@
+"""Types shared by the server and client engines (draft §4, §5)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from ..constants import COAP_PORT
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def normalize_ip(host: str | IPAddress) -> IPAddress:
+    """An IP address with IPv4-mapped IPv6 folded to IPv4 (aiocoap's dual-stack sockets report those)."""
+    addr = ipaddress.ip_address(host) if isinstance(host, str) else host
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """A transport address: SRV_ADDR:SRV_PORT or GRP_ADDR:GRP_PORT (draft §4.1)."""
+
+    host: IPAddress
+    port: int = COAP_PORT
+
+    @classmethod
+    def of(cls, host: str | IPAddress, port: int = COAP_PORT) -> Endpoint:
+        """Build an endpoint, folding IPv4-mapped addresses."""
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"port {port} out of range")
+        return cls(normalize_ip(host), port)
+
+    @classmethod
+    def parse(cls, text: str, default_port: int = COAP_PORT) -> Endpoint:
+        """Parse ``[fd00::1]:5683``, ``fd00::1``, ``10.0.0.1:61616`` or ``10.0.0.1``."""
+        text = text.strip()
+        if text.startswith("coap://"):
+            text = text[len("coap://") :].rstrip("/")
+        if text.startswith("["):
+            end = text.find("]")
+            if end < 0:
+                raise ValueError(f"unterminated IPv6 literal in {text!r}")
+            host, rest = text[1:end], text[end + 1 :]
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"unexpected {rest!r} after IPv6 literal")
+            port = int(rest[1:]) if rest else default_port
+        elif text.count(":") == 1:
+            host, _, p = text.partition(":")
+            port = int(p)
+        else:
+            host, port = text, default_port
+        return cls.of(host, port)
+
+    @property
+    def is_v6(self) -> bool:
+        return self.host.version == 6
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if self.is_v6 else str(self.host)
+        return f"{host}:{self.port}"
+
+
+#: Observe values are 24-bit sequence numbers (RFC 7641 §3.4, §4.4).
+OBSERVE_MODULUS = 1 << 24
+#: After this many seconds a notification is fresh regardless of its Observe value (RFC 7641 §3.4).
+OBSERVE_FRESHNESS_WINDOW = 128.0
+
+
+def observe_is_fresh(v1: int, t1: float, v2: int, t2: float) -> bool:
+    """RFC 7641 §3.4: is notification (V2, T2) newer than the last accepted (V1, T1)?"""
+    return (
+        (v1 < v2 and v2 - v1 < 1 << 23)
+        or (v1 > v2 and v1 - v2 > 1 << 23)
+        or t2 > t1 + OBSERVE_FRESHNESS_WINDOW
+    )
