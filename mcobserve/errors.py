@@ -19,7 +19,7 @@ class UnsupportedTransportError(MalformedError):
 
 
 class TokenSpaceExhaustedError(McObserveError):
-    """No free Token value T is left in the Token space of (GRP_ADDR, GRP_PORT) -> (SRV_ADDR, SRV_PORT) (draft §4.1)."""
+    """No free Token T is left in the Token space (GRP_ADDR, GRP_PORT) -> (SRV_ADDR, SRV_PORT) (§4.1)."""
 
 
 class GroupObservationError(McObserveError):

@@ -54,7 +54,7 @@ def wire(m: Message) -> Message:
 
 
 def test_join_adopts_token_group_server_and_last_notif():
-    e, obs, c, first = joined()
+    _, obs, c, first = joined()
     assert c.token == obs.token and c.group == GRP and c.server == SRV
     assert c.phantom.opt.uri_path == ("r",) and c.phantom.token == obs.token
     assert first.via is Via.LAST_NOTIF and first.payload == b"1234" and first.code == "2.05"
@@ -76,7 +76,7 @@ def test_multicast_notifications_in_order_and_reordering():
 
 
 def test_last_notif_is_the_baseline():
-    e, obs, c, _ = joined()
+    _e, obs, c, _ = joined()
     stale = Message(code=CONTENT, observe=obs.observe, payload=b"old")
     stale.mtype = NON
     stale.token = obs.token
@@ -202,7 +202,7 @@ def test_observe_freshness_rule():
 
 
 def test_error_notification_ends():
-    e, obs, c, _ = joined()
+    _e, obs, c, _ = joined()
     m = Message(code=SERVICE_UNAVAILABLE, observe=obs.observe + 1)
     m.mtype = NON
     m.token = obs.token

@@ -63,7 +63,7 @@ def test_first_registration_starts_group_observation_and_answers_informative_res
     assert obs.phantom.code == GET and obs.phantom.opt.observe == 0
     assert obs.phantom.opt.uri_path == ("r",) and obs.phantom.token == obs.token
     assert obs.token in e.tokens and len(obs.token) == 2
-    assert obs.ph_req == bytes.fromhex("01" "60" "5172")  # GET, Observe 0 (empty), Uri-Path "r"
+    assert obs.ph_req == bytes.fromhex("01605172")  # GET, Observe 0 (empty), Uri-Path "r"
 
     assert e.rendered(obs, content("1234"), T0) == []
     assert obs.ready and obs.sent == 0

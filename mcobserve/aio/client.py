@@ -53,7 +53,7 @@ class ResponseError(McObserveError):
 
 
 def open_group_socket(group: Endpoint, ifindex: int = 0) -> socket.socket:
-    """A socket that hears GRP_ADDR:GRP_PORT and nothing else, shareable by many processes (draft §5.2 step 1).
+    """A socket hearing GRP_ADDR:GRP_PORT only, shareable by many processes (draft §5.2 step 1).
 
     SO_REUSEADDR + SO_REUSEPORT let many observers on one host bind the port; binding the group
     address and IPV6_MULTICAST_ALL / IP_MULTICAST_ALL = 0 keep out unicast and groups joined by others.
@@ -303,8 +303,12 @@ class Observer:
         assert client.group is not None and client.token is not None
         listener = await self.pool.acquire(client.group, self.ifindex)
         queue = listener.subscribe(client.token)
-        log.info("joined group observation: token %s, group %s, server %s", client.token.hex(), client.group,
-                 client.server)
+        log.info(
+            "joined group observation: token %s, group %s, server %s",
+            client.token.hex(),
+            client.group,
+            client.server,
+        )
         try:
             if first is not None and first.message.code.is_successful():
                 yield first

@@ -19,7 +19,16 @@ from typing import Any
 
 import aiocoap
 import aiocoap.resource
-from aiocoap import BAD_REQUEST, CONTENT, CON, GET, INTERNAL_SERVER_ERROR, NOT_FOUND, SERVICE_UNAVAILABLE, Message
+from aiocoap import (
+    BAD_REQUEST,
+    CON,
+    CONTENT,
+    GET,
+    INTERNAL_SERVER_ERROR,
+    NOT_FOUND,
+    SERVICE_UNAVAILABLE,
+    Message,
+)
 
 from ..constants import DEFAULT_CODE_POINTS, CodePoints
 from ..engine.common import Endpoint
@@ -55,7 +64,9 @@ class GroupObservableResource(aiocoap.resource.ObservableResource):
         self._mc_server: GroupServer | None = None
         self._mc_path: Path = ()
 
-    async def add_observation(self, request: Message, serverobservation: aiocoap.protocol.ServerObservation) -> None:
+    async def add_observation(
+        self, request: Message, serverobservation: aiocoap.protocol.ServerObservation
+    ) -> None:
         """A traditional observation is accepted (RFC 7641); the server keeps track for a later shift."""
         self._observations.add(serverobservation)
         key = _observer_key(request)
@@ -93,7 +104,7 @@ class GroupObservableResource(aiocoap.resource.ObservableResource):
 
 
 class IntrospectionResource(aiocoap.resource.Resource):
-    """``/.well-known/core/mc-sender?token=HEX``: the group observation behind a Token (draft Appendix A.2)."""
+    """``/.well-known/core/mc-sender?token=HEX``: the group observation of a Token (draft App. A.2)."""
 
     def __init__(self, server: GroupServer) -> None:
         super().__init__()
@@ -171,9 +182,13 @@ class GroupServer:
         engine = ServerEngine(bind, group, code_points=code_points, token_length=token_length)
         site = site or aiocoap.resource.Site()
         with contextlib.suppress(KeyError):
-            site.add_resource([".well-known", "core"], aiocoap.resource.WKCResource(site.get_resources_as_linkheader))
+            site.add_resource(
+                [".well-known", "core"], aiocoap.resource.WKCResource(site.get_resources_as_linkheader)
+            )
         bind_host = str(bind.host)
-        ctx = await aiocoap.Context.create_server_context(site, bind=(bind_host, bind.port), transports=["udp6"])
+        ctx = await aiocoap.Context.create_server_context(
+            site, bind=(bind_host, bind.port), transports=["udp6"]
+        )
         ifindex = socket.if_nametoindex(interface) if interface else 0
         _glue.configure_multicast_sender(ctx, ifindex, hops=hops)
         _glue.set_receive_buffer(ctx, receive_buffer)
@@ -218,8 +233,11 @@ class GroupServer:
         if self._closed:
             return
         self._closed = True
-        self._execute(self.engine.shutdown(self.clock()))
-        self._timer.cancel()
+        self._execute(self.engine.shutdown(self.clock()))  # also wakes the timer loop, which then ends
+        try:
+            await asyncio.wait_for(asyncio.shield(self._timer), 1.0)
+        except TimeoutError:
+            self._timer.cancel()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(self._timer, *self._tasks, return_exceptions=True)
@@ -252,11 +270,15 @@ class GroupServer:
         else:
             await self._wait_ready(obs)
         if obs.cancelled or not obs.ready:
-            pipe.add_response(Message(code=INTERNAL_SERVER_ERROR, payload=b"group observation failed"), is_last=True)
+            pipe.add_response(
+                Message(code=INTERNAL_SERVER_ERROR, payload=b"group observation failed"), is_last=True
+            )
             return
         if reg.kind is Kind.SILENT:
             # No-Response 16: counted, not answered (draft §5.1).
-            pipe.add_response(Message(code=SERVICE_UNAVAILABLE, no_response=request.opt.no_response), is_last=True)
+            pipe.add_response(
+                Message(code=SERVICE_UNAVAILABLE, no_response=request.opt.no_response), is_last=True
+            )
             return
         response = self.engine.informative_response(obs, as_sent, self.clock())
         response.mtype = CON
@@ -365,12 +387,14 @@ class GroupServer:
 
     async def _run_timers(self) -> None:
         """Wake up for coalesced changes, Max-Age refreshes and scheduled endings (draft §4.3, §4.5)."""
-        while True:
+        while not self._closed:
             deadline = self.engine.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self.clock())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+            if self._closed:
+                return
             actions = self.engine.poll(self.clock())
             if actions:
                 self._execute(actions)

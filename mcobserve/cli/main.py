@@ -16,13 +16,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MIN_INTERVAL, CodePoints
-from ..errors import McObserveError, MalformedError
+from ..errors import MalformedError, McObserveError
 
 #: Options a TOML file may set, per command; keys are the long option names (``-`` or ``_``).
 _CONFIG_KEYS = {
     "server": {
-        "bind", "group", "interface", "resource", "group_after", "min_interval", "json", "duration",
-        "token_length", "hops", "run_for", "content_format",
+        "bind",
+        "group",
+        "interface",
+        "resource",
+        "group_after",
+        "min_interval",
+        "json",
+        "duration",
+        "token_length",
+        "hops",
+        "run_for",
+        "content_format",
     },
     "observe": {"uri", "count", "timeout", "json", "interface", "content_format"},
 }
@@ -76,16 +86,27 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bind", help="SRV_ADDR[:SRV_PORT], e.g. [fd00:db8:1::1]:5683 or 10.78.0.1")
     p.add_argument("--group", help="GRP_ADDR[:GRP_PORT], e.g. [ff35:30:2001:db8::23]:61616 or 239.255.0.1")
     p.add_argument("--interface", help="interface for multicast notifications (IFNAME)")
-    p.add_argument("--resource", action="append", default=[], metavar="PATH[=TEXT]",
-                   help="an observable text resource (repeatable)")
+    p.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        metavar="PATH[=TEXT]",
+        help="an observable text resource (repeatable)",
+    )
     p.add_argument("--group-after", type=int, help="start group observation at the N-th observer (default 1)")
-    p.add_argument("--min-interval", type=float,
-                   help=f"seconds between multicast notifications; changes coalesce (default {DEFAULT_MIN_INTERVAL})")
+    p.add_argument(
+        "--min-interval",
+        type=float,
+        help=f"seconds between multicast notifications; changes coalesce (default {DEFAULT_MIN_INTERVAL})",
+    )
     p.add_argument("--duration", type=float, help="cancel each group observation after SECONDS ('ending')")
     p.add_argument("--token-length", type=int, help="length of the Token T in bytes (default 2)")
     p.add_argument("--hops", type=int, help="multicast hop limit / TTL (default 1)")
-    p.add_argument("--content-format", type=int,
-                   help=f"Content-Format number of informative responses (default {DEFAULT_CODE_POINTS.content_format})")
+    p.add_argument(
+        "--content-format",
+        type=int,
+        help=f"Content-Format number of informative responses (default {DEFAULT_CODE_POINTS.content_format})",
+    )
     p.add_argument("--run-for", type=float, help="shut down (cancelling group observations) after SECONDS")
     p.add_argument("--json", action="store_true", default=None, help="one JSON object per event on stdout")
     p.add_argument("--config", help="TOML file with the same settings ([server] table)")
@@ -105,11 +126,24 @@ def _cmd_server(args: argparse.Namespace) -> int:
     from ..engine.common import Endpoint
     from ..engine.server import GroupPolicy
 
-    _merge(args, _load_config(args.config, "server"), {
-        "bind": None, "group": None, "interface": None, "resource": [], "group_after": 1,
-        "min_interval": DEFAULT_MIN_INTERVAL, "duration": None, "token_length": 2, "hops": 1,
-        "run_for": None, "json": False, "content_format": DEFAULT_CODE_POINTS.content_format,
-    })
+    _merge(
+        args,
+        _load_config(args.config, "server"),
+        {
+            "bind": None,
+            "group": None,
+            "interface": None,
+            "resource": [],
+            "group_after": 1,
+            "min_interval": DEFAULT_MIN_INTERVAL,
+            "duration": None,
+            "token_length": 2,
+            "hops": 1,
+            "run_for": None,
+            "json": False,
+            "content_format": DEFAULT_CODE_POINTS.content_format,
+        },
+    )
     if not args.bind or not args.group:
         raise UsageError("--bind and --group are required (or set them in --config)")
     if not args.resource:
@@ -117,7 +151,9 @@ def _cmd_server(args: argparse.Namespace) -> int:
     try:
         bind = Endpoint.parse(args.bind)
         group = Endpoint.parse(args.group)
-        policy = GroupPolicy(group_after=args.group_after, min_interval=args.min_interval, duration=args.duration)
+        policy = GroupPolicy(
+            group_after=args.group_after, min_interval=args.min_interval, duration=args.duration
+        )
     except ValueError as e:
         raise UsageError(str(e)) from None
     resources = [_parse_resource(r) for r in args.resource]
@@ -126,16 +162,25 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 async def _serve(
-    args: argparse.Namespace, bind: Any, group: Any, policy: Any,
-    resources: list[tuple[tuple[str, ...], str]], code_points: CodePoints,
+    args: argparse.Namespace,
+    bind: Any,
+    group: Any,
+    policy: Any,
+    resources: list[tuple[tuple[str, ...], str]],
+    code_points: CodePoints,
 ) -> int:
     from ..aio.resources import TextResource
     from ..aio.server import GroupServer
 
     out = _EventPrinter(args.json)
     server = await GroupServer.create(
-        bind, group, interface=args.interface, code_points=code_points, token_length=args.token_length,
-        hops=args.hops, on_event=out,
+        bind,
+        group,
+        interface=args.interface,
+        code_points=code_points,
+        token_length=args.token_length,
+        hops=args.hops,
+        on_event=out,
     )
     for path, text in resources:
         server.add_resource(path, TextResource(text), policy)
@@ -176,9 +221,12 @@ def _observe_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("uri", nargs="?", help="coap://HOST[:PORT]/PATH")
     p.add_argument("--count", type=int, help="exit 0 after N notifications")
-    p.add_argument("--timeout", type=float,
-                   help="give up after SECONDS (non-zero exit if --count was not reached; without --count: "
-                   "observe for SECONDS and exit 0)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="give up after SECONDS (non-zero exit if --count was not reached; without --count: "
+        "observe for SECONDS and exit 0)",
+    )
     p.add_argument("--interface", help="interface to listen for multicast notifications on")
     p.add_argument("--content-format", type=int, help="Content-Format number of informative responses")
     p.add_argument("--json", action="store_true", default=None, help="one JSON object per notification")
@@ -188,10 +236,18 @@ def _observe_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_observe(args: argparse.Namespace) -> int:
-    _merge(args, _load_config(args.config, "observe"), {
-        "uri": None, "count": None, "timeout": None, "json": False, "interface": None,
-        "content_format": DEFAULT_CODE_POINTS.content_format,
-    })
+    _merge(
+        args,
+        _load_config(args.config, "observe"),
+        {
+            "uri": None,
+            "count": None,
+            "timeout": None,
+            "json": False,
+            "interface": None,
+            "content_format": DEFAULT_CODE_POINTS.content_format,
+        },
+    )
     if not args.uri:
         raise UsageError("give the URI to observe")
     if args.count is not None and args.count < 1:
@@ -222,8 +278,9 @@ def _notification_json(n: Any, index: int) -> dict[str, Any]:
 async def _observe(args: argparse.Namespace) -> int:
     from ..aio.client import Observer
 
-    observer = Observer(args.uri, interface=args.interface,
-                        code_points=CodePoints(content_format=args.content_format))
+    observer = Observer(
+        args.uri, interface=args.interface, code_points=CodePoints(content_format=args.content_format)
+    )
     received = 0
     loop = asyncio.get_running_loop()
     deadline = None if args.timeout is None else loop.time() + args.timeout
@@ -234,8 +291,11 @@ async def _observe(args: argparse.Namespace) -> int:
             try:
                 n = await asyncio.wait_for(it.__anext__(), remaining)
             except StopAsyncIteration:
-                why = "server cancelled the group observation" if observer.ended_by_server is not None \
+                why = (
+                    "server cancelled the group observation"
+                    if observer.ended_by_server is not None
                     else "observation ended"
+                )
                 if args.count is None:
                     _reason(f"{why} after {received} notifications")
                     return 0 if observer.ended_by_server is not None else 1
@@ -344,7 +404,8 @@ async def _publish(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcobserve",
-        description="Observe notifications as CoAP multicast responses (draft-ietf-core-observe-multicast-notifications)",
+        description="Observe notifications as CoAP multicast responses "
+        "(draft-ietf-core-observe-multicast-notifications)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _server_parser(sub)
@@ -373,4 +434,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

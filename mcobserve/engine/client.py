@@ -79,7 +79,9 @@ Verdict = Accepted | Dropped | Ended
 _REPRESENTATION_OPTIONS = ("uri_path", "uri_query", "accept", "content_format", "proxy_uri", "proxy_scheme")
 
 
-def informative_response_payload(response: Message, code_points: CodePoints = DEFAULT_CODE_POINTS) -> bytes | None:
+def informative_response_payload(
+    response: Message, code_points: CodePoints = DEFAULT_CODE_POINTS
+) -> bytes | None:
     """The payload if ``response`` is an informative response (5.03 + the Content-Format, draft §4.2)."""
     if response.code == SERVICE_UNAVAILABLE and response.opt.content_format == code_points.content_format:
         return response.payload
@@ -141,11 +143,15 @@ class GroupObservationClient:
         if tp is None:
             raise MalformedError("informative response lacks 'tp_info' (draft §4.2)")
         if tp.tpi_server.scheme_id != -1:
-            raise UnsupportedTransportError(f"transport of scheme-id {tp.tpi_server.scheme_id} is not supported")
+            raise UnsupportedTransportError(
+                f"transport of scheme-id {tp.tpi_server.scheme_id} is not supported"
+            )
         if tp.tpi_client is None or tp.tpi_token is None:
             raise MalformedError("'tp_info' lacks 'tpi_client' and 'tpi_token' (draft §4.2.1.1)")
         # A CRI without port means the transport's default port (draft §5.2, step 1).
-        server = Endpoint.of(_resolve(tp.tpi_server, resolved, "'tpi_server'"), tp.tpi_server.effective_port())
+        server = Endpoint.of(
+            _resolve(tp.tpi_server, resolved, "'tpi_server'"), tp.tpi_server.effective_port()
+        )
         group = Endpoint.of(_resolve(tp.tpi_client, resolved, "'tpi_client'"), tp.tpi_client.effective_port())
         if not group.host.is_multicast:
             raise MalformedError(f"'tpi_client' address {group.host} is not a multicast address")
@@ -165,7 +171,9 @@ class GroupObservationClient:
         if informative.ph_req is not None and informative.ph_req != serialize_message(self.request):
             mismatch = self._mismatch(phantom)
             if mismatch:
-                raise WithdrawnError(f"the phantom request differs in {mismatch}; it cannot serve this request")
+                raise WithdrawnError(
+                    f"the phantom request differs in {mismatch}; it cannot serve this request"
+                )
         # Step 5: rebuild 'last_notif' (parsed before committing to anything, so that a malformed one
         # leaves this object untouched).
         last: Message | None = None

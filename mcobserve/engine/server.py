@@ -60,7 +60,7 @@ class GroupPolicy:
 
 
 class TokenSpace:
-    """The Token space of (GRP_ADDR, GRP_PORT) -> (SRV_ADDR, SRV_PORT), under the server's control (draft §4.1)."""
+    """Token space of (GRP_ADDR, GRP_PORT) -> (SRV_ADDR, SRV_PORT), the server's to manage (draft §4.1)."""
 
     def __init__(self, length: int = 2) -> None:
         if not 1 <= length <= 8:
@@ -131,7 +131,9 @@ class GroupObservation:
     rendering: RenderReason | None = None
     cancelled: bool = False
     committed_until: float | None = None
-    _payload_cache: dict[tuple[bool, int | None, float | None], bytes] = field(default_factory=dict, repr=False)
+    _payload_cache: dict[tuple[bool, int | None, float | None], bytes] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def ready(self) -> bool:
@@ -168,7 +170,9 @@ class GroupObservation:
             return self.ending if not self.cancelled else None
         times = [t for t in (self.ending, self.refresh_due()) if t is not None]
         if self.dirty:
-            times.append(self.last_sent_at + self.policy.min_interval if self.last_sent_at is not None else 0.0)
+            times.append(
+                self.last_sent_at + self.policy.min_interval if self.last_sent_at is not None else 0.0
+            )
         return min(times) if times else None
 
 
@@ -407,7 +411,7 @@ class ServerEngine:
         return self.cancel(obs, now, f"render failed: {reason}")
 
     def on_change(self, path: Path, now: float) -> list[Action]:
-        """The representation of ``path`` changed (draft §4.3); coalesced inside the minimum interval (§4.4)."""
+        """The representation of ``path`` changed (draft §4.3); coalesced in the minimum interval (§4.4)."""
         obs = self.observation(path)
         if obs is None or obs.cancelled:
             return []
