@@ -4,6 +4,15 @@ No sockets, clocks or asyncio here. Every decoder raises :class:`~mcobserve.erro
 (or its subclass :class:`~mcobserve.errors.UnsupportedTransportError`) and nothing else.
 """
 
+from mcobserve.wire.cbor import (
+    MAX_CBOR_SIZE,
+    MAX_NESTING_DEPTH,
+    UNDEFINED,
+    CborSimple,
+    CborTag,
+    cbor_decode,
+    cbor_encode,
+)
 from mcobserve.wire.cri import (
     CRI,
     DEFAULT_PORTS,
@@ -23,17 +32,11 @@ from mcobserve.wire.informative import (
     GP_MATERIAL_LABELS,
     GP_MATERIAL_NAMES,
     MAX_INFORMATIVE_RESPONSE_SIZE,
-    MAX_NESTING_DEPTH,
     PARAMETERS,
     PARAMETERS_BY_KEY,
     PARAMETERS_BY_NAME,
-    UNDEFINED,
-    CborSimple,
-    CborTag,
     InformativeResponse,
     Parameter,
-    cbor_decode,
-    cbor_encode,
 )
 from mcobserve.wire.message import (
     MAX_SERIALIZED_MESSAGE_SIZE,
@@ -51,6 +54,7 @@ __all__ = [
     "DEFAULT_PORTS",
     "GP_MATERIAL_LABELS",
     "GP_MATERIAL_NAMES",
+    "MAX_CBOR_SIZE",
     "MAX_INFORMATIVE_RESPONSE_SIZE",
     "MAX_NESTING_DEPTH",
     "MAX_SERIALIZED_MESSAGE_SIZE",

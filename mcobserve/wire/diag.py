@@ -18,16 +18,9 @@ from aiocoap.optiontypes import BlockOption, ContentFormatOption, StringOption, 
 
 from mcobserve.constants import DEFAULT_CODE_POINTS, CodePoints
 from mcobserve.errors import MalformedError
+from mcobserve.wire.cbor import UNDEFINED, CborSimple, CborTag, cbor_decode
 from mcobserve.wire.cri import CRI, SCHEME_COAP
-from mcobserve.wire.informative import (
-    GP_MATERIAL_NAMES,
-    PARAMETERS_BY_KEY,
-    UNDEFINED,
-    CborSimple,
-    CborTag,
-    InformativeResponse,
-    cbor_decode,
-)
+from mcobserve.wire.informative import GP_MATERIAL_NAMES, PARAMETERS_BY_KEY, InformativeResponse
 from mcobserve.wire.message import code_str, option_name, parse_message
 
 INDENT: Final = 2
