@@ -265,7 +265,8 @@ class InformativeResponse:
         """Decode and validate a payload (draft §4.2); raise :class:`MalformedError` for anything else.
 
         Refuses more than :data:`MAX_INFORMATIVE_RESPONSE_SIZE` bytes, nesting deeper than
-        :data:`~mcobserve.wire.cbor.MAX_NESTING_DEPTH`, non-maps, duplicate keys, trailing bytes and wrongly typed parameters.
+        :data:`~mcobserve.wire.cbor.MAX_NESTING_DEPTH`, non-maps, duplicate keys, trailing bytes and
+        wrongly typed parameters.
         """
         try:
             obj = cbor_decode(data)
