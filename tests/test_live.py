@@ -319,3 +319,99 @@ def test_demo_runs(tools):
     out = res.stdout
     assert out.count("via=last_notif") == 3 and out.count("via=multicast") == 9
     assert "3 multicast notifications" in out and "3 x 3 = 9 unicast notifications" in out
+
+
+RAW_REGISTER = """
+import json, socket, sys, time
+from aiocoap import CON, GET, Message
+host, port = sys.argv[1], int(sys.argv[2])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+m = Message(code=GET, observe=0, uri_path=["r"], no_response=16)
+m.mtype, m.mid, m.token = CON, 0x4242, b"\\x4a"
+s.sendto(m.encode(), (host, port))
+s.settimeout(0.2)
+got, end = [], time.monotonic() + 1.5
+while time.monotonic() < end:
+    try:
+        data, _ = s.recvfrom(2048)
+    except TimeoutError:
+        continue
+    r = Message.decode(data)
+    got.append({"type": int(r.mtype), "code": r.code.dotted, "mid": r.mid, "payload": r.payload.hex()})
+print(json.dumps(got))
+"""
+
+
+def test_no_response_16_registration_is_counted_not_answered(onehost):
+    """A registration with No-Response 16 gets only the empty ACK; the server counts it (draft §5.1)."""
+    bind, group, base = addressing(onehost, "ipv6")
+    srv = server(onehost, bind, group)
+    try:
+        o = observer(onehost, f"{base}/r", count=1)
+        o.collect(10)
+        res = onehost.run([sys.executable, "-c", RAW_REGISTER, onehost.addr6, "5683"], timeout=20)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout) == [{"type": 2, "code": "0.00", "mid": 0x4242, "payload": ""}]
+        regs = srv.wait_count(lambda e: e.get("event") == "registration", 2)
+        assert [(r["kind"], r["count"]) for r in regs] == [("group", 1), ("silent", 2)]
+    finally:
+        srv.stop()
+
+
+def test_operator_cancel_and_resource_removal(onehost):
+    """SIGUSR1 cancels group observations and the server goes on (a new one starts with a new Token);
+    DELETE removes the resource and cancels its group observation (draft §4.5)."""
+    import signal
+
+    bind, group, base = addressing(onehost, "ipv6")
+    srv = server(onehost, bind, group)
+    try:
+        o1 = observer(onehost, f"{base}/r", count=5, name="o1")
+        o1.wait_event(lambda e: e.get("via") == "last_notif")
+        first = srv.wait_event(lambda e: e.get("event") == "group_observation_started")["token"]
+        srv.popen.send_signal(signal.SIGUSR1)
+        o1.collect(10)
+        assert o1.popen.returncode == 3 and "server cancelled" in o1.read_stderr()
+        assert srv.wait_event(lambda e: e.get("event") == "cancelled")["reason"] == "operator"
+        o2 = observer(onehost, f"{base}/r", count=5, name="o2")
+        o2.wait_event(lambda e: e.get("via") == "last_notif")
+        tokens = [
+            e["token"] for e in srv.wait_count(lambda e: e.get("event") == "group_observation_started", 2)
+        ]
+        assert tokens[0] == first and len(set(tokens)) == 2  # T was freed, a new one taken
+        res = onehost.run([*PY, "publish", f"{base}/r", "--count", "1"], timeout=20)
+        assert res.returncode == 0
+        delete = COAP_GET.replace("code=aiocoap.GET", "code=aiocoap.DELETE")
+        res = onehost.run([sys.executable, "-c", delete, f"{base}/r"], timeout=20)
+        assert json.loads(res.stdout)[0]["code"] == "2.02"
+        o2.collect(10)
+        assert o2.popen.returncode == 3
+        cancels = srv.wait_count(lambda e: e.get("event") == "cancelled", 2)
+        assert cancels[1]["reason"] == "resource removed"
+        res = onehost.run([sys.executable, "-c", COAP_GET, f"{base}/r"], timeout=20)
+        assert json.loads(res.stdout)[0]["code"] == "4.04"
+        assert srv.popen.poll() is None
+    finally:
+        srv.stop()
+
+
+def test_server_from_toml_configuration(onehost, tmp_path):
+    cfg = tmp_path / "server.toml"
+    cfg.write_text(
+        f'[server]\nbind = "{onehost.addr4}"\ngroup = "{GROUP4}"\ninterface = "{onehost.ifname}"\n'
+        'resource = ["cfg=from-toml"]\nmin-interval = 0\njson = true\n'
+    )
+    from .livekit import Proc
+
+    p = onehost.popen(
+        [*PY, "server", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    srv = Proc("server", p).start()
+    srv.wait_event(lambda e: e.get("event") == "started")
+    try:
+        o = observer(onehost, f"coap://{onehost.addr4}/cfg", count=1)
+        o.collect(10)
+        assert [(n["via"], n["payload"]) for n in notifications(o)] == [("last_notif", "from-toml")]
+    finally:
+        srv.stop()

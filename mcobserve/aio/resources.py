@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiocoap import CHANGED, REQUEST_ENTITY_TOO_LARGE, UNSUPPORTED_CONTENT_FORMAT, Message
+from aiocoap import CHANGED, DELETED, REQUEST_ENTITY_TOO_LARGE, UNSUPPORTED_CONTENT_FORMAT, Message
 from aiocoap.numbers.contentformat import ContentFormat
 
 from .server import GroupObservableResource
@@ -33,6 +33,12 @@ class TextResource(GroupObservableResource):
         self.value = request.payload
         self.updated_state()
         return Message(code=CHANGED)
+
+    async def render_delete(self, request: Message) -> Message:
+        """The resource goes away; its group observation is cancelled (draft §4.5)."""
+        if self._mc_server is not None:
+            self._mc_server.remove_resource(self._mc_path)
+        return Message(code=DELETED)
 
     def set(self, text: str) -> None:
         """Change the value from the application side."""

@@ -108,6 +108,11 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
         help=f"Content-Format number of informative responses (default {DEFAULT_CODE_POINTS.content_format})",
     )
     p.add_argument("--run-for", type=float, help="shut down (cancelling group observations) after SECONDS")
+    p.epilog = (
+        "SIGINT/SIGTERM cancel every group observation and exit; SIGUSR1 cancels them and keeps serving "
+        "(the next registration starts a new one); DELETE on a resource removes it and cancels its group "
+        "observation."
+    )
     p.add_argument("--json", action="store_true", default=None, help="one JSON object per event on stdout")
     p.add_argument("--config", help="TOML file with the same settings ([server] table)")
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -124,7 +129,7 @@ def _parse_resource(spec: str) -> tuple[tuple[str, ...], str]:
 
 def _cmd_server(args: argparse.Namespace) -> int:
     from ..engine.common import Endpoint
-    from ..engine.server import GroupPolicy
+    from ..engine.server import GroupPolicy, ServerEngine
 
     _merge(
         args,
@@ -154,6 +159,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         policy = GroupPolicy(
             group_after=args.group_after, min_interval=args.min_interval, duration=args.duration
         )
+        ServerEngine(bind, group)  # validates the pair: multicast group, same IP version
     except ValueError as e:
         raise UsageError(str(e)) from None
     resources = [_parse_resource(r) for r in args.resource]
@@ -173,21 +179,31 @@ async def _serve(
     from ..aio.server import GroupServer
 
     out = _EventPrinter(args.json)
-    server = await GroupServer.create(
-        bind,
-        group,
-        interface=args.interface,
-        code_points=code_points,
-        token_length=args.token_length,
-        hops=args.hops,
-        on_event=out,
-    )
+    try:
+        server = await GroupServer.create(
+            bind,
+            group,
+            interface=args.interface,
+            code_points=code_points,
+            token_length=args.token_length,
+            hops=args.hops,
+            on_event=out,
+        )
+    except (OSError, ValueError) as e:
+        _reason(f"cannot serve on {bind} for group {group}: {e}")
+        return 1
     for path, text in resources:
         server.add_resource(path, TextResource(text), policy)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    def cancel_all() -> None:  # the operator ends every group observation, the server goes on (§4.5)
+        for obs in list(server.engine.observations()):
+            server.cancel(obs.path, "operator")
+
+    loop.add_signal_handler(signal.SIGUSR1, cancel_all)
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.run_for)

@@ -1,0 +1,127 @@
+"""One test per aiocoap 0.4.17 internal used by mcobserve.aio._glue (unicast on loopback only)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import aiocoap
+import aiocoap.resource
+import pytest
+from aiocoap import CON, CONTENT, GET, NON, Message
+
+from mcobserve.aio import _glue
+from mcobserve.engine.common import Endpoint
+
+pytestmark = pytest.mark.asyncio
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Probe(aiocoap.resource.Resource):
+    """Records what the glue functions say about each request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acked: list[bool] = []
+        self.local: list[Endpoint | None] = []
+
+    async def render_get(self, request: Message) -> Message:
+        self.local.append(_glue.local_endpoint(request))
+        self.acked.append(_glue.acknowledge_now(request))
+        await asyncio.sleep(0.02)
+        return Message(code=CONTENT, payload=b"hi")
+
+
+@pytest.fixture
+async def server():
+    port = free_port()
+    site = aiocoap.resource.Site()
+    probe = Probe()
+    site.add_resource(["p"], probe)
+    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port), transports=["udp6"])
+    yield ctx, port, probe
+    await ctx.shutdown()
+
+
+def raw_client() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    return s
+
+
+async def recv(sock: socket.socket, timeout: float = 2.0) -> tuple[Message, tuple]:
+    loop = asyncio.get_running_loop()
+    data, addr = await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), timeout)
+    return Message.decode(data), addr
+
+
+def request_bytes(mtype: int, mid: int, token: bytes) -> bytes:
+    m = Message(code=GET, uri_path=["p"])
+    m.mtype, m.mid, m.token = mtype, mid, token
+    return m.encode()
+
+
+async def test_udp_message_manager_and_server_socket(server):
+    ctx, port, _ = server
+    mman = _glue.udp_message_manager(ctx)
+    assert mman.message_interface.__class__.__name__ == "MessageInterfaceUDP6"
+    sock = _glue.server_socket(ctx)
+    assert sock.getsockname()[1] == port and sock.family == socket.AF_INET6
+
+
+async def test_send_unsolicited_leaves_from_the_server_socket_with_pinned_source(server):
+    ctx, port, _ = server
+    rx = raw_client()
+    target = Endpoint.of("127.0.0.1", rx.getsockname()[1])
+    remote = _glue.group_remote(ctx, target, Endpoint.of("127.0.0.1", port))
+    assert remote.pktinfo is not None and len(remote.pktinfo) == 20
+    m = Message(code=CONTENT, payload=b"n", observe=7)
+    m.mtype, m.token = NON, b"\x7b"
+    _glue.send_unsolicited(ctx, m, remote)
+    got, addr = await recv(rx)
+    assert addr == ("127.0.0.1", port)  # same address and port as the unicast traffic (draft §4.3)
+    assert got.mtype == NON and got.token == b"\x7b" and got.opt.observe == 7 and got.payload == b"n"
+    rx.close()
+
+
+async def test_acknowledge_now_makes_the_response_separate(server):
+    _, port, probe = server
+    c = raw_client()
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendto(c, request_bytes(CON, 0x1111, b"\x01\x02"), ("127.0.0.1", port))
+    ack, _ = await recv(c)
+    assert ack.mtype == aiocoap.ACK and ack.code == aiocoap.EMPTY and ack.mid == 0x1111
+    response, _ = await recv(c)
+    assert response.mtype == CON and response.code == CONTENT and response.token == b"\x01\x02"
+    assert probe.acked == [True]
+    assert probe.local == [Endpoint.of("127.0.0.1", port)]
+    # A NON request has nothing to acknowledge.
+    await loop.sock_sendto(c, request_bytes(NON, 0x2222, b"\x03"), ("127.0.0.1", port))
+    response, _ = await recv(c)
+    assert response.code == CONTENT and probe.acked == [True, False]
+    c.close()
+
+
+async def test_configure_multicast_sender_and_receive_buffer(server):
+    ctx, _, _ = server
+    _glue.configure_multicast_sender(ctx, socket.if_nametoindex("lo"), hops=3, loop=False)
+    sock = _glue.server_socket(ctx)
+    assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS) == 3
+    assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP) == 0
+    assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF) == socket.if_nametoindex("lo")
+    assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL) == 3
+    assert _glue.set_receive_buffer(ctx, 1 << 20) >= 1 << 20
+
+
+async def test_incoming_marks_direction_and_remote(server):
+    ctx, port, _ = server
+    remote = _glue.group_remote(ctx, Endpoint.parse("[ff05::4242]:61616"), Endpoint.of("::1", port))
+    m = _glue.incoming(Message(code=GET, uri_path=["p"]), remote)
+    assert m.direction is aiocoap.message.Direction.INCOMING and m.remote is remote
+    assert remote.hostinfo_local.startswith("[::1]")  # pktinfo is what Site dispatch reads
