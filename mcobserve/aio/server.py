@@ -180,11 +180,10 @@ class GroupServer:
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
         engine = ServerEngine(bind, group, code_points=code_points, token_length=token_length)
-        site = site or aiocoap.resource.Site()
-        with contextlib.suppress(KeyError):
-            site.add_resource(
-                [".well-known", "core"], aiocoap.resource.WKCResource(site.get_resources_as_linkheader)
-            )
+        if site is None:  # a site of the caller's keeps its own /.well-known/core
+            site = aiocoap.resource.Site()
+            wkc = aiocoap.resource.WKCResource(site.get_resources_as_linkheader)
+            site.add_resource([".well-known", "core"], wkc)
         bind_host = str(bind.host)
         ctx = await aiocoap.Context.create_server_context(
             site, bind=(bind_host, bind.port), transports=["udp6"]

@@ -101,7 +101,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
         _reader("server", server, lines)
         events: list[dict[str, Any]] = []
-        if not _wait_for(lines, events, console, lambda e: e.get("event") == "started", 10.0):
+        if not _pump(lines, events, console, 10.0, until=lambda e: e.get("event") == "started"):
             console.print("[red]the server did not start[/]")
             return 1
         procs = {}
@@ -163,7 +163,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
-        _drain(lines, events, console)
+        _pump(lines, events, console, 2.0)
         sent = [e for e in events if e.get("event") == "notification_sent"]
         cancels = [e for e in events if e.get("event") == "cancelled"]
         registrations = [e for e in events if e.get("event") == "registration"]
@@ -201,32 +201,27 @@ def _server_line(line: str, events: list[dict[str, Any]], console: Console) -> N
         console.print(f"[dim]server     registration from {escape(event['remote'])}: {event['kind']}[/]")
 
 
-def _wait_for(
+def _pump(
     lines: queue.Queue[tuple[str, str]],
     events: list[dict[str, Any]],
     console: Console,
-    pred: Any,
     timeout: float,
+    until: Any = None,
 ) -> bool:
+    """Handle server lines for up to ``timeout`` s; True as soon as an event satisfies ``until``.
+
+    Without ``until`` it drains: it stops at the first quiet moment.
+    """
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
             name, line = lines.get(timeout=0.2)
         except queue.Empty:
+            if until is None:
+                return False
             continue
         if name == "server":
             _server_line(line, events, console)
-            if events and pred(events[-1]):
+            if until is not None and events and until(events[-1]):
                 return True
     return False
-
-
-def _drain(lines: queue.Queue[tuple[str, str]], events: list[dict[str, Any]], console: Console) -> None:
-    end = time.monotonic() + 2.0
-    while time.monotonic() < end:
-        try:
-            name, line = lines.get(timeout=0.2)
-        except queue.Empty:
-            break
-        if name == "server":
-            _server_line(line, events, console)
