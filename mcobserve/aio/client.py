@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import socket
 import struct
 import time
@@ -33,7 +34,9 @@ from ..engine.client import (
     informative_response_payload,
 )
 from ..engine.common import Endpoint, IPAddress
+from ..engine.counting import DEFAULT_LEISURE
 from ..errors import GroupObservationError, MalformedError, McObserveError
+from ..wire.feedback import set_feedback_divider
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +218,8 @@ class Observer:
         code_points: CodePoints = DEFAULT_CODE_POINTS,
         clock: Callable[[], float] = time.time,
         malformed_retries: int = 1,
+        leisure: float = DEFAULT_LEISURE,
+        rng: random.Random | None = None,
     ) -> None:
         self.uri = uri
         self._ctx = context
@@ -228,6 +233,10 @@ class Observer:
         self.registrations = 0
         self.ended_by_server: Message | None = None
         self.dropped: list[str] = []
+        self.leisure = leisure
+        self.rng = rng or random.SystemRandom()
+        self.confirmations_sent = 0
+        self._confirmations: set[asyncio.Task[None]] = set()
 
     def __aiter__(self) -> AsyncIterator[Notification]:
         return self._run()
@@ -242,6 +251,8 @@ class Observer:
         return self._ctx
 
     async def aclose(self) -> None:
+        for task in list(self._confirmations):
+            task.cancel()
         if self._own_ctx and self._ctx is not None:
             await self._ctx.shutdown()
             self._ctx = None
@@ -314,8 +325,10 @@ class Observer:
                 yield first
             while True:
                 message, source, now = await queue.get()
-                verdict = client.on_multicast(message, source, now)
+                verdict = client.on_multicast(message, source, now, self.rng, self.leisure)
                 if isinstance(verdict, Accepted):
+                    if verdict.confirm_in is not None:
+                        self._schedule_confirmation(verdict.confirm_in)
                     yield verdict.notification
                 elif isinstance(verdict, Dropped):
                     self.dropped.append(verdict.reason)
@@ -327,6 +340,28 @@ class Observer:
         finally:
             listener.unsubscribe(client.token, queue)
             self.pool.release(listener)
+
+    def _schedule_confirmation(self, delay: float) -> None:
+        task = asyncio.create_task(self._confirm(delay))
+        self._confirmations.add(task)
+        task.add_done_callback(self._confirmations.discard)
+
+    async def _confirm(self, delay: float) -> None:
+        """NON GET, Observe 0, No-Response 26, Feedback-Divider 0, to the original target (draft §8.2)."""
+        await asyncio.sleep(delay)
+        ctx = self._ctx
+        if ctx is None:
+            return
+        request = Message(
+            code=GET, uri=self.uri, observe=0, no_response=26, transport_tuning=aiocoap.Unreliable
+        )
+        set_feedback_divider(request, 0, self.code_points)
+        pending = ctx.request(request, handle_blockwise=False)
+        self.confirmations_sent += 1
+        await asyncio.sleep(0)  # let it leave; no response is expected
+        pending.response.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pending.response
 
 
 @contextlib.asynccontextmanager

@@ -35,6 +35,7 @@ from ..engine.common import Endpoint
 from ..engine.server import (
     Action,
     Cancelled,
+    Counted,
     GroupObservation,
     GroupPolicy,
     Kind,
@@ -44,6 +45,7 @@ from ..engine.server import (
     SendMulticast,
     ServerEngine,
 )
+from ..wire.feedback import get_feedback_divider
 from . import _glue
 
 log = logging.getLogger(__name__)
@@ -251,7 +253,7 @@ class GroupServer:
         key = _observer_key(request)
         # aiocoap's Site strips the matched Uri-Path; the engine compares the request as it was sent.
         as_sent = request.copy(uri_path=path)
-        reg = self.engine.on_registration(path, key, as_sent, self.clock(), self.rng)
+        reg = self.engine.on_registration(path, key, as_sent, self.clock(), self.rng, endpoint=request.remote)
         self._emit(
             "registration",
             resource=_path_str(path),
@@ -261,6 +263,10 @@ class GroupServer:
         )
         if reg.kind is Kind.TRADITIONAL:
             await aiocoap.resource.ObservableResource.render_to_pipe(resource, pipe)
+            return
+        if reg.kind is Kind.CONFIRMATION:
+            # Feedback-Divider 0: counted for R (distinct endpoints), never answered (draft §8.3.3).
+            pipe.add_response(Message(code=SERVICE_UNAVAILABLE, no_response=26), is_last=True)
             return
         obs = reg.observation
         assert obs is not None
@@ -335,6 +341,20 @@ class GroupServer:
                 self._spawn(self._render(action.observation, action.reason))
             elif isinstance(action, SendMulticast):
                 self._send(action)
+            elif isinstance(action, Counted):
+                r = action.result
+                self._emit(
+                    "count",
+                    resource=_path_str(action.observation.path),
+                    token=action.observation.token.hex(),
+                    estimate=r.estimate,
+                    Q=r.q,
+                    R=r.r,
+                    N=r.n,
+                    E=r.e,
+                    count_prime=r.count_prime,
+                    next_round_in=r.next_round_in,
+                )
             elif isinstance(action, Cancelled):
                 self._ready.pop(action.observation, None)
                 self._emit(
@@ -382,6 +402,7 @@ class GroupServer:
                 observe=message.opt.observe,
                 how="multicast",
                 size=len(message.payload),
+                feedback_divider=get_feedback_divider(message, self.code_points),
             )
 
     async def _run_timers(self) -> None:

@@ -16,26 +16,43 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MIN_INTERVAL, CodePoints
+from ..engine.counting import DEFAULT_LEISURE
 from ..errors import MalformedError, McObserveError
 
-#: Options a TOML file may set, per command; keys are the long option names (``-`` or ``_``).
-_CONFIG_KEYS = {
-    "server": {
-        "bind",
-        "group",
-        "interface",
-        "resource",
-        "group_after",
-        "min_interval",
-        "json",
-        "duration",
-        "token_length",
-        "hops",
-        "run_for",
-        "content_format",
-    },
-    "observe": {"uri", "count", "timeout", "json", "interface", "content_format"},
+#: Every setting of ``mcobserve server`` with its default; a TOML ``[server]`` table may set any of them.
+_SERVER_DEFAULTS: dict[str, Any] = {
+    "bind": None,
+    "group": None,
+    "interface": None,
+    "resource": [],
+    "group_after": 1,
+    "min_interval": DEFAULT_MIN_INTERVAL,
+    "duration": None,
+    "token_length": 2,
+    "hops": 1,
+    "run_for": None,
+    "json": False,
+    "content_format": DEFAULT_CODE_POINTS.content_format,
+    "confirmations": 8,
+    "dampener": 4,
+    "confirmation_wait": None,
+    "count_every": 10,
+    "cancel_below": 0.2,
+    "retry_threshold": 4.0,
+    "max_unconfirmed": 50,
+    "no_counting": False,
 }
+#: Every setting of ``mcobserve observe`` with its default (TOML ``[observe]``).
+_OBSERVE_DEFAULTS: dict[str, Any] = {
+    "uri": None,
+    "count": None,
+    "timeout": None,
+    "json": False,
+    "interface": None,
+    "content_format": DEFAULT_CODE_POINTS.content_format,
+    "leisure": DEFAULT_LEISURE,
+}
+_CONFIG_KEYS = {"server": set(_SERVER_DEFAULTS), "observe": set(_OBSERVE_DEFAULTS)}
 
 
 class UsageError(McObserveError):
@@ -108,6 +125,33 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
         help=f"Content-Format number of informative responses (default {DEFAULT_CODE_POINTS.content_format})",
     )
     p.add_argument("--run-for", type=float, help="shut down (cancelling group observations) after SECONDS")
+    c = p.add_argument_group("rough counting of observers (draft §8, Appendix B)")
+    c.add_argument(
+        "--confirmations", type=int, metavar="M", help="confirmations wanted per round (default 8)"
+    )
+    c.add_argument("--dampener", type=int, metavar="D", help="dampener of the update (default 4)")
+    c.add_argument(
+        "--confirmation-wait",
+        type=float,
+        metavar="SECONDS",
+        help="MAX_CONFIRMATION_WAIT (default 452 = MAX_RTT + MAX_CLIENT_REQUEST_DELAY)",
+    )
+    c.add_argument(
+        "--count-every",
+        type=int,
+        metavar="K",
+        help="notifications between rounds when the estimate agrees (default 10)",
+    )
+    c.add_argument("--cancel-below", type=float, metavar="X", help="cancel below this estimate (default 0.2)")
+    c.add_argument(
+        "--retry-threshold", type=float, help="count again at once if E/N or N/E exceeds it (default 4)"
+    )
+    c.add_argument(
+        "--max-unconfirmed",
+        type=int,
+        help="never more notifications than this without a counting round (default 50, §13.1)",
+    )
+    c.add_argument("--no-counting", action="store_true", default=None, help="keep COUNT only, no rounds")
     p.epilog = (
         "SIGINT/SIGTERM cancel every group observation and exit; SIGUSR1 cancels them and keeps serving "
         "(the next registration starts a new one); DELETE on a resource removes it and cancels its group "
@@ -129,26 +173,10 @@ def _parse_resource(spec: str) -> tuple[tuple[str, ...], str]:
 
 def _cmd_server(args: argparse.Namespace) -> int:
     from ..engine.common import Endpoint
+    from ..engine.counting import CountingPolicy
     from ..engine.server import GroupPolicy, ServerEngine
 
-    _merge(
-        args,
-        _load_config(args.config, "server"),
-        {
-            "bind": None,
-            "group": None,
-            "interface": None,
-            "resource": [],
-            "group_after": 1,
-            "min_interval": DEFAULT_MIN_INTERVAL,
-            "duration": None,
-            "token_length": 2,
-            "hops": 1,
-            "run_for": None,
-            "json": False,
-            "content_format": DEFAULT_CODE_POINTS.content_format,
-        },
-    )
+    _merge(args, _load_config(args.config, "server"), _SERVER_DEFAULTS)
     if not args.bind or not args.group:
         raise UsageError("--bind and --group are required (or set them in --config)")
     if not args.resource:
@@ -156,8 +184,24 @@ def _cmd_server(args: argparse.Namespace) -> int:
     try:
         bind = Endpoint.parse(args.bind)
         group = Endpoint.parse(args.group)
+        counting = (
+            None
+            if args.no_counting
+            else CountingPolicy(
+                confirmations=args.confirmations,
+                dampener=args.dampener,
+                confirmation_wait=args.confirmation_wait,
+                count_every=args.count_every,
+                cancel_below=args.cancel_below,
+                retry_threshold=args.retry_threshold,
+                max_unconfirmed=args.max_unconfirmed,
+            )
+        )
         policy = GroupPolicy(
-            group_after=args.group_after, min_interval=args.min_interval, duration=args.duration
+            group_after=args.group_after,
+            min_interval=args.min_interval,
+            duration=args.duration,
+            counting=counting,
         )
         ServerEngine(bind, group)  # validates the pair: multicast group, same IP version
     except ValueError as e:
@@ -244,6 +288,11 @@ def _observe_parser(sub: argparse._SubParsersAction) -> None:
         "observe for SECONDS and exit 0)",
     )
     p.add_argument("--interface", help="interface to listen for multicast notifications on")
+    p.add_argument(
+        "--leisure",
+        type=float,
+        help=f"upper bound of the random wait before a confirmation (default {DEFAULT_LEISURE} s, §8.2)",
+    )
     p.add_argument("--content-format", type=int, help="Content-Format number of informative responses")
     p.add_argument("--json", action="store_true", default=None, help="one JSON object per notification")
     p.add_argument("--config", help="TOML file with the same settings ([observe] table)")
@@ -252,18 +301,7 @@ def _observe_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_observe(args: argparse.Namespace) -> int:
-    _merge(
-        args,
-        _load_config(args.config, "observe"),
-        {
-            "uri": None,
-            "count": None,
-            "timeout": None,
-            "json": False,
-            "interface": None,
-            "content_format": DEFAULT_CODE_POINTS.content_format,
-        },
-    )
+    _merge(args, _load_config(args.config, "observe"), _OBSERVE_DEFAULTS)
     if not args.uri:
         raise UsageError("give the URI to observe")
     if args.count is not None and args.count < 1:
@@ -295,7 +333,10 @@ async def _observe(args: argparse.Namespace) -> int:
     from ..aio.client import Observer
 
     observer = Observer(
-        args.uri, interface=args.interface, code_points=CodePoints(content_format=args.content_format)
+        args.uri,
+        interface=args.interface,
+        code_points=CodePoints(content_format=args.content_format),
+        leisure=args.leisure,
     )
     received = 0
     loop = asyncio.get_running_loop()

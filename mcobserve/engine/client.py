@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,7 +19,9 @@ from aiocoap import NON, SERVICE_UNAVAILABLE, Message
 from ..constants import DEFAULT_CODE_POINTS, CodePoints
 from ..errors import MalformedError, UnsupportedTransportError, WithdrawnError
 from ..wire import CRI, InformativeResponse, parse_message, serialize_message
+from ..wire.feedback import get_feedback_divider
 from .common import Endpoint, IPAddress, observe_is_fresh
+from .counting import DEFAULT_LEISURE, respond_to
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,9 @@ class Notification:
 @dataclass(frozen=True)
 class Accepted:
     notification: Notification
+    #: Seconds to wait before confirming with a re-registration carrying Feedback-Divider 0, or None
+    #: when this notification asks for no confirmation from us (draft §8.2).
+    confirm_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -205,8 +211,19 @@ class GroupObservationClient:
             return "its payload"
         return None
 
-    def on_multicast(self, message: Message, source: Endpoint, now: float) -> Verdict:
-        """Judge a datagram heard on GRP_ADDR:GRP_PORT (draft §5.3, §5.4; RFC 7641 §3.4)."""
+    def on_multicast(
+        self,
+        message: Message,
+        source: Endpoint,
+        now: float,
+        rng: random.Random | None = None,
+        leisure: float = DEFAULT_LEISURE,
+    ) -> Verdict:
+        """Judge a datagram heard on GRP_ADDR:GRP_PORT (draft §5.3, §5.4; RFC 7641 §3.4).
+
+        With ``rng``, a notification carrying Feedback-Divider Q is confirmed with probability 2**-Q
+        after a random fraction of ``leisure`` (draft §8.2, Appendix B.2).
+        """
         if not self.joined:
             return Dropped("not part of a group observation")
         if message.token != self.token:
@@ -230,7 +247,11 @@ class GroupObservationClient:
         if self._last is not None and not observe_is_fresh(self._last[0], self._last[1], observe, now):
             return Dropped(f"Observe {observe} is not newer than {self._last[0]} (RFC 7641 §3.4)")
         self._last = (observe, now)
-        return Accepted(Notification(message, Via.MULTICAST, now))
+        confirm_in = None
+        q = get_feedback_divider(message, self.code_points)
+        if q is not None and rng is not None and respond_to(q, rng):
+            confirm_in = rng.random() * leisure
+        return Accepted(Notification(message, Via.MULTICAST, now), confirm_in)
 
 
 def is_link_local(host: IPAddress) -> bool:

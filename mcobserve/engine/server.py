@@ -26,7 +26,9 @@ from ..constants import (
 )
 from ..errors import TokenSpaceExhaustedError
 from ..wire import CRI, InformativeResponse, TpInfo, serialize_message
+from ..wire.feedback import get_feedback_divider, set_feedback_divider
 from .common import OBSERVE_MODULUS, Endpoint
+from .counting import CountingPolicy, ObserverCounter, RoundResult
 
 #: Floor for the Max-Age driven refresh (draft §4.3, last paragraph), so that a representation with
 #: Max-Age 0 does not turn into a multicast storm.
@@ -49,6 +51,8 @@ class GroupPolicy:
     #: Seconds the server commits to when it reveals an observation without a scheduled ending through
     #: another channel than an informative response (draft Appendix A).
     commitment: float = 3600.0
+    #: Rough counting of the observers with Feedback-Divider (draft §8); None: COUNT only.
+    counting: CountingPolicy | None = field(default_factory=CountingPolicy)
 
     def __post_init__(self) -> None:
         if self.group_after < 1:
@@ -119,7 +123,7 @@ class GroupObservation:
     ph_req: bytes
     started_at: float
     ending: float | None
-    count: int = 0
+    counter: ObserverCounter = field(default_factory=ObserverCounter)
     observe: int = 0
     latest: Message | None = None
     latest_bytes: bytes | None = None
@@ -134,6 +138,15 @@ class GroupObservation:
     _payload_cache: dict[tuple[bool, int | None, float | None], bytes] = field(
         default_factory=dict, repr=False
     )
+
+    @property
+    def count(self) -> int:
+        """The observer counter COUNT (draft §4)."""
+        return self.counter.count
+
+    @count.setter
+    def count(self, value: int) -> None:
+        self.counter.count = value
 
     @property
     def ready(self) -> bool:
@@ -154,6 +167,8 @@ class GroupObservation:
         )
 
     def can_send(self, now: float) -> bool:
+        if not self.counter.may_send():
+            return False  # §13.1: wait for the counting round before sending more
         return self.last_sent_at is None or now >= self.last_sent_at + self.policy.min_interval
 
     def refresh_due(self) -> float | None:
@@ -194,6 +209,14 @@ class SendMulticast:
 
 
 @dataclass(frozen=True)
+class Counted:
+    """A counting round finished: the new estimate is the observer counter (draft §8.3.3)."""
+
+    observation: GroupObservation
+    result: RoundResult
+
+
+@dataclass(frozen=True)
 class Cancelled:
     """The group observation ended; its Token T is free again (draft §4.5)."""
 
@@ -201,13 +224,14 @@ class Cancelled:
     reason: str
 
 
-Action = Render | SendMulticast | Cancelled
+Action = Render | SendMulticast | Counted | Cancelled
 
 
 class Kind(enum.Enum):
     TRADITIONAL = "traditional"  # plain RFC 7641 observation
     GROUP = "group"  # answer with an informative response (draft §4.2)
     SILENT = "silent"  # counted, not answered: No-Response 16 (draft §5.1)
+    CONFIRMATION = "confirmation"  # Feedback-Divider 0: a confirmation, never answered (draft §8.3.3)
 
 
 @dataclass(frozen=True)
@@ -311,11 +335,26 @@ class ServerEngine:
         )
 
     def on_registration(
-        self, path: Path, key: ObserverKey, request: Message, now: float, rng: random.Random
+        self,
+        path: Path,
+        key: ObserverKey,
+        request: Message,
+        now: float,
+        rng: random.Random,
+        endpoint: Hashable | None = None,
     ) -> Registration:
-        """A GET with Observe 0 arrived for ``path`` (draft §4.2)."""
+        """A GET with Observe 0 arrived for ``path`` from ``endpoint`` (draft §4.2, §8.3.3).
+
+        ``key`` identifies the observation (endpoint and Token); ``endpoint`` the client endpoint,
+        which is what distinct confirmations are counted by (defaults to ``key``).
+        """
         path = tuple(path)
         st = self._resources.get(path)
+        if get_feedback_divider(request, self.code_points) == 0:
+            obs = st.group if st is not None else None
+            if obs is not None:
+                obs.counter.confirmation(key if endpoint is None else endpoint)
+            return Registration(Kind.CONFIRMATION, obs)
         if st is None or not self._compatible(request, path):
             return Registration(Kind.TRADITIONAL)
         silent = bool((request.opt.no_response or 0) & NO_RESPONSE_5XX)
@@ -361,6 +400,7 @@ class ServerEngine:
             ph_req=transport_independent(phantom),
             started_at=now,
             ending=now + st.policy.duration if st.policy.duration is not None else None,
+            counter=ObserverCounter(st.policy.counting),
             rendering=RenderReason.INIT,
         )
         st.group = obs
@@ -391,6 +431,11 @@ class ServerEngine:
         notification.token = obs.token
         obs.observe = (obs.observe + 1) % OBSERVE_MODULUS
         notification.opt.observe = obs.observe
+        if reason is not RenderReason.INIT:
+            q = obs.counter.feedback_divider(now)  # first notification of a burst only (§8.3.1)
+            if q is not None:
+                set_feedback_divider(notification, q, self.code_points)
+            obs.counter.notification_sent()
         obs.latest = notification
         obs.latest_bytes = serialize_message(notification)
         obs.latest_at = now
@@ -429,6 +474,12 @@ class ServerEngine:
             if obs.ending is not None and now >= obs.ending:
                 actions += self.cancel(obs, now, "ending reached")
                 continue
+            result = obs.counter.finish(now)
+            if result is not None:
+                actions.append(Counted(obs, result))
+                if obs.counter.should_cancel(result) and (obs.committed_until or 0.0) <= now:
+                    actions += self.cancel(obs, now, f"estimated {result.estimate} observers")
+                    continue
             if obs.rendering is not None or not obs.can_send(now):
                 continue
             if obs.dirty:
