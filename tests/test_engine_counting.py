@@ -69,7 +69,7 @@ def test_worked_example_of_the_draft():
         r = e.on_registration(("r",), ("k", i), confirmation(), T0 + 2, rng, endpoint=("10.0.0.9", 4000 + i))
         assert r.kind is Kind.CONFIRMATION and r.observation is obs
     assert obs.count == 32  # confirmations never count as new observers
-    assert e.next_deadline() == pytest.approx(T0 + 1 + WAIT)
+    assert e.next_deadline() == pytest.approx(T0 + 1 + WAIT, abs=1e-6)
     assert e.poll(T0 + 1 + WAIT - 0.01) == []
     (counted,) = e.poll(T0 + 1 + WAIT)
     assert isinstance(counted, Counted)

@@ -179,7 +179,7 @@ def test_changes_coalesce_inside_the_minimum_interval():
     assert e.on_change(("r",), T0 + 10.5) == []
     assert e.on_change(("r",), T0 + 11) == []
     assert e.on_change(("r",), T0 + 12.9) == []
-    assert e.next_deadline() == pytest.approx(T0 + 13)
+    assert e.next_deadline() == pytest.approx(T0 + 13, abs=1e-6)
     assert e.poll(T0 + 12.99) == []
     (r,) = e.poll(T0 + 13)
     assert r.reason is RenderReason.CHANGE
@@ -213,13 +213,13 @@ def test_next_not_before_announced_inside_the_interval():
 def test_latest_notification_refreshed_after_its_max_age():
     e = engine(GroupPolicy(min_interval=0))
     obs = started(e)  # INIT_NOTIF without Max-Age: 60 s
-    assert e.next_deadline() == pytest.approx(T0 + 60)
+    assert e.next_deadline() == pytest.approx(T0 + 60, abs=1e-6)
     assert e.poll(T0 + 59.9) == []
     (r,) = e.poll(T0 + 60)
     assert r.reason is RenderReason.MAX_AGE
     (send,) = e.rendered(obs, content("same", max_age=10), T0 + 60)
     assert send.message.opt.max_age == 10
-    assert e.next_deadline() == pytest.approx(T0 + 70)
+    assert e.next_deadline() == pytest.approx(T0 + 70, abs=1e-6)
     (r,) = e.poll(T0 + 70.5)
     assert r.reason is RenderReason.MAX_AGE
 
@@ -255,7 +255,7 @@ def test_scheduled_ending_is_announced_and_enforced():
     obs = started(e)
     ir = InformativeResponse.decode(e.informative_payload(obs, request(), T0))
     assert ir.ending == int(T0 + 100)
-    assert e.next_deadline() == pytest.approx(T0 + 60)  # Max-Age refresh comes first
+    assert e.next_deadline() == pytest.approx(T0 + 60, abs=1e-6)  # Max-Age refresh comes first
     actions = e.poll(T0 + 100)
     kinds = [type(a).__name__ for a in actions]
     assert kinds == ["SendMulticast", "Cancelled"] and actions[1].reason == "ending reached"

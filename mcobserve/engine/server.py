@@ -181,13 +181,16 @@ class GroupObservation:
         return due
 
     def next_deadline(self) -> float | None:
-        if self.cancelled or self.rendering is not None:
-            return self.ending if not self.cancelled else None
-        times = [t for t in (self.ending, self.refresh_due()) if t is not None]
-        if self.dirty:
-            times.append(
-                self.last_sent_at + self.policy.min_interval if self.last_sent_at is not None else 0.0
-            )
+        if self.cancelled:
+            return None
+        times = [t for t in (self.ending, self.counter.deadline()) if t is not None]
+        if self.rendering is None and self.counter.may_send():
+            refresh = self.refresh_due()
+            if refresh is not None:
+                times.append(refresh)
+            if self.dirty:
+                last = self.last_sent_at
+                times.append(last + self.policy.min_interval if last is not None else 0.0)
         return min(times) if times else None
 
 
