@@ -198,10 +198,11 @@ def test_divider(count, m, n, q):
     assert divider(count, m) == (n, q)
 
 
-def test_new_estimate_truncates_towards_zero():
+def test_new_estimate_is_real_valued():
     assert new_estimate(32, 16, 32, 1) == 16
-    assert new_estimate(32, 16, 32, 3) == 32 - 5  # -16/3 -> -5
-    assert new_estimate(10, 17, 10, 2) == 13  # 7/2 -> 3
+    assert new_estimate(32, 16, 32, 4) == 28
+    assert new_estimate(3, 0, 3, 4) == pytest.approx(2.25)  # truncation would leave 3 for ever
+    assert new_estimate(10, 17, 10, 2) == 13.5
     assert max_confirmation_wait() == 452.0 and max_confirmation_wait(0.5, 5) == 5.5
 
 
@@ -262,6 +263,19 @@ def test_feedback_divider_option_values():
     assert get_feedback_divider(m) is None  # too long: ignored like an unknown elective option
     with pytest.raises(ValueError):
         set_feedback_divider(Message(code=GET), 256)
+
+
+def test_empty_group_with_dampener_is_cancelled_eventually():
+    """With D = 4 and nobody left, the real-valued estimate decays below 0.2 and the group ends."""
+    e, obs = engine_with(3, confirmations=8, dampener=4, count_every=0)
+    t = T0
+    for _ in range(40):
+        t += 1
+        notify(e, obs, t)
+        t += WAIT
+        if any(isinstance(a, Cancelled) for a in e.poll(t)):
+            break
+    assert obs.cancelled and obs.counter.history[-1].estimate < 0.2
 
 
 def test_policy_validation():

@@ -259,7 +259,7 @@ class GroupServer:
             resource=_path_str(path),
             remote=str(request.remote.hostinfo),
             kind=reg.kind.value,
-            count=reg.observation.count if reg.observation else self.engine.traditional_count(path),
+            count=round(reg.observation.count, 3) if reg.observation else self.engine.traditional_count(path),
         )
         if reg.kind is Kind.TRADITIONAL:
             await aiocoap.resource.ObservableResource.render_to_pipe(resource, pipe)
@@ -347,12 +347,12 @@ class GroupServer:
                     "count",
                     resource=_path_str(action.observation.path),
                     token=action.observation.token.hex(),
-                    estimate=r.estimate,
+                    estimate=round(r.estimate, 3),
                     Q=r.q,
                     R=r.r,
-                    N=r.n,
+                    N=round(r.n, 3),
                     E=r.e,
-                    count_prime=r.count_prime,
+                    count_prime=round(r.count_prime, 3),
                     next_round_in=r.next_round_in,
                 )
             elif isinstance(action, Cancelled):

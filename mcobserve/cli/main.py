@@ -470,8 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     _inspect_parser(sub)
     _publish_parser(sub)
     from .demo import add_parser as add_demo
+    from .simulate import add_parser as add_simulate
 
     add_demo(sub)
+    add_simulate(sub)
     return parser
 
 

@@ -32,23 +32,29 @@ def max_confirmation_wait(rtt: float = MAX_RTT, leisure: float = MAX_CLIENT_REQU
     return rtt + leisure
 
 
-def divider(count: int, confirmations: int) -> tuple[int, int]:
-    """(N, Q): N = max(COUNT, 1), Q = max(ceil(log2(N / M)), 0) in exact integers (draft §8.3.1)."""
+def divider(count: float, confirmations: int) -> tuple[float, int]:
+    """(N, Q): N = max(COUNT, 1), Q = max(ceil(log2(N / M)), 0), computed exactly (draft §8.3.1).
+
+    Q is the smallest q >= 0 with M * 2**q >= N; as M * 2**q is an integer this equals the smallest
+    q with 2**q >= ceil(ceil(N) / M), found with integer bit lengths (no floating-point log2).
+    """
     if confirmations < 1:
         raise ValueError("M must be at least 1")
     n = max(count, 1)
-    # Smallest q >= 0 with M * 2**q >= N, i.e. 2**q >= ceil(N / M): ceil(log2(N / M)) clamped at 0.
-    ratio = -(-n // confirmations)
+    ratio = -(-math.ceil(n) // confirmations)
     return n, min((ratio - 1).bit_length(), MAX_Q)
 
 
-def new_estimate(count_prime: int, e: int, n: int, dampener: int) -> int:
-    """COUNT' + (E - N) / D with the division truncated towards zero, as in Appendix B.3."""
+def new_estimate(count_prime: float, e: int, n: float, dampener: int) -> float:
+    """COUNT' + (E - N) / D (draft §8.3.3), in real numbers.
+
+    Appendix B.3 writes it with C integers, where the division truncates; then an empty group with
+    N < D never moves (R = 0 gives (0 - N) / D = 0) and is never cancelled, although its threshold
+    CANCEL_THRESHOLD = 0.2 is a real number. The estimate is therefore kept real-valued.
+    """
     if dampener < 1:
         raise ValueError("the dampener D must be a positive integer")
-    diff = e - n
-    step = abs(diff) // dampener
-    return count_prime + (step if diff >= 0 else -step)
+    return count_prime + (e - n) / dampener
 
 
 def response_probability(q: int) -> float:
@@ -111,13 +117,13 @@ class CountingPolicy:
 class RoundResult:
     """One finished counting round (draft §8.3.3)."""
 
-    n: int
+    n: float
     q: int
     r: int
     e: int
-    count_before: int  # COUNT when the round started
-    count_prime: int  # COUNT' when it ended (joins in between included)
-    estimate: int
+    count_before: float  # COUNT when the round started
+    count_prime: float  # COUNT' when it ended (joins in between included)
+    estimate: float
     next_round_in: int  # multicast notifications until the next round
     started_at: float
     ended_at: float
@@ -127,9 +133,9 @@ class RoundResult:
 class CountingRound:
     """A round in progress: started by the notification that carried Feedback-Divider Q."""
 
-    n: int
+    n: float
     q: int
-    count_before: int
+    count_before: float
     started_at: float
     ends_at: float
     confirmers: set[Hashable] = field(default_factory=set)
@@ -141,7 +147,8 @@ class ObserverCounter:
 
     #: None: COUNT is kept but no rounds run.
     policy: CountingPolicy | None = None
-    count: int = 0
+    #: COUNT: +1 per registration, replaced by the (real-valued) estimate after each round.
+    count: float = 0
     round: CountingRound | None = None
     #: Multicast notifications to send before the next round; 0: the next one carries the option.
     countdown: int = 0
@@ -207,7 +214,7 @@ class ObserverCounter:
         r = len(rnd.confirmers)
         e = r << rnd.q
         count_prime = self.count
-        estimate = max(new_estimate(count_prime, e, rnd.n, self.policy.dampener), 0)
+        estimate = max(new_estimate(count_prime, e, rnd.n, self.policy.dampener), 0.0)
         if r == 0 or max(e / rnd.n, rnd.n / e) > self.policy.retry_threshold:
             next_in = 0
         else:

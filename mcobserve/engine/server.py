@@ -481,7 +481,7 @@ class ServerEngine:
             if result is not None:
                 actions.append(Counted(obs, result))
                 if obs.counter.should_cancel(result) and (obs.committed_until or 0.0) <= now:
-                    actions += self.cancel(obs, now, f"estimated {result.estimate} observers")
+                    actions += self.cancel(obs, now, f"estimated {result.estimate:.3g} observers")
                     continue
             if obs.rendering is not None or not obs.can_send(now):
                 continue
