@@ -13,11 +13,12 @@ import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aiocoap import NON, SERVICE_UNAVAILABLE, Message
 
 from ..constants import DEFAULT_CODE_POINTS, CodePoints
-from ..errors import MalformedError, UnsupportedTransportError, WithdrawnError
+from ..errors import MalformedError, McObserveError, UnsupportedTransportError, WithdrawnError
 from ..wire import CRI, InformativeResponse, parse_message, serialize_message
 from ..wire.feedback import get_feedback_divider
 from .common import Endpoint, IPAddress, observe_is_fresh
@@ -112,12 +113,39 @@ def hostnames(informative: InformativeResponse) -> list[str]:
     return [c.host for c in (tp.tpi_server, tp.tpi_client) if c is not None and isinstance(c.host, str)]
 
 
+class NotificationSecurity(Protocol):
+    """Client side of draft §9.3, implemented by :mod:`mcobserve.oscore`."""
+
+    def verify_phantom(
+        self, informative: InformativeResponse, protected_channel: bool, token: bytes
+    ) -> tuple[Message, Any]:
+        """Verify the rebuilt phantom request without replay check or window update (§9.3.1).
+
+        Returns the plain phantom request and the state later notifications are checked against
+        (kid, Partial IV, kid context, Response Number). Raises :class:`MalformedError` when it cannot.
+        ``protected_channel`` tells whether the informative response came over OSCORE.
+        """
+        ...
+
+    def unprotect(self, message: Message | bytes, state: Any, token: bytes) -> Message:
+        """Verify and decrypt 'last_notif' or a notification (§9.3.2); McObserveError when rejected."""
+        ...
+
+
 class GroupObservationClient:
     """Follows one group observation for one registration request (draft §5)."""
 
-    def __init__(self, request: Message, *, code_points: CodePoints = DEFAULT_CODE_POINTS) -> None:
+    def __init__(
+        self,
+        request: Message,
+        *,
+        code_points: CodePoints = DEFAULT_CODE_POINTS,
+        security: NotificationSecurity | None = None,
+    ) -> None:
         self.request = request
         self.code_points = code_points
+        self.security = security
+        self._security_state: Any = None
         self.server: Endpoint | None = None
         self.group: Endpoint | None = None
         self.token: bytes | None = None
@@ -135,7 +163,12 @@ class GroupObservationClient:
         return InformativeResponse.decode(payload)
 
     def join(
-        self, informative: InformativeResponse, now: float, resolved: Mapping[str, IPAddress] | None = None
+        self,
+        informative: InformativeResponse,
+        now: float,
+        resolved: Mapping[str, IPAddress] | None = None,
+        *,
+        protected_channel: bool = False,
     ) -> Notification | None:
         """Steps 1-7 of draft §5.2. Returns the rebuilt 'last_notif' when there is one.
 
@@ -164,8 +197,16 @@ class GroupObservationClient:
         if group.host.version != server.host.version:
             raise MalformedError("'tpi_server' and 'tpi_client' are of different IP versions")
         token = tp.tpi_token
+        state = None
         # Step 2: rebuild the phantom request with Token T.
-        if informative.ph_req is not None:
+        if self.security is not None:
+            # Group OSCORE: 'ph_req' is required and verified before step 3 (draft §9.3.1).
+            if informative.ph_req is None:
+                raise MalformedError("a secured informative response must carry 'ph_req' (draft §9.3.1)")
+            phantom, state = self.security.verify_phantom(informative, protected_channel, token)
+            if not phantom.code.is_request() or phantom.opt.observe != 0:
+                raise MalformedError("the verified 'ph_req' is not an Observe registration")
+        elif informative.ph_req is not None:
             phantom = parse_message(informative.ph_req, token=token)
             if not phantom.code.is_request():
                 raise MalformedError(f"'ph_req' has code {phantom.code.dotted}, not a request")
@@ -183,7 +224,18 @@ class GroupObservationClient:
         # Step 5: rebuild 'last_notif' (parsed before committing to anything, so that a malformed one
         # leaves this object untouched).
         last: Message | None = None
-        if informative.last_notif is not None:
+        if informative.last_notif is not None and self.security is not None:
+            try:
+                last = self.security.unprotect(informative.last_notif, state, token)
+            except McObserveError as e:
+                # Verification failed: go on without it (draft §9.3.1, then step 7).
+                log.info("'last_notif' rejected: %s", e)
+                last = None
+            if last is not None and (
+                not last.code.is_response() or (last.code.is_successful() and last.opt.observe is None)
+            ):
+                raise MalformedError("the verified 'last_notif' is not a notification")
+        elif informative.last_notif is not None:
             last = parse_message(informative.last_notif, token=token)
             if not last.code.is_response():
                 raise MalformedError(f"'last_notif' has code {last.code.dotted}, not a response")
@@ -192,6 +244,7 @@ class GroupObservationClient:
         # Step 4: adopt T.
         self.server, self.group, self.token, self.phantom = server, group, token, phantom
         self.informative = informative
+        self._security_state = state
         self._last = None
         self.ended = False
         if last is None:
@@ -234,6 +287,11 @@ class GroupObservationClient:
             return Dropped(f"code {message.code.dotted} is not a response")
         if message.mtype != NON:
             return Dropped(f"multicast notifications are NON, got type {message.mtype}")
+        if self.security is not None:
+            try:  # verified against the phantom request's kid / Partial IV / kid context (§9.3.2)
+                message = self.security.unprotect(message, self._security_state, self.token)  # type: ignore[arg-type]
+            except McObserveError as e:
+                return Dropped(f"rejected by Group OSCORE: {e}")
         if message.opt.observe is None:
             if not message.code.is_successful():
                 # The multicast 5.03 (or any error without Observe) ends the observation (draft §5.4).

@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from aiocoap import GET, NON, SERVICE_UNAVAILABLE, Message
 from aiocoap.numbers.optionnumbers import OptionNumber
@@ -24,7 +25,7 @@ from ..constants import (
     NO_RESPONSE_5XX,
     CodePoints,
 )
-from ..errors import TokenSpaceExhaustedError
+from ..errors import McObserveError, TokenSpaceExhaustedError
 from ..wire import CRI, InformativeResponse, TpInfo, serialize_message
 from ..wire.feedback import get_feedback_divider, set_feedback_divider
 from .common import OBSERVE_MODULUS, Endpoint
@@ -36,6 +37,30 @@ MIN_REFRESH_INTERVAL = 1.0
 
 Path = tuple[str, ...]
 ObserverKey = Hashable
+
+
+class GroupSecurity(Protocol):
+    """End-to-end protection of a group observation (draft §9.2), implemented by :mod:`mcobserve.oscore`.
+
+    The engine hands over plain messages and stores what comes back; methods raise
+    :class:`~mcobserve.errors.McObserveError` when they cannot protect (e.g. sequence numbers exhausted).
+    """
+
+    def protect_phantom(self, phantom: Message, now: float) -> tuple[Message, Any]:
+        """The protected phantom request and the binding every notification refers to (§9.2.1)."""
+        ...
+
+    def protect_response(self, response: Message, binding: Any) -> Message:
+        """A notification or the cancellation, group mode, own Partial IV (§9.2.3, §9.2.4)."""
+        ...
+
+    def informative_parameters(self, binding: Any, now: float) -> dict[str, Any]:
+        """Informative-response parameters about the group (§9.1 signalling or App. C material)."""
+        ...
+
+    def expires_at(self, binding: Any) -> float | None:
+        """When the keying material behind ``binding`` expires (App. C), or None."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -135,6 +160,8 @@ class GroupObservation:
     rendering: RenderReason | None = None
     cancelled: bool = False
     committed_until: float | None = None
+    #: What the group security returned for the protected phantom request (draft §9.2.1), or None.
+    binding: Any = None
     _payload_cache: dict[tuple[bool, int | None, float | None], bytes] = field(
         default_factory=dict, repr=False
     )
@@ -272,6 +299,8 @@ class ServerEngine:
         *,
         code_points: CodePoints = DEFAULT_CODE_POINTS,
         token_length: int = 2,
+        security: GroupSecurity | None = None,
+        renew_margin: float = 10.0,
     ) -> None:
         if not group.host.is_multicast:
             raise ValueError(f"group address {group.host} is not a multicast address")
@@ -280,6 +309,9 @@ class ServerEngine:
         self.server = server
         self.group = group
         self.code_points = code_points
+        self.security = security
+        #: Cancel a group observation this many seconds before its keying material expires (App. C).
+        self.renew_margin = renew_margin
         self.tokens = TokenSpace(token_length)
         self._resources: dict[Path, _ResourceState] = {}
         self._by_token: dict[bytes, GroupObservation] = {}
@@ -370,7 +402,13 @@ class ServerEngine:
         if len(others) + 1 < st.policy.group_after:
             st.traditional[key] = request
             return Registration(Kind.TRADITIONAL)
-        obs = self._start(path, st, now, rng)
+        try:
+            obs = self._start(path, st, now, rng)
+        except McObserveError:
+            # No group observation can be protected now (e.g. sequence numbers exhausted): serve the
+            # client with a traditional observation, protected by its unicast security.
+            st.traditional[key] = request
+            return Registration(Kind.TRADITIONAL)
         shifted = tuple(others.items())
         st.traditional.clear()
         obs.count = len(shifted) + 1
@@ -393,6 +431,17 @@ class ServerEngine:
     def _start(self, path: Path, st: _ResourceState, now: float, rng: random.Random) -> GroupObservation:
         token = self.tokens.allocate(rng)
         phantom = self._phantom(path, token)
+        ph_req = transport_independent(phantom)
+        binding = None
+        if self.security is not None:
+            # The phantom request is protected with the server's own Sender Context (§9.2.1); the
+            # resource still processes the plain one, inside the server.
+            try:
+                protected, binding = self.security.protect_phantom(phantom, now)
+            except McObserveError:
+                self.tokens.release(token)
+                raise
+            ph_req = transport_independent(protected)
         obs = GroupObservation(
             path=path,
             token=token,
@@ -400,7 +449,8 @@ class ServerEngine:
             group=self.group,
             policy=st.policy,
             phantom=phantom,
-            ph_req=transport_independent(phantom),
+            ph_req=ph_req,
+            binding=binding,
             started_at=now,
             ending=now + st.policy.duration if st.policy.duration is not None else None,
             counter=ObserverCounter(st.policy.counting),
@@ -439,10 +489,15 @@ class ServerEngine:
             if q is not None:
                 set_feedback_divider(notification, q, self.code_points)
             obs.counter.notification_sent()
+        max_age = notification.opt.max_age  # the inner Max-Age under Group OSCORE (§4.3)
+        if self.security is not None:
+            try:
+                notification = self.security.protect_response(notification, obs.binding)
+            except McObserveError as e:
+                return self._drop(obs, f"cannot protect: {e}")
         obs.latest = notification
         obs.latest_bytes = serialize_message(notification)
         obs.latest_at = now
-        max_age = notification.opt.max_age
         obs.latest_max_age = float(DEFAULT_MAX_AGE if max_age is None else max_age)
         obs._payload_cache.clear()
         if reason is RenderReason.INIT:
@@ -477,6 +532,12 @@ class ServerEngine:
             if obs.ending is not None and now >= obs.ending:
                 actions += self.cancel(obs, now, "ending reached")
                 continue
+            expiry = self.security.expires_at(obs.binding) if self.security is not None else None
+            if expiry is not None and now >= expiry - self.renew_margin:
+                # The keying material is about to expire: cancel; the next registration starts a new
+                # group observation under new material (App. C).
+                actions += self.cancel(obs, now, "keying material expires")
+                continue
             result = obs.counter.finish(now)
             if result is not None:
                 actions.append(Counted(obs, result))
@@ -499,6 +560,11 @@ class ServerEngine:
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`poll` has something to do, or None."""
         times = [t for obs in self._by_token.values() if (t := obs.next_deadline()) is not None]
+        if self.security is not None:
+            for obs in self._by_token.values():
+                expiry = self.security.expires_at(obs.binding)
+                if expiry is not None:
+                    times.append(expiry - self.renew_margin)
         return min(times) if times else None
 
     # -- cancellation --------------------------------------------------------------------------
@@ -517,7 +583,17 @@ class ServerEngine:
         message = Message(code=SERVICE_UNAVAILABLE)
         message.mtype = NON
         message.token = obs.token
+        if self.security is not None:
+            try:  # protected in group mode with the server's own Partial IV (§9.2.4)
+                message = self.security.protect_response(message, obs.binding)
+            except McObserveError:
+                return [Cancelled(obs, reason + " (the cancellation could not be protected, not sent)")]
         return [SendMulticast(obs, message, "cancellation"), Cancelled(obs, reason)]
+
+    def _drop(self, obs: GroupObservation, reason: str) -> list[Action]:
+        """End a group observation that can no longer be protected: nothing may be sent for it."""
+        actions = self.cancel(obs, 0.0, reason)
+        return [a for a in actions if isinstance(a, Cancelled)]
 
     def cancel_path(self, path: Path, now: float, reason: str = "operator") -> list[Action]:
         obs = self.observation(path)
@@ -550,7 +626,10 @@ class ServerEngine:
         if with_ph_req is None:
             with_ph_req = request is None or transport_independent(request) != obs.ph_req
         nnb = self.next_not_before(obs, now)
-        key = (with_ph_req, nnb, obs.ending)
+        extra = self.security.informative_parameters(obs.binding, now) if self.security is not None else {}
+        if self.security is not None:
+            with_ph_req = True  # the protected phantom request always differs (§9.2.2)
+        key = (with_ph_req, nnb, obs.ending, extra.get("exi"), extra.get("exp"))
         cached = obs._payload_cache.get(key)
         if cached is None:
             cached = InformativeResponse(
@@ -559,6 +638,7 @@ class ServerEngine:
                 last_notif=obs.latest_bytes,
                 next_not_before=nnb,
                 ending=_time_value(obs.ending),
+                **extra,
             ).encode()
             obs._payload_cache[key] = cached
         return cached
