@@ -41,7 +41,9 @@ def secured(lifetime: float = 3600.0, *, paths=("r",)):
     observations = {}
     for p in paths:
         e.add_resource((p,), GroupPolicy(min_interval=0, counting=None))
-        obs = e.on_registration((p,), "c", reg(p), T0, random.Random(hash(p) & 0xFF)).observation
+        obs = e.on_registration(
+            (p,), "c", reg(p), T0, random.Random(hash(p) & 0xFF), protected=True
+        ).observation
         e.rendered(obs, Message(code=CONTENT, payload=b"init-" + p.encode()), T0)
         observations[p] = obs
     return e, security, observations
@@ -154,7 +156,7 @@ def test_keying_material_expiry_cancels_and_rekeys():
     assert [type(a) for a in actions] == [SendMulticast, Cancelled]
     assert actions[1].reason == "keying material expires"
     # The next registration starts under new material: new Master Secret and Gid (App. C).
-    r = e.on_registration(("r",), "c2", reg(), T0 + 96, random.Random(3))
+    r = e.on_registration(("r",), "c2", reg(), T0 + 96, random.Random(3), protected=True)
     assert r.kind is Kind.GROUP and r.started
     e.rendered(r.observation, Message(code=CONTENT, payload=b"x"), T0 + 96)
     ir = InformativeResponse.decode(e.informative_payload(r.observation, reg(), T0 + 96))
@@ -170,7 +172,7 @@ def test_pre_arranged_group_signals_join_information():
     security = PreArrangedGroup(group.context, sec_gp="myGroup", join_uri="coap://gm/ace-group/myGroup")
     e = ServerEngine(SRV, GRP, security=security)
     e.add_resource(("r",), GroupPolicy(min_interval=0))
-    obs = e.on_registration(("r",), "c", reg(), T0, random.Random(1)).observation
+    obs = e.on_registration(("r",), "c", reg(), T0, random.Random(1), protected=True).observation
     e.rendered(obs, Message(code=CONTENT, payload=b"x"), T0)
     ir = InformativeResponse.decode(e.informative_payload(obs, reg(), T0))
     assert (ir.join_uri, ir.sec_gp, ir.sign_alg, ir.gp_enc_alg) == (
@@ -190,3 +192,10 @@ def test_pre_arranged_group_signals_join_information():
     member = silent_context_from_gp_material(group.gp_material(), group.srv_cred, group.srv_identifier)
     c = GroupObservationClient(reg(), security=ClientGroupSecurity(member))
     assert c.join(ir, T0, protected_channel=True).payload == b"x"
+
+
+def test_unprotected_registration_is_refused_when_notifications_are_protected():
+    """Registrations and informative responses MUST be protected too (draft §9): no keys in the clear."""
+    e, _, obs_map = secured()
+    r = e.on_registration(("r",), "plain", reg(), T0, random.Random(2), protected=False)
+    assert r.kind is Kind.REFUSED and obs_map["r"].count == 1

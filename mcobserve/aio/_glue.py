@@ -12,9 +12,11 @@ import socket
 import struct
 
 import aiocoap
+import aiocoap.meta
 from aiocoap import Context, Message
 from aiocoap.messagemanager import MessageManager
 from aiocoap.tokenmanager import TokenManager
+from aiocoap.transports.oscore import OSCOREAddress
 from aiocoap.transports.udp6 import MessageInterfaceUDP6, UDP6EndpointAddress
 
 from ..engine.common import Endpoint, normalize_ip
@@ -66,6 +68,8 @@ def acknowledge_now(request: Message) -> bool:
     after EMPTY_ACK_DELAY); the response is then separate anyway.
     """
     remote = request.remote
+    if isinstance(remote, OSCOREAddress):  # the outer request carries the same Token (RFC 8613 §4.1)
+        remote = remote.underlying_address
     mman = getattr(getattr(remote, "interface", None), "_ctx", None)
     if not isinstance(mman, MessageManager):
         return False
@@ -76,6 +80,18 @@ def acknowledge_now(request: Message) -> bool:
     handle.cancel()
     mman._send_empty_ack(remote, mid, "separate informative response (draft §4.2)")
     return True
+
+
+def is_oscore_protected(message: Message) -> bool:
+    """Did this request or response come over (unicast) OSCORE, unprotected by aiocoap (RFC 8613)?"""
+    return isinstance(message.remote, OSCOREAddress)
+
+
+def oscore_site(site: aiocoap.interfaces.Resource, server_credentials: object) -> aiocoap.interfaces.Resource:
+    """Wrap a site so that OSCORE-protected requests are unprotected before rendering (RFC 8613 §8.2)."""
+    from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+
+    return OscoreSiteWrapper(site, server_credentials)
 
 
 def local_endpoint(request: Message) -> Endpoint | None:

@@ -29,6 +29,7 @@ from ..engine.client import (
     Ended,
     GroupObservationClient,
     Notification,
+    NotificationSecurity,
     Via,
     hostnames,
     informative_response_payload,
@@ -36,7 +37,10 @@ from ..engine.client import (
 from ..engine.common import Endpoint, IPAddress
 from ..engine.counting import DEFAULT_LEISURE
 from ..errors import GroupObservationError, MalformedError, McObserveError
+from ..oscore.groupobs import ClientGroupSecurity
+from ..wire import InformativeResponse, parse_message
 from ..wire.feedback import set_feedback_divider
+from . import _glue
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +224,8 @@ class Observer:
         malformed_retries: int = 1,
         leisure: float = DEFAULT_LEISURE,
         rng: random.Random | None = None,
+        credentials: dict[str, Any] | None = None,
+        group_security: NotificationSecurity | None = None,
     ) -> None:
         self.uri = uri
         self._ctx = context
@@ -236,6 +242,11 @@ class Observer:
         self.leisure = leisure
         self.rng = rng or random.SystemRandom()
         self.confirmations_sent = 0
+        #: aiocoap credentials (its JSON format) for unicast OSCORE to the server (RFC 8613).
+        self.credentials = credentials
+        #: Group OSCORE for the notifications (draft §9.3); a self-managed group's material is accepted
+        #: by default when it comes over OSCORE (App. C).
+        self.group_security = group_security
         self._confirmations: set[asyncio.Task[None]] = set()
 
     def __aiter__(self) -> AsyncIterator[Notification]:
@@ -248,6 +259,8 @@ class Observer:
         if self._ctx is None:
             self._ctx = await aiocoap.Context.create_client_context()
             self._own_ctx = True
+            if self.credentials:
+                self._ctx.client_credentials.load_from_dict(self.credentials)
         return self._ctx
 
     async def aclose(self) -> None:
@@ -285,7 +298,7 @@ class Observer:
         while True:
             payload = informative_response_payload(response, self.code_points)
             if payload is not None:
-                async for n in self._follow_group(request, payload):
+                async for n in self._follow_group(request, payload, _glue.is_oscore_protected(response)):
                     yield n
                 return
             if not response.code.is_successful():
@@ -305,11 +318,27 @@ class Observer:
                 raise GroupObservationError("the server ended the observation")
             response = shifted
 
-    async def _follow_group(self, request: Message, payload: bytes) -> AsyncIterator[Notification]:
-        client = GroupObservationClient(request, code_points=self.code_points)
-        informative = client.parse(payload)
+    def _security_for(self, informative: InformativeResponse) -> NotificationSecurity | None:
+        """The configured group security, or a default one when the server protects (draft §9.3)."""
+        if self.group_security is not None:
+            return self.group_security
+        protected_phantom = False
+        if informative.ph_req is not None:
+            with contextlib.suppress(MalformedError):
+                protected_phantom = parse_message(informative.ph_req).opt.oscore is not None
+        if informative.gp_material is not None or protected_phantom or informative.sec_gp is not None:
+            return ClientGroupSecurity()
+        return None
+
+    async def _follow_group(
+        self, request: Message, payload: bytes, protected_channel: bool = False
+    ) -> AsyncIterator[Notification]:
+        informative = InformativeResponse.decode(payload)
+        client = GroupObservationClient(
+            request, code_points=self.code_points, security=self._security_for(informative)
+        )
         resolved = await _resolve_names(hostnames(informative))
-        first = client.join(informative, self.clock(), resolved)
+        first = client.join(informative, self.clock(), resolved, protected_channel=protected_channel)
         self.group_client = client
         assert client.group is not None and client.token is not None
         listener = await self.pool.acquire(client.group, self.ifindex)

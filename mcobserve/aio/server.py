@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiocoap
+import aiocoap.credentials
 import aiocoap.resource
 from aiocoap import (
     BAD_REQUEST,
@@ -27,6 +28,7 @@ from aiocoap import (
     INTERNAL_SERVER_ERROR,
     NOT_FOUND,
     SERVICE_UNAVAILABLE,
+    UNAUTHORIZED,
     Message,
 )
 
@@ -38,6 +40,7 @@ from ..engine.server import (
     Counted,
     GroupObservation,
     GroupPolicy,
+    GroupSecurity,
     Kind,
     Path,
     Render,
@@ -45,7 +48,6 @@ from ..engine.server import (
     SendMulticast,
     ServerEngine,
 )
-from ..wire.feedback import get_feedback_divider
 from . import _glue
 
 log = logging.getLogger(__name__)
@@ -177,18 +179,26 @@ class GroupServer:
         clock: Callable[[], float] = time.time,
         on_event: EventSink | None = None,
         receive_buffer: int = 4 << 20,
+        security: GroupSecurity | None = None,
+        server_credentials: aiocoap.credentials.CredentialsMap | None = None,
     ) -> GroupServer:
         """Bind SRV_ADDR:SRV_PORT and prepare to send to GRP_ADDR:GRP_PORT (draft §4.1)."""
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
-        engine = ServerEngine(bind, group, code_points=code_points, token_length=token_length)
+        engine = ServerEngine(
+            bind, group, code_points=code_points, token_length=token_length, security=security
+        )
         if site is None:  # a site of the caller's keeps its own /.well-known/core
             site = aiocoap.resource.Site()
             wkc = aiocoap.resource.WKCResource(site.get_resources_as_linkheader)
             site.add_resource([".well-known", "core"], wkc)
         bind_host = str(bind.host)
+        served = _glue.oscore_site(site, server_credentials) if server_credentials is not None else site
         ctx = await aiocoap.Context.create_server_context(
-            site, bind=(bind_host, bind.port), transports=["udp6"]
+            served,
+            bind=(bind_host, bind.port),
+            transports=["oscore", "udp6"] if server_credentials else ["udp6"],
+            server_credentials=server_credentials,
         )
         ifindex = socket.if_nametoindex(interface) if interface else 0
         _glue.configure_multicast_sender(ctx, ifindex, hops=hops)
@@ -253,7 +263,15 @@ class GroupServer:
         key = _observer_key(request)
         # aiocoap's Site strips the matched Uri-Path; the engine compares the request as it was sent.
         as_sent = request.copy(uri_path=path)
-        reg = self.engine.on_registration(path, key, as_sent, self.clock(), self.rng, endpoint=request.remote)
+        reg = self.engine.on_registration(
+            path,
+            key,
+            as_sent,
+            self.clock(),
+            self.rng,
+            endpoint=request.remote,
+            protected=_glue.is_oscore_protected(request),
+        )
         self._emit(
             "registration",
             resource=_path_str(path),
@@ -263,6 +281,12 @@ class GroupServer:
         )
         if reg.kind is Kind.TRADITIONAL:
             await aiocoap.resource.ObservableResource.render_to_pipe(resource, pipe)
+            return
+        if reg.kind is Kind.REFUSED:
+            pipe.add_response(
+                Message(code=UNAUTHORIZED, payload=b"register over OSCORE: notifications are protected"),
+                is_last=True,
+            )
             return
         if reg.kind is Kind.CONFIRMATION:
             # Feedback-Divider 0: counted for R (distinct endpoints), never answered (draft §8.3.3).
@@ -402,7 +426,7 @@ class GroupServer:
                 observe=message.opt.observe,
                 how="multicast",
                 size=len(message.payload),
-                feedback_divider=get_feedback_divider(message, self.code_points),
+                feedback_divider=action.feedback_divider,
             )
 
     async def _run_timers(self) -> None:

@@ -8,11 +8,13 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
 import tomllib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MIN_INTERVAL, CodePoints
@@ -41,6 +43,9 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "retry_threshold": 4.0,
     "max_unconfirmed": 50,
     "no_counting": False,
+    "credentials": None,
+    "group_oscore": None,
+    "key_lifetime": 3600.0,
 }
 #: Every setting of ``mcobserve observe`` with its default (TOML ``[observe]``).
 _OBSERVE_DEFAULTS: dict[str, Any] = {
@@ -51,6 +56,8 @@ _OBSERVE_DEFAULTS: dict[str, Any] = {
     "interface": None,
     "content_format": DEFAULT_CODE_POINTS.content_format,
     "leisure": DEFAULT_LEISURE,
+    "credentials": None,
+    "group_oscore": None,
 }
 _CONFIG_KEYS = {"server": set(_SERVER_DEFAULTS), "observe": set(_OBSERVE_DEFAULTS)}
 
@@ -125,6 +132,23 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
         help=f"Content-Format number of informative responses (default {DEFAULT_CODE_POINTS.content_format})",
     )
     p.add_argument("--run-for", type=float, help="shut down (cancelling group observations) after SECONDS")
+    s = p.add_argument_group("security (draft §9, Appendix C)")
+    s.add_argument(
+        "--credentials",
+        metavar="FILE.json",
+        help="aiocoap credentials (OSCORE) for registrations and informative responses",
+    )
+    s.add_argument(
+        "--group-oscore",
+        metavar="self-managed|FILE.toml",
+        help="protect notifications with Group OSCORE: a self-managed group or a pre-arranged one",
+    )
+    s.add_argument(
+        "--key-lifetime",
+        type=float,
+        metavar="SECONDS",
+        help="lifetime of self-managed keying material, 'exi' (default 3600)",
+    )
     c = p.add_argument_group("rough counting of observers (draft §8, Appendix B)")
     c.add_argument(
         "--confirmations", type=int, metavar="M", help="confirmations wanted per round (default 8)"
@@ -206,6 +230,11 @@ def _cmd_server(args: argparse.Namespace) -> int:
         ServerEngine(bind, group)  # validates the pair: multicast group, same IP version
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.group_oscore and not args.credentials:
+        raise UsageError(
+            "--group-oscore needs --credentials: registrations and informative responses "
+            "MUST be protected (§9)"
+        )
     resources = [_parse_resource(r) for r in args.resource]
     code_points = CodePoints(content_format=args.content_format)
     return asyncio.run(_serve(args, bind, group, policy, resources, code_points))
@@ -223,6 +252,13 @@ async def _serve(
     from ..aio.server import GroupServer
 
     out = _EventPrinter(args.json)
+    security = _server_security(args.group_oscore, args.key_lifetime)
+    server_credentials = None
+    if args.credentials:
+        import aiocoap.credentials
+
+        server_credentials = aiocoap.credentials.CredentialsMap()
+        server_credentials.load_from_dict(load_credentials(args.credentials))
     try:
         server = await GroupServer.create(
             bind,
@@ -232,6 +268,8 @@ async def _serve(
             token_length=args.token_length,
             hops=args.hops,
             on_event=out,
+            security=security,
+            server_credentials=server_credentials,
         )
     except (OSError, ValueError) as e:
         _reason(f"cannot serve on {bind} for group {group}: {e}")
@@ -255,6 +293,42 @@ async def _serve(
         await server.shutdown()
         out({"event": "stopped", "time": round(time.time(), 3), "datagrams_sent": server.datagrams_sent})
     return 0
+
+
+def load_credentials(path: str) -> dict[str, Any]:
+    """aiocoap's credentials JSON; relative OSCORE ``basedir`` entries are taken relative to the file."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"cannot read credentials {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"credentials {path}: a JSON object expected")
+    base = Path(path).resolve().parent
+    for entry in data.values():
+        oscore = entry.get("oscore") if isinstance(entry, dict) else None
+        if isinstance(oscore, dict) and isinstance(oscore.get("basedir"), str):
+            oscore["basedir"] = str(base / oscore["basedir"]) + "/"
+    return data
+
+
+def _server_security(spec: str | None, lifetime: float) -> Any:
+    """``self-managed`` (App. C) or a pre-arranged group's TOML file (§9), or None."""
+    if not spec:
+        return None
+    from ..oscore import SelfManagedGroup
+    from ..oscore.config import GroupConfigError, load_group
+    from ..oscore.groupobs import PreArrangedGroup, SelfManagedGroupSecurity
+
+    if spec == "self-managed":
+        return SelfManagedGroupSecurity(
+            SelfManagedGroup.create(os.urandom), lifetime=lifetime, now=time.time()
+        )
+    try:
+        cfg = load_group(spec, server=True)
+    except GroupConfigError as e:
+        raise UsageError(str(e)) from None
+    return PreArrangedGroup(cfg.context, sec_gp=cfg.sec_gp, join_uri=cfg.join_uri, as_uri=cfg.as_uri)
 
 
 class _EventPrinter:
@@ -288,6 +362,14 @@ def _observe_parser(sub: argparse._SubParsersAction) -> None:
         "observe for SECONDS and exit 0)",
     )
     p.add_argument("--interface", help="interface to listen for multicast notifications on")
+    p.add_argument(
+        "--credentials", metavar="FILE.json", help="aiocoap credentials (OSCORE) for the registration"
+    )
+    p.add_argument(
+        "--group-oscore",
+        metavar="FILE.toml",
+        help="a pre-arranged OSCORE group (a self-managed group's material is taken from the server)",
+    )
     p.add_argument(
         "--leisure",
         type=float,
@@ -332,11 +414,22 @@ def _notification_json(n: Any, index: int) -> dict[str, Any]:
 async def _observe(args: argparse.Namespace) -> int:
     from ..aio.client import Observer
 
+    group_security = None
+    if args.group_oscore:
+        from ..oscore.config import GroupConfigError, load_group
+        from ..oscore.groupobs import ClientGroupSecurity
+
+        try:
+            group_security = ClientGroupSecurity(load_group(args.group_oscore, server=False).context)
+        except GroupConfigError as e:
+            raise UsageError(str(e)) from None
     observer = Observer(
         args.uri,
         interface=args.interface,
         code_points=CodePoints(content_format=args.content_format),
         leisure=args.leisure,
+        credentials=load_credentials(args.credentials) if args.credentials else None,
+        group_security=group_security,
     )
     received = 0
     loop = asyncio.get_running_loop()
@@ -469,11 +562,13 @@ def build_parser() -> argparse.ArgumentParser:
     _observe_parser(sub)
     _inspect_parser(sub)
     _publish_parser(sub)
+    from .credentials import add_parser as add_credentials
     from .demo import add_parser as add_demo
     from .simulate import add_parser as add_simulate
 
     add_demo(sub)
     add_simulate(sub)
+    add_credentials(sub)
     return parser
 
 

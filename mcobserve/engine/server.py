@@ -236,6 +236,8 @@ class SendMulticast:
     observation: GroupObservation
     message: Message
     kind: str  # "notification" or "cancellation"
+    #: Feedback-Divider Q the notification carries (inside the OSCORE protection when secured), or None.
+    feedback_divider: int | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,7 @@ class Kind(enum.Enum):
     GROUP = "group"  # answer with an informative response (draft §4.2)
     SILENT = "silent"  # counted, not answered: No-Response 16 (draft §5.1)
     CONFIRMATION = "confirmation"  # Feedback-Divider 0: a confirmation, never answered (draft §8.3.3)
+    REFUSED = "refused"  # unprotected registration while notifications are protected (draft §9)
 
 
 @dataclass(frozen=True)
@@ -377,14 +380,20 @@ class ServerEngine:
         now: float,
         rng: random.Random,
         endpoint: Hashable | None = None,
+        *,
+        protected: bool = False,
     ) -> Registration:
         """A GET with Observe 0 arrived for ``path`` from ``endpoint`` (draft §4.2, §8.3.3).
 
         ``key`` identifies the observation (endpoint and Token); ``endpoint`` the client endpoint,
-        which is what distinct confirmations are counted by (defaults to ``key``).
+        which is what distinct confirmations are counted by (defaults to ``key``). ``protected`` tells
+        whether the request came over OSCORE: with Group OSCORE, registrations and informative
+        responses MUST be protected too (draft §9), so unprotected ones are refused.
         """
         path = tuple(path)
         st = self._resources.get(path)
+        if self.security is not None and not protected and st is not None:
+            return Registration(Kind.REFUSED)
         if get_feedback_divider(request, self.code_points) == 0:
             obs = st.group if st is not None else None
             if obs is not None:
@@ -484,6 +493,7 @@ class ServerEngine:
         notification.token = obs.token
         obs.observe = (obs.observe + 1) % OBSERVE_MODULUS
         notification.opt.observe = obs.observe
+        q = None
         if reason is not RenderReason.INIT:
             q = obs.counter.feedback_divider(now)  # first notification of a burst only (§8.3.1)
             if q is not None:
@@ -504,7 +514,7 @@ class ServerEngine:
             return []  # INIT_NOTIF is stored, never sent (draft §4.1, step 6)
         obs.last_sent_at = now
         obs.sent += 1
-        return [SendMulticast(obs, notification, "notification")]
+        return [SendMulticast(obs, notification, "notification", q)]
 
     def render_failed(self, obs: GroupObservation, now: float, reason: str) -> list[Action]:
         """Rendering raised: the group observation cannot continue."""

@@ -1,0 +1,178 @@
+"""``mcobserve bench``: group observation against RFC 7641 observation, measured in a private namespace.
+
+The benchmark itself lives in the source checkout's ``bench/`` package (harness, server and client
+processes, report); this module is its command line. See ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = _ROOT / "bench" / "results"
+
+
+def _bench_module(name: str) -> ModuleType:
+    """``bench.<name>`` from the checkout this mcobserve runs from (it is not part of the wheel)."""
+    if (_ROOT / "bench" / "harness.py").exists() and str(_ROOT) not in sys.path:
+        sys.path.insert(0, str(_ROOT))
+    try:
+        return importlib.import_module(f"bench.{name}")
+    except ImportError as e:
+        raise SystemExit(
+            f"mcobserve: the benchmark needs the source checkout's bench/ package ({e}); "
+            "run it from a git checkout of mcobserve"
+        ) from None
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--observers",
+        metavar="N,N,...",
+        help="observer counts (default 1,10,100,1000,5000; with --quick 1,20,200)",
+    )
+    p.add_argument("--updates", type=int, metavar="K", help="updates per case (default 20; --quick 5)")
+    p.add_argument("--quick", action="store_true", help="a small run that finishes within a minute")
+    p.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument(
+        "--modes",
+        metavar="MODE,...",
+        help="any of group, traditional-non, traditional-con (default: all three)",
+    )
+    p.add_argument(
+        "--listener",
+        choices=("observer", "process"),
+        default="observer",
+        help="group sockets: one per observer (SO_REUSEPORT copies, default) or one per client process",
+    )
+    p.add_argument("--processes", type=int, default=4, help="client processes per case (default 4)")
+    p.add_argument("--no-pin", action="store_true", help="do not give the server a CPU of its own")
+    p.add_argument("--no-rps", action="store_true", help="leave receive processing on the sending CPU")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``bench``."""
+    p = sub.add_parser(
+        "bench",
+        help="benchmark group observation against RFC 7641 observation (root, private namespace)",
+        description="For each N: N simulated observers against a GroupServer (one multicast notification "
+        "per change) and against aiocoap's ObservableResource with NON and CON notifications. Measures "
+        "server CPU, datagrams and bytes per update, latency to the last observer, memory per observer "
+        "and registration throughput; writes results.md, results.json, machine.md and plot.png.",
+        epilog="Runs inside a network namespace it creates and removes (needs root). The last line is "
+        "the server-CPU ratio traditional-non/group at the largest N.",
+    )
+    _add_arguments(p)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _config(args: argparse.Namespace, harness: ModuleType) -> Any:
+    kw: dict[str, Any] = {
+        "listener": args.listener,
+        "processes": args.processes,
+        "pin": not args.no_pin,
+        "rps": not args.no_rps,
+    }
+    if args.observers:
+        try:
+            kw["observers"] = [int(x) for x in args.observers.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--observers must be comma-separated integers, not {args.observers!r}"
+            ) from None
+    if args.updates is not None:
+        kw["updates"] = args.updates
+    if args.modes:
+        kw["modes"] = [m.strip() for m in args.modes.split(",") if m.strip()]
+    cfg = harness.BenchConfig.quick(**kw) if args.quick else harness.BenchConfig(**kw)
+    cfg.validate()
+    return cfg
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    harness = _bench_module("harness")
+    report = _bench_module("report")
+    err = Console(stderr=True, highlight=False)
+    try:
+        cfg = _config(args, harness)
+    except ValueError as e:
+        err.print(f"mcobserve: {e}")
+        return 64
+    out = Path(args.out) if args.out else DEFAULT_OUT
+    total_cases = len(cfg.observers) * len(cfg.modes)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        cases = progress.add_task("cases", total=total_cases)
+        steps = progress.add_task("", total=cfg.updates)
+
+        def on_progress(kind: str, info: dict[str, Any]) -> None:
+            label = f"{info['mode']} N={info['n']}"
+            if kind == "case":
+                progress.update(cases, completed=info["index"], description=f"cases ({label})")
+                progress.reset(steps, total=cfg.updates, description=f"{label}: starting")
+            elif kind == "registering":
+                progress.update(steps, description=f"{label}: registering")
+            elif kind == "registered":
+                progress.update(steps, description=f"{label}: updates")
+            elif kind == "update":
+                progress.update(steps, completed=info["seq"])
+
+        try:
+            result = harness.run_bench(cfg, on_progress)
+        except harness.BenchError as e:
+            err.print(f"mcobserve: benchmark failed: {e}")
+            return 1
+        progress.update(cases, completed=total_cases)
+    paths = report.write(result, out)
+    console = Console(highlight=False)
+    _print_summary(console, result)
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    line = report.headline(result)
+    if line is not None:
+        print(line, flush=True)
+    return 0
+
+
+def _print_summary(console: Any, result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="per update (p50)", show_lines=False)
+    for col in ("mode", "N", "CPU ms", "µs/obs", "datagrams", "bytes", "last obs ms", "reg/s", "all got all"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for c in result.cases:
+        s = c.summary()
+        lat = s["latency_kernel_ms_p50"]
+        table.add_row(
+            c.mode,
+            str(c.n),
+            f"{s['cpu_ms_p50']:.3f}",
+            f"{s['cpu_us_per_observer']:.1f}",
+            f"{s['datagrams_p50']:.0f}",
+            f"{s['bytes_p50']:.0f}",
+            "–" if lat is None else f"{lat:.2f}",
+            f"{s['registrations_per_second']:.0f}",
+            "yes" if s["delivered_all"] else "NO",
+        )
+    console.print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench``: the same command without the ``mcobserve`` front end."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=add_parser.__doc__)
+    _add_arguments(p)
+    return _cmd_bench(p.parse_args(argv))
