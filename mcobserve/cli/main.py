@@ -517,6 +517,7 @@ def _publish_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--every", type=float, default=1.0, help="seconds between updates (default 1)")
     p.add_argument("--count", type=int, default=10, help="number of updates (default 10)")
     p.add_argument("--values", help="comma-separated values to cycle through (default: a temperature walk)")
+    p.add_argument("--credentials", metavar="FILE.json", help="aiocoap credentials (OSCORE) for the PUTs")
     p.set_defaults(func=_cmd_publish)
 
 
@@ -528,6 +529,8 @@ async def _publish(args: argparse.Namespace) -> int:
     import aiocoap
 
     ctx = await aiocoap.Context.create_client_context()
+    if args.credentials:
+        ctx.client_credentials.load_from_dict(load_credentials(args.credentials))
     values = args.values.split(",") if args.values else None
     try:
         for i in range(args.count):

@@ -1,0 +1,244 @@
+"""Group OSCORE over real multicast in private namespaces (draft §9, Appendix C)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from mcobserve.capture import Capture, coap_options
+from mcobserve.cli.credentials import write_credentials
+
+from .livekit import GROUP6, PY, Proc, notifications, put, server
+
+OSCORE = 9
+
+
+def secured_observer(host, uri: str, creds, i: int, count: int, *extra: str, timeout: float = 20) -> Proc:
+    p = host.popen(
+        [
+            *PY,
+            "observe",
+            uri,
+            "--json",
+            "--count",
+            str(count),
+            "--timeout",
+            str(timeout),
+            "--interface",
+            host.ifname,
+            "--credentials",
+            str(creds / f"client-{i}.json"),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return Proc(f"observer{i}", p).start()
+
+
+def oscore_value(udp_payload_hex: str) -> bytes | None:
+    opts = dict(coap_options(udp_payload_hex))
+    return opts.get(OSCORE)
+
+
+def test_self_managed_group_end_to_end(lan, tools, tmp_path):
+    """Secured registration, informative response and notifications; tshark sees OSCORE with the
+    group flag on every multicast notification and no plaintext anywhere (draft §9, App. C)."""
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{lan.server.addr6}]", 4)
+    base = f"coap://[{lan.server.addr6}]"
+    srv = server(
+        lan.server,
+        f"[{lan.server.addr6}]",
+        GROUP6,
+        "--credentials",
+        str(creds / "server.json"),
+        "--group-oscore",
+        "self-managed",
+        "--no-counting",
+    )
+    try:
+        with Capture(lan.clients[0], lan.clients[0].ifname, "udp", tmp_path / "s.pcapng") as cap:
+            obs = [secured_observer(h, f"{base}/r", creds, i + 1, 3) for i, h in enumerate(lan.clients)]
+            for o in obs:
+                o.wait_event(lambda e: e.get("via") == "last_notif")
+            put(
+                lan.clients[0],
+                f"{base}/r",
+                ["secret-alpha", "secret-beta"],
+                0.3,
+                "--credentials",
+                str(creds / "client-4.json"),
+            )
+            for o in obs:
+                o.collect(20)
+        plain = lan.clients[0].run(
+            [*PY, "observe", f"{base}/r", "--count", "1", "--timeout", "5"], timeout=20
+        )
+        token = srv.wait_event(lambda e: e.get("event") == "group_observation_started")["token"]
+    finally:
+        srv.stop()
+    for o in obs:
+        got = notifications(o)
+        assert [(n["via"], n["payload"]) for n in got] == [
+            ("last_notif", "1234"),
+            ("multicast", "secret-alpha"),
+            ("multicast", "secret-beta"),
+        ]
+        assert o.popen.returncode == 0
+    assert plain.returncode == 1 and "4.01" in plain.stderr  # unprotected registrations are refused
+
+    packets = cap.decode(ports=[5683, 61616])
+    mcast = [p for p in packets if p["ipv6.dst"] == "ff35:30:2001:db8::23"]
+    assert len(mcast) == 2
+    pivs = set()
+    for p in mcast:
+        assert p["coap.type"] == "1" and p["coap.token"] == token and p["udp.srcport"] == "5683"
+        value = oscore_value(p["udp.payload"])
+        assert value is not None and value[0] & 0x20  # the group flag (GO §15.1)
+        assert p["coap.opt.object_security_piv"] and p["coap.opt.object_security_kid"]
+        pivs.add(p["coap.opt.object_security_piv"])
+    assert len(pivs) == 2  # each notification its own Partial IV
+    for p in packets:
+        raw = bytes.fromhex(p["udp.payload"] or "")
+        assert b"secret-alpha" not in raw and b"secret-beta" not in raw and b"1234" not in raw
+    # The informative responses travelled inside OSCORE: no plain 5.03 on the wire for them.
+    from_server = [
+        p for p in packets if p["ipv6.src"] == lan.server.addr6 and p["ipv6.dst"] != "ff35:30:2001:db8::23"
+    ]
+    protected = [
+        p for p in from_server if p["coap.code"] != "0" and oscore_value(p["udp.payload"]) is not None
+    ]
+    assert protected and not any(
+        p["coap.code"] == "163" and oscore_value(p["udp.payload"]) is not None for p in from_server
+    )
+
+
+def test_pre_arranged_group_survives_sigkill_without_reusing_a_partial_iv(onehost, tools, tmp_path):
+    """Kill the server with SIGKILL mid-run and restart it on the same group: every Partial IV on the
+    wire stays unique (the SSN ceiling is persisted before use, RFC 8613 App. B.1.1)."""
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{onehost.addr6}]", 4)
+    base = f"coap://[{onehost.addr6}]"
+    args = (
+        "--credentials",
+        str(creds / "server.json"),
+        "--group-oscore",
+        str(creds / "group.toml"),
+        "--no-counting",
+    )
+    with Capture(
+        onehost.host if hasattr(onehost, "host") else onehost,
+        onehost.ifname,
+        "udp port 61616",
+        tmp_path / "k.pcapng",
+    ) as cap:
+        srv = server(onehost, f"[{onehost.addr6}]", GROUP6, *args)
+        o1 = secured_observer(
+            onehost, f"{base}/r", creds, 1, 4, "--group-oscore", str(creds / "group-client.toml")
+        )
+        o1.wait_event(lambda e: e.get("via") == "last_notif")
+        put(onehost, f"{base}/r", ["k1", "k2", "k3"])
+        o1.wait_count(lambda e: e.get("via") == "multicast", 3)
+        srv.popen.send_signal(signal.SIGKILL)
+        srv.collect(5)
+        assert (creds / "server.ssn").exists()
+        srv2 = server(onehost, f"[{onehost.addr6}]", GROUP6, *args)
+        try:
+            o2 = secured_observer(
+                onehost, f"{base}/r", creds, 2, 3, "--group-oscore", str(creds / "group-client.toml")
+            )
+            o2.wait_event(lambda e: e.get("via") == "last_notif")
+            put(onehost, f"{base}/r", ["r1", "r2"])
+            o2.collect(15)
+        finally:
+            srv2.stop()
+        o1.stop()
+    assert [(n["via"], n["payload"]) for n in notifications(o2)] == [
+        ("last_notif", "1234"),
+        ("multicast", "r1"),
+        ("multicast", "r2"),
+    ]
+    packets = [p for p in cap.decode(ports=[61616]) if p["ipv6.dst"] == "ff35:30:2001:db8::23"]
+    pivs = [int(p["coap.opt.object_security_piv"], 16) for p in packets]
+    assert len(pivs) >= 6  # 3 before the crash, 2 after, plus the cancellation at shutdown
+    assert len(set(pivs)) == len(pivs), pivs
+    before = pivs[:3]
+    after = pivs[3:]
+    assert min(after) > max(before)
+
+
+ATTACKER = r"""
+import json, socket, struct, sys, time
+from aiocoap import Message
+srv, group, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+listen = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+listen.bind((group, port))
+listen.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", 0))
+listen.settimeout(10)
+print("ready", flush=True)
+data, _ = listen.recvfrom(4096)            # one genuine notification
+send = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+send.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+send.bind((srv, 5683))                     # spoof SRV_ADDR:SRV_PORT from the server host
+time.sleep(0.2)
+flipped = bytearray(data); flipped[-5] ^= 0x01
+heard = Message.decode(data)
+raised = Message(code=heard.code, payload=heard.payload)
+for opt in heard.opt.option_list():
+    raised.opt.add_option(opt)
+raised.opt.observe = (heard.opt.observe or 0) + 1000   # a replay dressed up as newer
+raised.mtype, raised.mid, raised.token = heard.mtype, heard.mid, heard.token
+for attack in (bytes(data), bytes(flipped), raised.encode()):
+    send.sendto(attack, (group, port))
+    time.sleep(0.1)
+send.close()
+print("sent", flush=True)
+"""
+
+
+def test_forged_and_replayed_notifications_are_dropped_live(onehost, tools, tmp_path):
+    """An attacker on the link replays a genuine notification, flips a byte and re-labels the Observe
+    number, all from SRV_ADDR:SRV_PORT: none is delivered, the legitimate traffic goes on (§9.3.2)."""
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{onehost.addr6}]", 2)
+    base = f"coap://[{onehost.addr6}]"
+    srv = server(
+        onehost,
+        f"[{onehost.addr6}]",
+        GROUP6,
+        "--credentials",
+        str(creds / "server.json"),
+        "--group-oscore",
+        "self-managed",
+        "--no-counting",
+    )
+    try:
+        o = secured_observer(onehost, f"{base}/r", creds, 1, 3, "-v")
+        o.wait_event(lambda e: e.get("via") == "last_notif")
+        attacker = onehost.popen(
+            [sys.executable, "-c", ATTACKER, onehost.addr6, "ff35:30:2001:db8::23", "61616"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert attacker.stdout.readline().strip() == "ready"
+        put(onehost, f"{base}/r", ["genuine-1"])
+        assert attacker.stdout.readline().strip() == "sent", attacker.stderr.read()
+        attacker.wait(10)
+        time.sleep(0.5)
+        put(onehost, f"{base}/r", ["genuine-2"])
+        o.collect(15)
+    finally:
+        srv.stop()
+    got = [(n["via"], n["payload"]) for n in notifications(o)]
+    assert got == [("last_notif", "1234"), ("multicast", "genuine-1"), ("multicast", "genuine-2")]
+    log = o.read_stderr()
+    assert log.count("rejected by Group OSCORE") >= 3, log[-2000:]
+    assert json.loads(json.dumps(got))  # delivered nothing else
