@@ -155,7 +155,8 @@ def observer(host: Any, uri: str, count: int, timeout: float = 20.0, name: str =
 
 
 def put(host: Any, uri: str, values: list[str], every: float = 0.3, *extra: str) -> None:
-    argv = [*PY, "publish", uri, "--every", str(every), "--count", str(len(values)), "--values", ",".join(values)]
+    argv = [*PY, "publish", uri, "--every", str(every), "--count", str(len(values))]
+    argv += ["--values", ",".join(values)]
     res = host.run([*argv, *extra], timeout=30)
     assert res.returncode == 0, res.stderr
 
