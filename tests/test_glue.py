@@ -125,3 +125,23 @@ async def test_incoming_marks_direction_and_remote(server):
     m = _glue.incoming(Message(code=GET, uri_path=["p"]), remote)
     assert m.direction is aiocoap.message.Direction.INCOMING and m.remote is remote
     assert remote.hostinfo_local.startswith("[::1]")  # pktinfo is what Site dispatch reads
+
+
+def test_oscore_rejections_are_aiocoaps_unprotect_errors():
+    from aiocoap import oscore
+
+    assert set(_glue.oscore_rejections()) == {oscore.ProtectionInvalid, oscore.DecodeError}
+    assert all(issubclass(e, Exception) for e in _glue.oscore_rejections())
+
+
+async def test_is_oscore_protected_and_oscore_site():
+    from aiocoap.credentials import CredentialsMap
+    from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+    from aiocoap.transports.oscore import OSCOREAddress
+
+    m = Message(code=GET)
+    assert not _glue.is_oscore_protected(m)
+    m.remote = OSCOREAddress(object(), None)
+    assert _glue.is_oscore_protected(m)
+    site = aiocoap.resource.Site()
+    assert isinstance(_glue.oscore_site(site, CredentialsMap()), OscoreSiteWrapper)

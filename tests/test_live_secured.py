@@ -243,3 +243,64 @@ def test_forged_and_replayed_notifications_are_dropped_live(onehost, tools, tmp_
     log = o.read_stderr()
     assert log.count("rejected by Group OSCORE") >= 3, log[-2000:]
     assert json.loads(json.dumps(got))  # delivered nothing else
+
+
+RELAY = r"""
+import socket, sys, select
+host, listen_port, target_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+front = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); front.bind((host, listen_port))
+back = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); back.bind((host, 0))
+client, tampered = None, 0
+print("ready", flush=True)
+for _ in range(200):
+    ready, _, _ = select.select([front, back], [], [], 15)
+    if not ready:
+        break
+    for s in ready:
+        data, addr = s.recvfrom(4096)
+        if s is front:
+            client = addr
+            back.sendto(data, (host, target_port))
+        elif client is not None:
+            if tampered == 0 and len(data) > 20 and data[1] in (0x44, 0x45):   # first OSCORE response
+                data = data[:-3] + bytes([data[-3] ^ 0x10]) + data[-2:]
+                tampered += 1
+                print("tampered", flush=True)
+            front.sendto(data, client)
+"""
+
+
+def test_informative_response_altered_in_transit_is_rejected(onehost, tools, tmp_path):
+    """An on-path attacker flips a byte of the protected informative response: the client rejects it,
+    registers once more and follows the group observation with the genuine one (draft §9, §13.2)."""
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{onehost.addr6}]:5700", 2)
+    srv = server(
+        onehost,
+        f"[{onehost.addr6}]",
+        GROUP6,
+        "--credentials",
+        str(creds / "server.json"),
+        "--group-oscore",
+        "self-managed",
+        "--no-counting",
+    )
+    relay = onehost.popen(
+        [sys.executable, "-c", RELAY, onehost.addr6, "5700", "5683"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert relay.stdout.readline().strip() == "ready"
+        o = secured_observer(onehost, f"coap://[{onehost.addr6}]:5700/r", creds, 1, 2, "-v", timeout=40)
+        o.wait_event(lambda e: e.get("via") == "last_notif", timeout=40)
+        assert relay.stdout.readline().strip() == "tampered"
+        put(onehost, f"coap://[{onehost.addr6}]/r", ["after-tamper"])
+        o.collect(15)
+    finally:
+        srv.stop()
+        relay.kill()
+    assert [(n["via"], n["payload"]) for n in notifications(o)] == [
+        ("last_notif", "1234"),
+        ("multicast", "after-tamper"),
+    ]
+    regs = [e for e in srv.seen if e.get("event") == "registration"]
+    assert len(regs) >= 2  # the rejected informative response led to one more registration

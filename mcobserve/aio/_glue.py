@@ -94,6 +94,13 @@ def oscore_site(site: aiocoap.interfaces.Resource, server_credentials: object) -
     return OscoreSiteWrapper(site, server_credentials)
 
 
+def oscore_rejections() -> tuple[type[Exception], ...]:
+    """Exceptions aiocoap raises for a response that fails OSCORE verification (RFC 8613 §8.4)."""
+    from aiocoap import oscore
+
+    return (oscore.ProtectionInvalid, oscore.DecodeError)
+
+
 def local_endpoint(request: Message) -> Endpoint | None:
     """The address and port a unicast request arrived at, from its pktinfo."""
     remote = request.remote

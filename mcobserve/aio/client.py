@@ -279,7 +279,15 @@ class Observer:
                 request = self._request()
                 self.registrations += 1
                 pending = ctx.request(request)
-                response = await pending.response
+                try:
+                    response = await pending.response
+                except _glue.oscore_rejections() as e:
+                    # Altered in transit, or not from the server: reject it, register once more (§9).
+                    if retries <= 0:
+                        raise GroupObservationError(f"protected response rejected: {e}") from e
+                    retries -= 1
+                    log.warning("protected response rejected (%s); registering again", e)
+                    continue
                 try:
                     async for n in self._follow(pending, request, response):
                         yield n
