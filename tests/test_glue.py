@@ -127,7 +127,7 @@ async def test_incoming_marks_direction_and_remote(server):
     assert remote.hostinfo_local.startswith("[::1]")  # pktinfo is what Site dispatch reads
 
 
-def test_oscore_rejections_are_aiocoaps_unprotect_errors():
+async def test_oscore_rejections_are_aiocoaps_unprotect_errors():
     from aiocoap import oscore
 
     assert set(_glue.oscore_rejections()) == {oscore.ProtectionInvalid, oscore.DecodeError}

@@ -54,6 +54,19 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", type=int, default=4, help="client processes per case (default 4)")
     p.add_argument("--no-pin", action="store_true", help="do not give the server a CPU of its own")
     p.add_argument("--no-rps", action="store_true", help="leave receive processing on the sending CPU")
+    p.add_argument("--gap", type=float, default=0.02, help="idle seconds between two updates (default 0.02)")
+    x = p.add_argument_group("experiments (change the server; not the default comparison)")
+    x.add_argument(
+        "--aiocoap-backlog-fix",
+        action="store_true",
+        help="replace aiocoap 0.4.17's O(open CON exchanges) scan after every ACK with an O(1) check",
+    )
+    x.add_argument(
+        "--gc-threshold", type=int, default=0, metavar="N", help="gc.set_threshold(N) in the server"
+    )
+    x.add_argument(
+        "--tracemalloc", action="store_true", help="also report the Python heap per observer (slower server)"
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,6 +91,10 @@ def _config(args: argparse.Namespace, harness: ModuleType) -> Any:
         "processes": args.processes,
         "pin": not args.no_pin,
         "rps": not args.no_rps,
+        "gap": args.gap,
+        "fix_backlog": args.aiocoap_backlog_fix,
+        "gc_threshold": args.gc_threshold,
+        "tracemalloc": args.tracemalloc,
     }
     if args.observers:
         try:
