@@ -18,6 +18,7 @@ are closed at normal interpreter exit; a process killed by a signal leaves them 
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import errno
@@ -243,7 +244,7 @@ class Host:
                     p.wait(timeout=timeout)
 
 
-class _Lab:
+class _Lab(abc.ABC):
     """Common lifecycle: unique names, idempotent teardown, context manager, atexit safety."""
 
     def __init__(self) -> None:
@@ -263,9 +264,9 @@ class _Lab:
         _create_ns(name)
         return name
 
+    @abc.abstractmethod
     def _build(self) -> None:
         """Create the topology (subclasses)."""
-        raise NotImplementedError
 
     def start(self) -> Self:
         """Build the topology; on any failure (or Ctrl-C) remove what was made, then re-raise."""

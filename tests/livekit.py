@@ -136,22 +136,16 @@ def server(host: Any, bind: str, group: str, *extra: str, resource: str = "r=123
     return proc
 
 
-def observer(host: Any, uri: str, count: int, timeout: float = 20.0, name: str = "observer") -> Proc:
-    return start(
-        host,
-        name,
-        [
-            "observe",
-            uri,
-            "--json",
-            "--count",
-            str(count),
-            "--timeout",
-            str(timeout),
-            "--interface",
-            host.ifname,
-        ],
-    )
+def observer(
+    host: Any,
+    uri: str,
+    count: int,
+    timeout: float = 20.0,
+    name: str = "observer",
+    extra: tuple[str, ...] = (),
+) -> Proc:
+    argv = ["observe", uri, "--json", "--count", str(count), "--timeout", str(timeout)]
+    return start(host, name, [*argv, "--interface", host.ifname, *extra])
 
 
 def put(host: Any, uri: str, values: list[str], every: float = 0.3, *extra: str) -> None:

@@ -11,33 +11,15 @@ import time
 from mcobserve.capture import Capture, coap_options
 from mcobserve.cli.credentials import write_credentials
 
-from .livekit import GROUP6, PY, Proc, notifications, put, server
+from .livekit import GROUP6, PY, Proc, notifications, observer, put, server
 
 OSCORE = 9
 
 
 def secured_observer(host, uri: str, creds, i: int, count: int, *extra: str, timeout: float = 20) -> Proc:
-    p = host.popen(
-        [
-            *PY,
-            "observe",
-            uri,
-            "--json",
-            "--count",
-            str(count),
-            "--timeout",
-            str(timeout),
-            "--interface",
-            host.ifname,
-            "--credentials",
-            str(creds / f"client-{i}.json"),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return Proc(f"observer{i}", p).start()
+    """An observer with the unicast OSCORE identity client-i (see mcobserve.cli.credentials)."""
+    creds_file = str(creds / f"client-{i}.json")
+    return observer(host, uri, count, timeout, f"observer{i}", ("--credentials", creds_file, *extra))
 
 
 def oscore_value(udp_payload_hex: str) -> bytes | None:
