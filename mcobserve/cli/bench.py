@@ -55,6 +55,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pin", action="store_true", help="do not give the server a CPU of its own")
     p.add_argument("--no-rps", action="store_true", help="leave receive processing on the sending CPU")
     p.add_argument("--gap", type=float, default=0.02, help="idle seconds between two updates (default 0.02)")
+    p.add_argument(
+        "--case-budget",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds of updates per case; slower cases stop early, after at least 3 (default 60)",
+    )
     x = p.add_argument_group("experiments (change the server; not the default comparison)")
     x.add_argument(
         "--aiocoap-backlog-fix",
@@ -92,6 +99,7 @@ def _config(args: argparse.Namespace, harness: ModuleType) -> Any:
         "pin": not args.no_pin,
         "rps": not args.no_rps,
         "gap": args.gap,
+        "case_budget": args.case_budget,
         "fix_backlog": args.aiocoap_backlog_fix,
         "gc_threshold": args.gc_threshold,
         "tracemalloc": args.tracemalloc,
@@ -150,13 +158,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 progress.update(steps, completed=info["seq"])
 
         try:
-            result = harness.run_bench(cfg, on_progress)
+            result = harness.run_bench(cfg, on_progress, on_case=lambda partial: report.write(partial, out))
         except harness.BenchError as e:
             err.print(f"mcobserve: benchmark failed: {e}")
             return 1
+        except KeyboardInterrupt:
+            err.print(f"mcobserve: interrupted; results of the finished cases are in {out}")
+            return 130
         progress.update(cases, completed=total_cases)
     paths = report.write(result, out)
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     _print_summary(console, result)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
     line = report.headline(result)

@@ -565,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     _observe_parser(sub)
     _inspect_parser(sub)
     _publish_parser(sub)
+    from .bench import add_parser as add_bench
     from .credentials import add_parser as add_credentials
     from .demo import add_parser as add_demo
     from .simulate import add_parser as add_simulate
@@ -572,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo(sub)
     add_simulate(sub)
     add_credentials(sub)
+    add_bench(sub)
     return parser
 
 

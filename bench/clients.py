@@ -1,0 +1,414 @@
+"""Simulated observers: many sockets in one process, plain epoll, no asyncio (a bench client process).
+
+Every observer has its own unicast UDP socket (connected to the server) for its registration (CON GET,
+Observe 0, one Token per observer) and, in ``traditional-*`` modes, for its notifications; every CON
+message from the server is acknowledged at once. In ``group`` mode the multicast notifications are
+heard on group listener sockets made by :func:`mcobserve.aio.client.open_group_socket`: either one per
+observer (``--listener observer``, SO_REUSEPORT: the kernel hands every socket its own copy, as if each
+observer were its own host) or one per process (``--listener process``: one arrival counts for all the
+observers of this process, as on a real host where all observers share one socket).
+
+Arrival times are read twice: the kernel receive timestamp (SO_TIMESTAMPNS, taken when the datagram
+entered the receive path, so it does not depend on how busy the client processes are) and the
+``time.time()`` at which this process read the datagram. Both use CLOCK_REALTIME, as the server does.
+
+Control protocol, JSON lines: stdin ``{"op": "register"}``, ``{"op": "flush", "seq": S}``,
+``{"op": "quit"}``; stdout ``{"ev": "ready"}``, ``{"ev": "registered", ...}`` once all registrations
+ended, ``{"ev": "arrived", "seq": S, ...}`` once every observer of this process has update S.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import selectors
+import socket
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiocoap import ACK, CON, EMPTY, GET, RST, SERVICE_UNAVAILABLE, Message
+
+from mcobserve.aio.client import open_group_socket
+from mcobserve.constants import DEFAULT_CODE_POINTS
+from mcobserve.engine.common import Endpoint
+from mcobserve.errors import MalformedError
+from mcobserve.wire.informative import InformativeResponse
+
+SO_TIMESTAMPNS = 35  # Linux; also the SCM type of the ancillary data
+ANCBUF = socket.CMSG_SPACE(16)
+ACK_TIMEOUT = 2.0
+MAX_RETRANSMIT = 3
+#: An acknowledged registration whose separate response does not come within this is a failure.
+SEPARATE_TIMEOUT = 30.0
+#: Datagrams read from one socket per wake-up (bounded work per socket, fair to the others).
+DRAIN = 64
+TYPE_CON = 0
+TYPE_ACK = 2
+
+NEW, SENT, ACKED, DONE, FAILED = range(5)
+
+
+def kernel_time(ancdata: Sequence[tuple[int, int, bytes]]) -> float | None:
+    """The SO_TIMESTAMPNS receive time (POSIX seconds) in ``ancdata``, if any."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack_from("@qq", data)
+            return sec + nsec * 1e-9
+    return None
+
+
+def payload_seq(data: bytes) -> int | None:
+    """The update number of a notification: the payload is exactly 8 ASCII digits (see server_proc)."""
+    if len(data) >= 13 and data[-9] == 0xFF:
+        tail = data[-8:]
+        if tail.isdigit():
+            return int(tail)
+    return None
+
+
+def empty_ack(data: bytes) -> bytes:
+    """An empty ACK for the CON message ``data`` (RFC 7252 §4.2)."""
+    return bytes((0x60, 0, data[2], data[3]))
+
+
+def registration(token: bytes, mid: int, path: str) -> bytes:
+    """CON GET with Observe 0 (RFC 7641 §3.1)."""
+    m = Message(code=GET, uri_path=(path,), observe=0)
+    m.mtype = CON
+    m.mid = mid
+    m.token = token
+    return m.encode()
+
+
+class Observers:
+    """The observers of this process and their sockets."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.group_mode = args.mode == "group"
+        self.n = args.observers
+        self.server = (args.server, args.port)
+        self.group = Endpoint.parse(args.group)
+        self.ifindex = socket.if_nametoindex(args.ifname)
+        self.sel = selectors.EpollSelector()
+        self.usocks: list[socket.socket] = []
+        self.lsocks: list[socket.socket] = []
+        self.tokens = [struct.pack(">I", args.first_id + i) for i in range(self.n)]
+        self.mids = [(args.first_id * 7 + i * 13) & 0xFFFF for i in range(self.n)]
+        self.state = bytearray(self.n)
+        self.sent_at = [0.0] * self.n
+        self.tries = [0] * self.n
+        self.done_at = [0.0] * self.n
+        self.pending: set[int] = set()
+        self.retransmits = 0
+        self.failures: dict[str, int] = {}
+        self.group_token: bytes | None = None
+        self.reg_start: float | None = None
+        self.reg_reported = False
+        self.stray = 0
+        self.other = 0
+        self.last_seq: list[int] = []
+        self.arrivals: dict[int, list[float]] = {}
+        self.reported: set[int] = set()
+        self.running = True
+        self._stdin_buf = b""
+        self._open()
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        for i in range(self.n):
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            s.bind((self.args.server, 0))
+            s.connect(self.server)
+            s.setblocking(False)
+            self.usocks.append(s)
+            self.sel.register(s, selectors.EVENT_READ, (0, i))
+        if self.group_mode:
+            listeners = self.n if self.args.listener == "observer" else 1
+            for j in range(listeners):
+                s = open_group_socket(self.group, self.ifindex)
+                s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self.lsocks.append(s)
+                self.sel.register(s, selectors.EVENT_READ, (1, j))
+            self.last_seq = [0] * listeners
+        else:
+            self.last_seq = [0] * self.n
+        os.set_blocking(0, False)
+        self.sel.register(0, selectors.EVENT_READ, (2, 0))
+
+    def close(self) -> None:
+        for s in self.usocks + self.lsocks:
+            with contextlib.suppress(OSError):
+                s.close()
+        self.sel.close()
+
+    # -- output --------------------------------------------------------------------------------
+
+    @staticmethod
+    def emit(**fields: Any) -> None:
+        sys.stdout.write(json.dumps(fields) + "\n")
+        sys.stdout.flush()
+
+    # -- registration --------------------------------------------------------------------------
+
+    def register(self) -> None:
+        self.reg_start = time.time()
+        for i, s in enumerate(self.usocks):
+            self._send_registration(i, s)
+            self.pending.add(i)
+
+    def _send_registration(self, i: int, s: socket.socket) -> None:
+        try:
+            s.send(registration(self.tokens[i], self.mids[i], self.args.path))
+        except OSError as e:  # a full send buffer: the retransmission timer tries again
+            self._fail_count(f"send: {e.strerror}")
+        self.state[i] = SENT
+        self.sent_at[i] = time.time()
+
+    def _fail_count(self, why: str) -> None:
+        self.failures[why] = self.failures.get(why, 0) + 1
+
+    def _finish(self, i: int, ok: bool, why: str = "") -> None:
+        self.state[i] = DONE if ok else FAILED
+        self.done_at[i] = time.time()
+        self.pending.discard(i)
+        if not ok:
+            self._fail_count(why)
+
+    def check_timers(self, now: float) -> None:
+        """Retransmit unanswered registrations (RFC 7252 §4.2, simplified), give up in the end."""
+        for i in list(self.pending):
+            st = self.state[i]
+            if st == SENT and now - self.sent_at[i] > ACK_TIMEOUT * (2 ** self.tries[i]):
+                if self.tries[i] >= MAX_RETRANSMIT:
+                    self._finish(i, False, "no answer")
+                    continue
+                self.tries[i] += 1
+                self.retransmits += 1
+                s = self.usocks[i]
+                try:
+                    s.send(registration(self.tokens[i], self.mids[i], self.args.path))
+                except OSError as e:
+                    self._fail_count(f"send: {e.strerror}")
+                self.sent_at[i] = now
+            elif st == ACKED and now - self.sent_at[i] > SEPARATE_TIMEOUT:
+                self._finish(i, False, "no separate response")
+        if self.reg_start is not None and not self.reg_reported and not self.pending:
+            self.reg_reported = True
+            done = [t - self.reg_start for i, t in enumerate(self.done_at) if self.state[i] == DONE]
+            self.emit(
+                ev="registered",
+                n=self.n,
+                done=len(done),
+                failed=self.n - len(done),
+                failures=self.failures,
+                retransmits=self.retransmits,
+                t_start=self.reg_start,
+                times=[round(t, 6) for t in done],
+                group_token=self.group_token.hex() if self.group_token else None,
+            )
+
+    def _registration_response(self, i: int, data: bytes) -> None:
+        try:
+            m = Message.decode(data)
+        except Exception:  # aiocoap raises several types for garbage
+            self.other += 1
+            return
+        if m.code == EMPTY:
+            if m.mtype == ACK and self.state[i] == SENT:
+                self.state[i] = ACKED  # separate response follows (draft §4.2)
+                self.sent_at[i] = time.time()
+            elif m.mtype == RST:
+                self._finish(i, False, "RST")
+            return
+        if m.token != self.tokens[i]:
+            self.other += 1
+            return
+        if self.group_mode:
+            if m.code != SERVICE_UNAVAILABLE or m.opt.content_format != DEFAULT_CODE_POINTS.content_format:
+                self._finish(i, False, f"not an informative response: {m.code.dotted}")
+                return
+            try:
+                info = InformativeResponse.decode(m.payload)
+            except MalformedError as e:
+                self._finish(i, False, f"malformed: {e}")
+                return
+            tp = info.tp_info
+            if tp is None or tp.tpi_token is None or tp.tpi_client is None:
+                self._finish(i, False, "no tp_info")
+                return
+            if (Endpoint.of(tp.tpi_client.host, tp.tpi_client.port or 0)) != self.group:
+                self._finish(i, False, "other group")
+                return
+            if self.group_token is None:
+                self.group_token = tp.tpi_token
+            elif tp.tpi_token != self.group_token:
+                self._finish(i, False, "token differs between observers")
+                return
+            self._finish(i, True)  # the ACK of the CON 5.03 already left (on_unicast)
+        elif m.code.is_successful() and m.opt.observe is not None:
+            self._finish(i, True)  # the first notification (piggybacked 2.05, RFC 7641 §3.2)
+        else:
+            self._finish(i, False, f"answered {m.code.dotted}")
+
+    # -- datagrams -----------------------------------------------------------------------------
+
+    def on_unicast(self, i: int, data: bytes, kts: float, uts: float) -> None:
+        if len(data) < 4:
+            return
+        if (data[0] >> 4) & 3 == TYPE_CON:
+            with contextlib.suppress(OSError):
+                self.usocks[i].send(empty_ack(data))  # every CON, retransmissions too
+        if self.state[i] in (SENT, ACKED):
+            self._registration_response(i, data)
+            return
+        seq = payload_seq(data)
+        if seq is None or self.group_mode:
+            self.other += 1  # e.g. a retransmitted 5.03 whose ACK got lost
+            return
+        self.arrive(i, seq, kts, uts, 1)
+
+    def on_listener(self, j: int, data: bytes, kts: float, uts: float) -> None:
+        if len(data) < 4:
+            return
+        tkl = data[0] & 0x0F
+        if self.group_token is None or data[4 : 4 + tkl] != self.group_token:
+            self.stray += 1
+            return
+        seq = payload_seq(data)
+        if seq is None:
+            self.other += 1  # the cancellation 5.03 at shutdown
+            return
+        self.arrive(j, seq, kts, uts, 1 if self.args.listener == "observer" else self.n)
+
+    def arrive(self, j: int, seq: int, kts: float, uts: float, weight: int) -> None:
+        if seq <= self.last_seq[j] or seq in self.reported:
+            return
+        self.last_seq[j] = seq
+        rec = self.arrivals.get(seq)
+        if rec is None:
+            rec = self.arrivals[seq] = [0, kts, kts, uts, uts]
+        rec[0] += weight
+        rec[1] = min(rec[1], kts)
+        rec[2] = max(rec[2], kts)
+        rec[3] = min(rec[3], uts)
+        rec[4] = max(rec[4], uts)
+        if rec[0] >= self.n:
+            self.report(seq)
+
+    def report(self, seq: int) -> None:
+        rec = self.arrivals.pop(seq, None)
+        self.reported.add(seq)
+        if rec is None:
+            self.emit(ev="arrived", seq=seq, n=0)
+            return
+        self.emit(
+            ev="arrived", seq=seq, n=rec[0], k_first=rec[1], k_last=rec[2], u_first=rec[3], u_last=rec[4]
+        )
+
+    def read(self, kind: int, idx: int, sock: socket.socket) -> None:
+        for _ in range(DRAIN):
+            try:
+                data, anc, _flags, _addr = sock.recvmsg(2048, ANCBUF)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            uts = time.time()
+            kts = kernel_time(anc) or uts
+            if kind == 0:
+                self.on_unicast(idx, data, kts, uts)
+            else:
+                self.on_listener(idx, data, kts, uts)
+
+    # -- control -------------------------------------------------------------------------------
+
+    def on_stdin(self) -> None:
+        try:
+            chunk = os.read(0, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.running = False  # the harness went away
+            return
+        self._stdin_buf += chunk
+        while b"\n" in self._stdin_buf:
+            line, self._stdin_buf = self._stdin_buf.split(b"\n", 1)
+            if not line.strip():
+                continue
+            cmd = json.loads(line)
+            op = cmd.get("op")
+            if op == "register":
+                self.register()
+            elif op == "flush":
+                seq = int(cmd["seq"])
+                if seq not in self.reported:
+                    self.report(seq)
+            elif op == "quit":
+                self.emit(ev="bye", stray=self.stray, other=self.other)
+                self.running = False
+
+    def run(self, max_seconds: float) -> None:
+        end = time.monotonic() + max_seconds
+        next_timer = 0.0
+        while self.running and time.monotonic() < end:
+            for key, _ in self.sel.select(0.1):
+                kind, idx = key.data
+                if kind == 2:
+                    self.on_stdin()
+                else:
+                    self.read(kind, idx, key.fileobj)  # type: ignore[arg-type]
+            now = time.time()
+            if self.reg_start is not None and not self.reg_reported and now >= next_timer:
+                next_timer = now + 0.05
+                self.check_timers(now)
+
+
+def raise_nofile(need: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit if ``need`` descriptors do not fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        target = hard if hard == resource.RLIM_INFINITY else max(soft, min(hard, max(need, soft)))
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise SystemExit(f"need {need} file descriptors but the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--mode", required=True, choices=("group", "traditional-non", "traditional-con"))
+    p.add_argument("--server", required=True, help="server IPv6 address (clients bind it too)")
+    p.add_argument("--port", type=int, default=5683)
+    p.add_argument("--group", required=True, help="[GRP_ADDR]:GRP_PORT")
+    p.add_argument("--ifname", required=True)
+    p.add_argument("--observers", type=int, required=True)
+    p.add_argument("--first-id", type=int, default=0)
+    p.add_argument("--listener", choices=("observer", "process"), default="observer")
+    p.add_argument("--path", default="r")
+    p.add_argument("--cpus", default="", help="comma-separated CPUs to pin this process to")
+    p.add_argument("--max-seconds", type=float, default=900.0)
+    args = p.parse_args(argv)
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    raise_nofile(2 * args.observers + 64)
+    obs = Observers(args)
+    try:
+        obs.emit(ev="ready", pid=os.getpid(), observers=obs.n, sockets=len(obs.usocks) + len(obs.lsocks))
+        obs.run(args.max_seconds)
+    finally:
+        obs.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
