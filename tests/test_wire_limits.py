@@ -47,3 +47,13 @@ def test_deep_nesting_is_refused():
 def test_oversized_serialized_message_is_refused():
     with pytest.raises(MalformedError):
         parse_message(b"\x45\xff" + b"x" * MAX_SERIALIZED_MESSAGE_SIZE)
+
+
+def test_cri_scheme_id_stays_a_cbor_negative_integer():
+    """Hypothesis found: a Python int below -2**64 was accepted as scheme-id and could not be re-encoded."""
+    from mcobserve.wire import CRI, cbor_decode, cbor_encode
+
+    with pytest.raises(MalformedError, match="scheme-id"):
+        CRI.from_cbor_obj([-(2**64) - 1, b"\x00\x00\x00\x01"])
+    cri = CRI.from_cbor_obj([-(2**64), [b"\x0a\x00\x00\x01"]])
+    assert CRI.from_cbor_obj(cbor_decode(cbor_encode(cri.to_cbor_obj()))) == cri

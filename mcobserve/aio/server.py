@@ -157,6 +157,7 @@ class GroupServer:
         self._resources: dict[Path, GroupObservableResource] = {}
         self._traditional: dict[tuple[Path, Any], aiocoap.protocol.ServerObservation] = {}
         self._ready: dict[GroupObservation, asyncio.Event] = {}
+        self._phantoms: dict[GroupObservation, Message] = {}
         self._remote = _glue.group_remote(ctx, engine.group, engine.server, ifindex)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -272,13 +273,16 @@ class GroupServer:
             endpoint=request.remote,
             protected=_glue.is_oscore_protected(request),
         )
-        self._emit(
-            "registration",
-            resource=_path_str(path),
-            remote=str(request.remote.hostinfo),
-            kind=reg.kind.value,
-            count=round(reg.observation.count, 3) if reg.observation else self.engine.traditional_count(path),
-        )
+        if self.on_event is not None:  # no work for events nobody reads (a hot path)
+            self._emit(
+                "registration",
+                resource=_path_str(path),
+                remote=str(request.remote.hostinfo),
+                kind=reg.kind.value,
+                count=round(reg.observation.count, 3)
+                if reg.observation
+                else self.engine.traditional_count(path),
+            )
         if reg.kind is Kind.TRADITIONAL:
             await aiocoap.resource.ObservableResource.render_to_pipe(resource, pipe)
             return
@@ -381,6 +385,7 @@ class GroupServer:
                 )
             elif isinstance(action, Cancelled):
                 self._ready.pop(action.observation, None)
+                self._phantoms.pop(action.observation, None)
                 self._emit(
                     "cancelled",
                     resource=_path_str(action.observation.path),
@@ -400,7 +405,9 @@ class GroupServer:
         if resource is None:
             self._execute(self.engine.render_failed(obs, self.clock(), "resource is gone"))
             return
-        phantom = _glue.incoming(obs.phantom.copy(), self._remote)
+        phantom = self._phantoms.get(obs)
+        if phantom is None:  # built once per group observation; rendering only reads it
+            phantom = self._phantoms[obs] = _glue.incoming(obs.phantom.copy(), self._remote)
         try:
             response = await resource.render(phantom)
         except Exception as e:  # the application's render failed
@@ -410,7 +417,7 @@ class GroupServer:
         self._execute(self.engine.rendered(obs, response, self.clock()))
 
     def _send(self, action: SendMulticast) -> None:
-        message = action.message.copy()
+        message = action.message  # a fresh message per action; sending only sets its MID and remote
         try:
             _glue.send_unsolicited(self.ctx, message, self._remote)
         except OSError as e:
@@ -418,7 +425,7 @@ class GroupServer:
             return
         self.datagrams_sent += 1
         obs = action.observation
-        if action.kind == "notification":
+        if action.kind == "notification" and self.on_event is not None:
             self._emit(
                 "notification_sent",
                 resource=_path_str(obs.path),

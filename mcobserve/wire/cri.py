@@ -71,6 +71,10 @@ _LINK_LOCAL_V4_MULTICAST: Final = ipaddress.IPv4Network("224.0.0.0/24")
 _LINK_LOCAL_V4: Final = ipaddress.IPv4Network("169.254.0.0/16")
 
 
+#: Smallest CBOR negative integer (major type 1); a scheme-id is one (CRI spec: ``nint``).
+NINT_MIN = -(2**64)
+
+
 def scheme_id_for(name: str) -> int:
     """The scheme-id (-1 - scheme number) of a URI scheme name (draft §4.2.1)."""
     try:
@@ -194,8 +198,8 @@ class CRI:
     userinfo: str | None = None
 
     def __post_init__(self) -> None:
-        if not _is_int(self.scheme_id) or self.scheme_id >= 0:
-            raise MalformedError(f"scheme-id must be a negative integer, got {self.scheme_id!r}")
+        if not _is_int(self.scheme_id) or not NINT_MIN <= self.scheme_id < 0:
+            raise MalformedError(f"scheme-id must be a CBOR negative integer, got {self.scheme_id!r}")
         host = self.host
         if isinstance(host, str):
             try:
@@ -271,7 +275,7 @@ class CRI:
         if not obj:
             raise MalformedError("CRI is an empty array")
         scheme_id = obj[0]
-        if not _is_int(scheme_id) or scheme_id >= 0:
+        if not _is_int(scheme_id) or not NINT_MIN <= scheme_id < 0:
             raise MalformedError(f"CRI scheme-id must be a negative integer, got {_describe(scheme_id)}")
         if len(obj) < 2:
             raise MalformedError("CRI has no authority")
