@@ -145,3 +145,56 @@ async def test_is_oscore_protected_and_oscore_site():
     assert _glue.is_oscore_protected(m)
     site = aiocoap.resource.Site()
     assert isinstance(_glue.oscore_site(site, CredentialsMap()), OscoreSiteWrapper)
+
+
+class Burst(aiocoap.resource.ObservableResource):
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 0
+
+    async def render_get(self, request: Message) -> Message:
+        return Message(code=CONTENT, payload=str(self.value).encode())
+
+
+async def test_backlog_fix_keeps_every_con_notification_in_order():
+    """With the O(1) _continue_backlog, CON notifications queued behind an open exchange (NSTART = 1)
+    all leave, one after the other, as each ACK arrives."""
+    from aiocoap.messagemanager import MessageManager
+
+    _glue.install_backlog_fix()
+    assert getattr(MessageManager._continue_backlog, "_mcobserve_o1", False)
+    assert _glue.install_backlog_fix() is False  # idempotent
+    port = free_port()
+    site = aiocoap.resource.Site()
+    burst = Burst()
+    site.add_resource(["b"], burst)
+    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port), transports=["udp6"])
+    c = raw_client()
+    loop = asyncio.get_running_loop()
+    try:
+        req = Message(code=GET, uri_path=["b"], observe=0)
+        req.mtype, req.mid, req.token = CON, 0x10, b"\x05"
+        await loop.sock_sendto(c, req.encode(), ("127.0.0.1", port))
+        first, _ = await recv(c)
+        assert first.payload == b"0"
+        for i in range(1, 6):  # five changes, no ACK yet: one goes out, four wait in the backlog
+            burst.value = i
+            burst.updated_state()
+            await asyncio.sleep(0.02)
+        backlogs = _glue.udp_message_manager(ctx)._backlogs
+        assert [len(queued) for queued in backlogs.values()] == [4]  # the path the fix replaces
+        seen = []
+        for _ in range(5):
+            n, _ = await recv(c, timeout=5)
+            assert n.mtype == CON
+            seen.append(n.payload)
+            ack = Message(code=aiocoap.EMPTY)
+            ack.mtype, ack.mid, ack.token = aiocoap.ACK, n.mid, b""
+            await loop.sock_sendto(c, ack.encode(), ("127.0.0.1", port))
+        assert seen[-1] == b"5" and seen == sorted(seen)
+        mman = _glue.udp_message_manager(ctx)
+        await asyncio.sleep(0.05)
+        assert not mman._active_exchanges and not mman._backlogs  # nothing left open or queued
+    finally:
+        c.close()
+        await ctx.shutdown()

@@ -94,6 +94,35 @@ def oscore_site(site: aiocoap.interfaces.Resource, server_credentials: object) -
     return OscoreSiteWrapper(site, server_credentials)
 
 
+def install_backlog_fix() -> bool:
+    """Make aiocoap 0.4.17's ``MessageManager._continue_backlog`` O(1) instead of O(open exchanges).
+
+    aiocoap scans every open CON exchange each time one ends, so N informative responses (CON,
+    separate, draft §4.2) in flight cost O(N^2), and late ACK processing causes retransmissions. Under
+    aiocoap's NSTART = 1 invariant a remote has a backlog entry exactly while it has one open CON
+    exchange, and ``_send_initially`` opens one for every CON message, so the backlog itself tells
+    what the scan computed. Same behaviour, measured by ``mcobserve bench``. Returns True when installed.
+    """
+    original = MessageManager._continue_backlog
+    if getattr(original, "_mcobserve_o1", False):
+        return False
+
+    def _continue_backlog(self: MessageManager, remote: object) -> None:
+        backlog = self._backlogs.get(remote)
+        if backlog is None:
+            raise AssertionError("backlogs/active_exchange relation violated (implementation error)")
+        while backlog:
+            message, monitor = backlog.pop(0)
+            self._send_initially(message, monitor)
+            if message.mtype == aiocoap.CON:
+                return  # now the remote's open exchange
+        del self._backlogs[remote]
+
+    _continue_backlog._mcobserve_o1 = True  # type: ignore[attr-defined]
+    MessageManager._continue_backlog = _continue_backlog  # type: ignore[method-assign]
+    return True
+
+
 def oscore_rejections() -> tuple[type[Exception], ...]:
     """Exceptions aiocoap raises for a response that fails OSCORE verification (RFC 8613 §8.4)."""
     from aiocoap import oscore

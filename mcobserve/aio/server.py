@@ -186,6 +186,7 @@ class GroupServer:
         """Bind SRV_ADDR:SRV_PORT and prepare to send to GRP_ADDR:GRP_PORT (draft §4.1)."""
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
+        _glue.install_backlog_fix()  # N informative responses in flight (draft §4.2) must not cost O(N^2)
         engine = ServerEngine(
             bind, group, code_points=code_points, token_length=token_length, security=security
         )
