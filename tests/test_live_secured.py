@@ -88,6 +88,28 @@ def test_self_managed_group_end_to_end(lan, tools, tmp_path):
     for p in packets:
         raw = bytes.fromhex(p["udp.payload"] or "")
         assert b"secret-alpha" not in raw and b"secret-beta" not in raw and b"1234" not in raw
+    # Each protected registration got an empty ACK first, then its (protected) informative response as a
+    # separate Confirmable message (draft §4.2: CON, separate, also under OSCORE).
+    registrations = [
+        p
+        for p in packets
+        if p["ipv6.dst"] == lan.server.addr6
+        and p["coap.type"] == "0"
+        and p["coap.code"] == "5"
+        and oscore_value(p["udp.payload"]) is not None
+    ]
+    assert registrations
+    for reg in registrations:
+        later = [
+            p
+            for p in packets
+            if float(p["frame.time_relative"]) >= float(reg["frame.time_relative"])
+            and p["ipv6.src"] == lan.server.addr6
+        ]
+        ack = next(p for p in later if p["coap.type"] == "2" and p["coap.mid"] == reg["coap.mid"])
+        assert ack["coap.code"] == "0", "the informative response was piggybacked"
+        resp = next(p for p in later if p["coap.token"] == reg["coap.token"] and p["coap.code"] != "0")
+        assert resp["coap.type"] == "0" and oscore_value(resp["udp.payload"]) is not None
     # The informative responses travelled inside OSCORE: no plain 5.03 on the wire for them.
     from_server = [
         p for p in packets if p["ipv6.src"] == lan.server.addr6 and p["ipv6.dst"] != "ff35:30:2001:db8::23"

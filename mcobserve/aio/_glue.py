@@ -68,12 +68,21 @@ def acknowledge_now(request: Message) -> bool:
     after EMPTY_ACK_DELAY); the response is then separate anyway.
     """
     remote = request.remote
-    if isinstance(remote, OSCOREAddress):  # the outer request carries the same Token (RFC 8613 §4.1)
+    key: tuple[object, bytes] | None = (remote, request.token)
+    if isinstance(remote, OSCOREAddress):
+        # aiocoap gives the unprotected inner request an empty Token; the outer CON request waiting for
+        # its ACK is the one pending exchange of that endpoint (NSTART = 1).
         remote = remote.underlying_address
+        key = None
     mman = getattr(getattr(remote, "interface", None), "_ctx", None)
     if not isinstance(mman, MessageManager):
         return False
-    entry = mman._piggyback_opportunities.pop((remote, request.token), None)
+    if key is None:
+        pending = [k for k in mman._piggyback_opportunities if k[0] == remote]
+        if len(pending) != 1:
+            return False
+        key = pending[0]
+    entry = mman._piggyback_opportunities.pop(key, None)
     if entry is None:
         return False
     mid, handle = entry
