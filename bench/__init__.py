@@ -5,7 +5,16 @@
 * :mod:`bench.server_proc` is the server process: a :class:`~mcobserve.aio.server.GroupServer` or a
   plain aiocoap ``ObservableResource``, counting datagrams at its socket and measuring its own CPU.
 * :mod:`bench.clients` simulates many observers per process with plain sockets.
+* :mod:`bench.secured` writes the OSCORE contexts of the secured modes and keeps the clients' in memory.
 * :mod:`bench.report` writes ``results.md``, ``results.json``, ``machine.md`` and ``plot.png``.
 """
 
-MODES = ("group", "traditional-non", "traditional-con")
+DEFAULT_MODES = ("group", "traditional-non", "traditional-con")
+"""What a run measures unless ``--modes`` says otherwise."""
+SECURED_MODES = ("group-oscore", "traditional-oscore", "traditional-oscore-con")
+"""Group OSCORE group observation; OSCORE RFC 7641 observation, NON or CON (:mod:`bench.secured`)."""
+MODES = DEFAULT_MODES + SECURED_MODES
+GROUP_MODES = ("group", "group-oscore")
+"""Modes with one multicast notification per update."""
+CON_MODES = ("traditional-con", "traditional-oscore-con")
+"""Modes with CON notifications (one ACK per observer and update)."""

@@ -12,6 +12,16 @@ Arrival times are read twice: the kernel receive timestamp (SO_TIMESTAMPNS, take
 entered the receive path, so it does not depend on how busy the client processes are) and the
 ``time.time()`` at which this process read the datagram. Both use CLOCK_REALTIME, as the server does.
 
+Secured modes (``--credentials DIR``, see :mod:`bench.secured`): every observer has its own OSCORE
+context (in memory) and sends its registration protected (outer FETCH); it unprotects the answer.
+``traditional-oscore`` observers unprotect every notification with their own context (AEAD, no
+signature). ``group-oscore`` observers check the informative response as above, then verify the phantom
+request with the self-managed group material it carries (:class:`ClientGroupSecurity`, draft §9.3.1)
+and every multicast notification (signature, decryption, binding to the phantom request, Response
+Number). Both checks run once per distinct datagram per process: identical bytes give the identical
+result, so the other observers of the process (and the other copies of the same multicast datagram)
+only look the bytes up. A rejected datagram counts for nobody.
+
 Control protocol, JSON lines: stdin ``{"op": "register"}``, ``{"op": "flush", "seq": S}``,
 ``{"op": "quit"}``; stdout ``{"ev": "ready"}``, ``{"ev": "registered", ...}`` once all registrations
 ended, ``{"ev": "arrived", "seq": S, ...}`` once every observer of this process has update S.
@@ -30,15 +40,22 @@ import struct
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from aiocoap import ACK, CON, EMPTY, GET, RST, SERVICE_UNAVAILABLE, Message
+from aiocoap import oscore as aiocoap_oscore
 
 from mcobserve.aio.client import open_group_socket
 from mcobserve.constants import DEFAULT_CODE_POINTS
 from mcobserve.engine.common import Endpoint
-from mcobserve.errors import MalformedError
+from mcobserve.errors import GroupObservationError, MalformedError
+from mcobserve.oscore import OscoreError
+from mcobserve.oscore.groupobs import ClientGroupSecurity, ClientState
 from mcobserve.wire.informative import InformativeResponse
+
+from . import GROUP_MODES, MODES, SECURED_MODES
+from .secured import MemoryContext
 
 SO_TIMESTAMPNS = 35  # Linux; also the SCM type of the ancillary data
 ANCBUF = socket.CMSG_SPACE(16)
@@ -52,6 +69,8 @@ TYPE_CON = 0
 TYPE_ACK = 2
 
 NEW, SENT, ACKED, DONE, FAILED = range(5)
+#: Verified datagrams remembered per process (group-oscore): a few updates' worth.
+VERIFIED_CACHE = 256
 
 
 def kernel_time(ancdata: Sequence[tuple[int, int, bytes]]) -> float | None:
@@ -86,12 +105,29 @@ def registration(token: bytes, mid: int, path: str) -> bytes:
     return m.encode()
 
 
+def protected_registration(
+    ctx: MemoryContext, token: bytes, mid: int, path: str
+) -> tuple[bytes, aiocoap_oscore.RequestIdentifiers]:
+    """The same GET protected with OSCORE (RFC 8613: outer FETCH, Observe 0), and its request identifiers."""
+    outer, request_id = ctx.protect(Message(code=GET, uri_path=(path,), observe=0))
+    outer.mtype = CON
+    outer.mid = mid
+    outer.token = token
+    return outer.encode(), request_id
+
+
+def digits(payload: bytes) -> int | None:
+    """The update number in a (decrypted) payload of exactly 8 ASCII digits."""
+    return int(payload) if len(payload) == 8 and payload.isdigit() else None
+
+
 class Observers:
     """The observers of this process and their sockets."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.group_mode = args.mode == "group"
+        self.group_mode = args.mode in GROUP_MODES
+        self.secured = args.mode in SECURED_MODES
         self.n = args.observers
         self.server = (args.server, args.port)
         self.group = Endpoint.parse(args.group)
@@ -118,9 +154,34 @@ class Observers:
         self.reported: set[int] = set()
         self.running = True
         self._stdin_buf = b""
+        # secured modes
+        self.contexts: list[MemoryContext] = []
+        self.request_ids: list[aiocoap_oscore.RequestIdentifiers] = []
+        self.reg_bytes: list[bytes] = []
+        self.group_security = ClientGroupSecurity()
+        self.group_state: ClientState | None = None
+        self.joined: dict[tuple[bytes, ...], ClientState] = {}
+        self.verified: dict[bytes, int | None] = {}
+        self.rejected = 0
+        self.verifications = 0
+        if self.secured:
+            self._load_contexts()
         self._open()
 
     # -- setup ---------------------------------------------------------------------------------
+
+    def _load_contexts(self) -> None:
+        """Every observer's OSCORE context and its protected registration (sent as is, also when
+        retransmitted), prepared before the registrations start."""
+        if not self.args.credentials:
+            raise SystemExit(f"--mode {self.args.mode} needs --credentials")
+        folder = Path(self.args.credentials)
+        for i in range(self.n):
+            ctx = MemoryContext.load(folder, self.args.first_id + i + 1)
+            data, request_id = protected_registration(ctx, self.tokens[i], self.mids[i], self.args.path)
+            self.contexts.append(ctx)
+            self.request_ids.append(request_id)
+            self.reg_bytes.append(data)
 
     def _open(self) -> None:
         for i in range(self.n):
@@ -165,9 +226,14 @@ class Observers:
             self._send_registration(i, s)
             self.pending.add(i)
 
+    def _registration_bytes(self, i: int) -> bytes:
+        if self.secured:
+            return self.reg_bytes[i]
+        return registration(self.tokens[i], self.mids[i], self.args.path)
+
     def _send_registration(self, i: int, s: socket.socket) -> None:
         try:
-            s.send(registration(self.tokens[i], self.mids[i], self.args.path))
+            s.send(self._registration_bytes(i))
         except OSError as e:  # a full send buffer: the retransmission timer tries again
             self._fail_count(f"send: {e.strerror}")
         self.state[i] = SENT
@@ -195,7 +261,7 @@ class Observers:
                 self.retransmits += 1
                 s = self.usocks[i]
                 try:
-                    s.send(registration(self.tokens[i], self.mids[i], self.args.path))
+                    s.send(self._registration_bytes(i))
                 except OSError as e:
                     self._fail_count(f"send: {e.strerror}")
                 self.sent_at[i] = now
@@ -232,6 +298,12 @@ class Observers:
         if m.token != self.tokens[i]:
             self.other += 1
             return
+        if self.secured:
+            inner = self._unprotect(i, m)
+            if isinstance(inner, str):
+                self._finish(i, False, inner)
+                return
+            m = inner  # the checks below read the plain response
         if self.group_mode:
             if m.code != SERVICE_UNAVAILABLE or m.opt.content_format != DEFAULT_CODE_POINTS.content_format:
                 self._finish(i, False, f"not an informative response: {m.code.dotted}")
@@ -253,11 +325,91 @@ class Observers:
             elif tp.tpi_token != self.group_token:
                 self._finish(i, False, "token differs between observers")
                 return
+            if self.secured:
+                why = self._join_secured(info)
+                if why:
+                    self._finish(i, False, why)
+                    return
             self._finish(i, True)  # the ACK of the CON 5.03 already left (on_unicast)
         elif m.code.is_successful() and m.opt.observe is not None:
             self._finish(i, True)  # the first notification (piggybacked 2.05, RFC 7641 §3.2)
         else:
             self._finish(i, False, f"answered {m.code.dotted}")
+
+    # -- OSCORE --------------------------------------------------------------------------------
+
+    def _unprotect(self, i: int, m: Message) -> Message | str:
+        """Observer ``i``'s protected response, unprotected with its own context; a reason if that fails."""
+        if m.opt.oscore is None:
+            return f"unprotected answer: {m.code.dotted}"
+        try:
+            inner, _ = self.contexts[i].unprotect(m, self.request_ids[i])
+        except aiocoap_oscore.ProtectionInvalid as e:  # DecodeError and ReplayError are subclasses
+            return f"OSCORE: {type(e).__name__}"
+        return inner
+
+    def _join_secured(self, info: InformativeResponse) -> str:
+        """Verify the phantom request with the group material of the (protected) informative response.
+
+        Once per distinct material and phantom request in this process; every observer must get the
+        same group observation. Returns a reason for failure, or ''.
+        """
+        assert self.group_token is not None
+        material = repr(info.gp_material).encode()
+        key = (info.ph_req or b"", info.srv_cred or b"", info.srv_identifier or b"", material)
+        state = self.joined.get(key)
+        if state is None:
+            if info.ph_req is None:
+                return "no ph_req"
+            try:
+                plain, state = self.group_security.verify_phantom(info, True, self.group_token)
+            except (MalformedError, GroupObservationError) as e:
+                return f"phantom request: {e}"
+            if plain.opt.uri_path != (self.args.path,) or plain.opt.observe != 0:
+                return "phantom request is not the registration"
+            self.joined[key] = state
+        if self.group_state is None:
+            self.group_state = state
+        elif state is not self.group_state:
+            return "group material differs between observers"
+        return ""
+
+    def group_seq(self, data: bytes) -> int | None:
+        """The update number of a protected multicast notification; None if rejected or not an update."""
+        if data in self.verified:
+            return self.verified[data]
+        assert self.group_state is not None and self.group_token is not None
+        self.verifications += 1
+        seq = None
+        try:
+            message = Message.decode(data)
+        except Exception:  # aiocoap raises several types for garbage
+            message = None
+            self.rejected += 1
+        if message is not None:
+            try:
+                plain = self.group_security.unprotect(message, self.group_state, self.group_token)
+                seq = digits(plain.payload)
+            except (OscoreError, MalformedError):
+                self.rejected += 1
+        if len(self.verified) >= VERIFIED_CACHE:
+            del self.verified[next(iter(self.verified))]
+        self.verified[data] = seq
+        return seq
+
+    def unicast_seq(self, i: int, data: bytes) -> int | None:
+        """The update number of observer ``i``'s protected notification (its own context)."""
+        try:
+            m = Message.decode(data)
+        except Exception:  # aiocoap raises several types for garbage
+            return None
+        if m.token != self.tokens[i]:
+            return None
+        inner = self._unprotect(i, m)
+        if isinstance(inner, str):
+            self.rejected += 1
+            return None
+        return digits(inner.payload)
 
     # -- datagrams -----------------------------------------------------------------------------
 
@@ -270,9 +422,12 @@ class Observers:
         if self.state[i] in (SENT, ACKED):
             self._registration_response(i, data)
             return
-        seq = payload_seq(data)
-        if seq is None or self.group_mode:
+        if self.group_mode:
             self.other += 1  # e.g. a retransmitted 5.03 whose ACK got lost
+            return
+        seq = self.unicast_seq(i, data) if self.secured else payload_seq(data)
+        if seq is None:
+            self.other += 1
             return
         self.arrive(i, seq, kts, uts, 1)
 
@@ -283,7 +438,7 @@ class Observers:
         if self.group_token is None or data[4 : 4 + tkl] != self.group_token:
             self.stray += 1
             return
-        seq = payload_seq(data)
+        seq = self.group_seq(data) if self.secured else payload_seq(data)
         if seq is None:
             self.other += 1  # the cancellation 5.03 at shutdown
             return
@@ -353,7 +508,13 @@ class Observers:
                 if seq not in self.reported:
                     self.report(seq)
             elif op == "quit":
-                self.emit(ev="bye", stray=self.stray, other=self.other)
+                self.emit(
+                    ev="bye",
+                    stray=self.stray,
+                    other=self.other,
+                    rejected=self.rejected,
+                    verifications=self.verifications,
+                )
                 self.running = False
 
     def run(self, max_seconds: float) -> None:
@@ -386,7 +547,7 @@ def raise_nofile(need: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mode", required=True, choices=("group", "traditional-non", "traditional-con"))
+    p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--server", required=True, help="server IPv6 address (clients bind it too)")
     p.add_argument("--port", type=int, default=5683)
     p.add_argument("--group", required=True, help="[GRP_ADDR]:GRP_PORT")
@@ -397,6 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--path", default="r")
     p.add_argument("--cpus", default="", help="comma-separated CPUs to pin this process to")
     p.add_argument("--max-seconds", type=float, default=900.0)
+    p.add_argument("--credentials", default="", help="folder of bench.secured.write_credentials (*-oscore)")
     args = p.parse_args(argv)
     if args.cpus:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})

@@ -9,6 +9,8 @@ on errors and Ctrl-C. Processes are driven over stdin/stdout JSON lines (see ``s
 Per case: start the server and ``min(processes, N)`` client processes; register all N observers at
 once; measure a few empty ("null") updates for the measuring overhead; then K updates, each waited for
 until the server has sent its datagrams (and, for CON, got its ACKs) and every observer has it.
+Secured modes first write one OSCORE context per observer into a temporary folder
+(:func:`bench.secured.write_credentials`), removed with the case.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import itertools
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import MODES
+from . import CON_MODES, DEFAULT_MODES, GROUP_MODES, MODES, SECURED_MODES
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP = "[ff35:30:2001:db8::23]:61616"
@@ -57,7 +60,7 @@ class BenchConfig:
 
     observers: list[int] = field(default_factory=lambda: [1, 10, 100, 1000, 5000])
     updates: int = 20
-    modes: list[str] = field(default_factory=lambda: list(MODES))
+    modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
     #: ``observer``: one SO_REUSEPORT group socket per observer (each gets its own copy);
     #: ``process``: one group socket per client process (one arrival counts for its observers).
     listener: str = "observer"
@@ -75,12 +78,17 @@ class BenchConfig:
     #: Folder for py-spy profiles of the server (registration and update phases); None: no profiling.
     profile_dir: str | None = None
     profile_rate: int = 1000
+    #: py-spy pauses the server for every sample (exact stacks; the pauses inflate wall times, not CPU).
+    profile_blocking: bool = False
     #: Experiment: replace aiocoap 0.4.17's O(active exchanges) backlog check in the server (all modes).
     fix_backlog: bool = False
     #: Experiment: ``gc.set_threshold(gc_threshold)`` in the server (0: Python's default, 700).
     gc_threshold: int = 0
     #: Trace the server's Python heap (tracemalloc) for memory per observer; slows the server down.
     tracemalloc: bool = False
+    #: Where the secured modes' per-case OSCORE folder is made (None: /dev/shm if usable, else the
+    #: system's temporary folder). aiocoap's server contexts write and fsync their sequence numbers there.
+    credentials_parent: str | None = None
 
     @classmethod
     def quick(cls, **kw: Any) -> BenchConfig:
@@ -419,7 +427,7 @@ class Profiler:
         self.path = out / f"{name}.txt"
         self.proc = subprocess.Popen(
             [_py_spy(), "record", "--pid", str(pid), "--rate", str(cfg.profile_rate), "--format", "raw",
-             "--nonblocking", "--output", str(self.path)],
+             *([] if cfg.profile_blocking else ["--nonblocking"]), "--output", str(self.path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -436,6 +444,28 @@ class Profiler:
             self.proc.wait(timeout=5)
 
 
+def credentials_folder(cfg: BenchConfig, n: int, server: str) -> Path:
+    """A fresh folder with OSCORE contexts for ``n`` observers (secured modes); the caller removes it."""
+    from .secured import write_credentials
+
+    parent = cfg.credentials_parent
+    if parent is None:
+        shm = Path("/dev/shm")
+        parent = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    folder = Path(tempfile.mkdtemp(prefix="mcobserve-bench-oscore-", dir=parent))
+    try:
+        write_credentials(folder, server, n)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def expected_per_update(mode: str, n: int) -> tuple[int, int]:
+    """Datagrams the server sends per update, and ACKs it waits for."""
+    return (1 if mode in GROUP_MODES else n), (n if mode in CON_MODES else 0)
+
+
 def _split(n: int, parts: int) -> list[int]:
     parts = max(1, min(parts, n))
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
@@ -450,12 +480,16 @@ def run_case(lab: Any, cfg: BenchConfig, mode: str, n: int, progress: ProgressFn
     server_cpus, client_cpus = _cpu_plan(cfg.pin)
     bind = f"[{lab.addr6}]:{SERVER_PORT}"
     children: list[Child] = []
+    creds: Path | None = None
 
     def note(kind: str, **info: Any) -> None:
         if progress is not None:
             progress(kind, {"mode": mode, "n": n, **info})
 
     try:
+        if mode in SECURED_MODES:
+            creds = credentials_folder(cfg, n, f"[{lab.addr6}]")
+        secured = ["--credentials", str(creds)] if creds is not None else []
         server = _spawn(
             lab,
             f"server-{mode}-{n}",
@@ -466,6 +500,7 @@ def run_case(lab: Any, cfg: BenchConfig, mode: str, n: int, progress: ProgressFn
                 *(["--fix-backlog"] if cfg.fix_backlog else []),
                 *(["--gc-threshold", str(cfg.gc_threshold)] if cfg.gc_threshold else []),
                 *(["--tracemalloc"] if cfg.tracemalloc else []),
+                *secured,
             ],
         )  # fmt: skip
         children.append(server)
@@ -479,7 +514,7 @@ def run_case(lab: Any, cfg: BenchConfig, mode: str, n: int, progress: ProgressFn
                 [
                     "--mode", mode, "--server", lab.addr6, "--port", str(SERVER_PORT), "--group", GROUP,
                     "--ifname", lab.ifname, "--observers", str(size), "--first-id", str(first),
-                    "--listener", cfg.listener, "--cpus", client_cpus,
+                    "--listener", cfg.listener, "--cpus", client_cpus, *secured,
                 ],
             )  # fmt: skip
             first += size
@@ -544,8 +579,7 @@ def run_case(lab: Any, cfg: BenchConfig, mode: str, n: int, progress: ProgressFn
         ]
 
         # -- updates ------------------------------------------------------------------------------
-        expect_sent = 1 if mode == "group" else n
-        expect_acks = n if mode == "traditional-con" else 0
+        expect_sent, expect_acks = expected_per_update(mode, n)
         updates: list[Update] = []
         prof = Profiler(cfg, server_pid, f"{mode}-{n}-updates")
         t_updates = time.monotonic()
@@ -639,6 +673,8 @@ def run_case(lab: Any, cfg: BenchConfig, mode: str, n: int, progress: ProgressFn
         for c in children:
             with contextlib.suppress(Exception):
                 c.close()
+        if creds is not None:
+            shutil.rmtree(creds, ignore_errors=True)
 
 
 # -- the whole run -----------------------------------------------------------------------------

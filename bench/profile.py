@@ -25,8 +25,9 @@ def _key(frame: str) -> str:
     return f"{m.group(1)} ({m.group(2)})" if m else frame
 
 
-#: Leaf frames that mean "waiting", not working (py-spy samples them too).
-IDLE = ("EpollSelector.select", "select (selectors.py)")
+#: Leaf frames that mean "waiting", not working (py-spy samples them too; in ``--blocking`` mode also
+#: the idle worker thread of asyncio's default executor, which aiocoap starts for getaddrinfo).
+IDLE = ("EpollSelector.select", "select (selectors.py)", "_worker (concurrent/futures/thread.py)")
 #: Frames of the benchmark's own control channel (outside the measured window).
 HARNESS = ("emit (bench/", "dumps (json", "loads (json", "_UnixReadPipeTransport", "StreamReader.")
 
@@ -91,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--aiocoap-backlog-fix", action="store_true", help="experiment: O(1) aiocoap backlog check"
     )
+    p.add_argument(
+        "--blocking", action="store_true", help="py-spy pauses the server per sample (consistent stacks)"
+    )
     args = p.parse_args(argv)
     if args.summarise:
         for f in args.summarise:
@@ -106,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile_rate=args.rate,
         gap=0.002,
         fix_backlog=args.aiocoap_backlog_fix,
+        profile_blocking=args.blocking,
     )
     result = run_bench(cfg)
     case = result.cases[0]

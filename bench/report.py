@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from . import SECURED_MODES
 from .harness import BenchResult, Case
 
 #: What the project wants to show (reported, never asserted).
@@ -20,7 +21,12 @@ MODE_STYLE = {
     "group": ("tab:green", "o"),
     "traditional-non": ("tab:orange", "s"),
     "traditional-con": ("tab:red", "^"),
+    "group-oscore": ("tab:blue", "D"),
+    "traditional-oscore": ("tab:purple", "v"),
+    "traditional-oscore-con": ("tab:brown", "<"),
 }
+#: (traditional, group) pairs compared in the ratios and targets: plain, and both secured.
+PAIRS = (("traditional-non", "group"), ("traditional-oscore", "group-oscore"))
 
 
 def _f(x: float | None, digits: int = 2) -> str:
@@ -37,37 +43,65 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def cpu_ratio(result: BenchResult, n: int, mode: str = "traditional-non") -> float | None:
-    """Server CPU per update of ``mode`` over group's, at N = ``n``."""
-    g, t = result.case("group", n), result.case(mode, n)
+def cpu_ratio(
+    result: BenchResult, n: int, mode: str = "traditional-non", base: str = "group"
+) -> float | None:
+    """Server CPU per update of ``mode`` over ``base``'s, at N = ``n``."""
+    g, t = result.case(base, n), result.case(mode, n)
     return _ratio(t.cpu_ms, g.cpu_ms) if g and t else None
 
 
+def burst_ratio(result: BenchResult, n: int, mode: str, base: str) -> float | None:
+    """The same with updates back to back."""
+    g, t = result.case(base, n), result.case(mode, n)
+    return _ratio(t.burst_cpu, g.burst_cpu) if g and t else None
+
+
 def headline(result: BenchResult) -> str | None:
-    """The line ``cpu ratio traditional-non/group at N=...: ...x`` for the largest N that has both."""
-    for n in sorted(set(result.config.observers), reverse=True):
-        r = cpu_ratio(result, n)
-        if r is not None:
-            return f"cpu ratio traditional-non/group at N={n}: {r:.1f}x"
-    return None
+    """``cpu ratio TRADITIONAL/GROUP at N=...: ...x`` for the largest N that has both, per pair.
+
+    With both pairs measured there are two lines, and the last one is still traditional-non/group.
+    """
+    lines = []
+    for mode, base in reversed(PAIRS):
+        for n in sorted(set(result.config.observers), reverse=True):
+            r = cpu_ratio(result, n, mode, base)
+            if r is not None:
+                lines.append(f"cpu ratio {mode}/{base} at N={n}: {r:.1f}x")
+                break
+    return "\n".join(lines) or None
 
 
 def _latency(c: Case | None) -> float | None:
     return c.summary()["latency_kernel_ms_p50"] if c else None
 
 
-def targets(result: BenchResult) -> list[tuple[str, str, bool | None]]:
-    """(what, measured, met?) for the targets the project wants to show."""
+def _group_targets(result: BenchResult, base: str) -> list[tuple[str, str, bool | None]]:
+    """Flat CPU per update and one datagram per update, for a group mode."""
     out: list[tuple[str, str, bool | None]] = []
-    groups = [c for c in result.cases if c.mode == "group"]
+    groups = [c for c in result.cases if c.mode == base]
     if groups:
         cpus = [c.cpu_ms for c in groups]
         spread = max(cpus) / min(cpus) if min(cpus) > 0 else math.inf
         lo, hi = min(c.n for c in groups), max(c.n for c in groups)
-        out.append((f"group CPU per update flat within {TARGET_FLAT:g}x (N={lo}..{hi})",
+        out.append((f"{base} CPU per update flat within {TARGET_FLAT:g}x (N={lo}..{hi})",
                     f"max/min = {spread:.2f}", spread <= TARGET_FLAT))  # fmt: skip
         ones = all(u.datagrams == 1 for c in groups for u in c.updates)
-        out.append(("group: one datagram per update", "yes" if ones else "no", ones))
+        out.append((f"{base}: one datagram per update", "yes" if ones else "no", ones))
+    return out
+
+
+def _target_n(result: BenchResult, base: str) -> int | None:
+    """TARGET_N if ``base`` ran there, else the largest N it ran at."""
+    if result.case(base, TARGET_N):
+        return TARGET_N
+    return max((c.n for c in result.cases if c.mode == base), default=None)
+
+
+def targets(result: BenchResult) -> list[tuple[str, str, bool | None]]:
+    """(what, measured, met?) for the targets the project wants to show."""
+    out = _group_targets(result, "group")
+    groups = [c for c in result.cases if c.mode == "group"]
     n = TARGET_N if result.case("group", TARGET_N) else max((c.n for c in groups), default=None)
     if n is not None:
         r = cpu_ratio(result, n)
@@ -94,6 +128,29 @@ def targets(result: BenchResult) -> list[tuple[str, str, bool | None]]:
                     f"N={n}: latency to the last observer traditional-non/group >= {TARGET_LATENCY_RATIO:g}x"
                 )
                 out.append((what, f"{lat:.1f}x", lat >= TARGET_LATENCY_RATIO))
+    out += _secured_targets(result)
+    return out
+
+
+def _secured_targets(result: BenchResult) -> list[tuple[str, str, bool | None]]:
+    """The CPU target with security: Group OSCORE group observation against OSCORE RFC 7641 observation."""
+    mode, base = PAIRS[1]
+    out = _group_targets(result, base)
+    n = _target_n(result, base)
+    if n is None:
+        return out
+    r = cpu_ratio(result, n, mode, base)
+    if r is not None:
+        out.append((f"N={n}: server CPU per update {mode}/{base} >= {TARGET_CPU_RATIO:g}x",
+                    f"{r:.1f}x", r >= TARGET_CPU_RATIO))  # fmt: skip
+    r = burst_ratio(result, n, mode, base)
+    if r is not None:
+        out.append(("... with updates back to back", f"{r:.1f}x", r >= TARGET_CPU_RATIO))
+    g, t = result.case(base, n), result.case(mode, n)
+    lat = _ratio(_latency(t), _latency(g))
+    if lat is not None:
+        out.append((f"N={n}: latency to the last observer {mode}/{base} >= {TARGET_LATENCY_RATIO:g}x",
+                    f"{lat:.1f}x", lat >= TARGET_LATENCY_RATIO))  # fmt: skip
     return out
 
 
@@ -169,6 +226,32 @@ def markdown(result: BenchResult) -> str:
             f"{_f(_ratio(gr.per_second, tr.per_second) if gr and tr else None)} | "
             f"{_f(_ratio(gr.closed_per_second, tr.closed_per_second) if gr and tr else None)} |"
         )
+    mode, base = PAIRS[1]
+    if any(c.mode in SECURED_MODES for c in result.cases):
+        lines += [
+            "",
+            "### With security (traditional-oscore / group-oscore; registration: group-oscore / "
+            "traditional-oscore)",
+            "",
+            "| N | CPU | CPU back to back | bytes | latency | registrations/s | ... server done | "
+            "CPU traditional-oscore-con/group-oscore | "
+            "CPU group-oscore/group | CPU traditional-oscore/traditional-non |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for n in ns:
+            g, t = result.case(base, n), result.case(mode, n)
+            gr, tr = (g.registration if g else None), (t.registration if t else None)
+            lines.append(
+                f"| {n} | {_f(cpu_ratio(result, n, mode, base), 1)} | "
+                f"{_f(burst_ratio(result, n, mode, base), 1)} | "
+                f"{_f(_ratio(t.bytes, g.bytes) if t and g else None, 1)} | "
+                f"{_f(_ratio(_latency(t), _latency(g)), 1)} | "
+                f"{_f(_ratio(gr.per_second, tr.per_second) if gr and tr else None)} | "
+                f"{_f(_ratio(gr.closed_per_second, tr.closed_per_second) if gr and tr else None)} | "
+                f"{_f(cpu_ratio(result, n, 'traditional-oscore-con', base), 1)} | "
+                f"{_f(cpu_ratio(result, n, base, 'group'), 2)} | "
+                f"{_f(cpu_ratio(result, n, mode, 'traditional-non'), 2)} |"
+            )
     tg = targets(result)
     if tg:
         lines += ["", "## Targets (shown, not asserted)", "", "| target | measured | met |", "|---|---:|:-:|"]
@@ -192,6 +275,18 @@ METHOD = """
   `transport_tuning=Unreliable` (NON) or aiocoap's default for a CON registration (CON). Every server socket
   gets the same `SO_RCVBUFFORCE` (the kernel doubles it), so ACK bursts are not dropped (with the default
   212 KB, 500 CON observers lose ACKs and retransmit after about 3 s).
+* **Secured modes**: one OSCORE (RFC 8613) context per observer, written per case into a temporary folder on
+  tmpfs (`/dev/shm`) in the layout of `mcobserve credentials`, with two-byte client Sender IDs; the server
+  loads them as aiocoap `FilesystemSecurityContext`s (`server.json`). **group-oscore**: the `group` server
+  with `server_credentials` and a self-managed Group OSCORE group (`SelfManagedGroupSecurity`, draft App. C):
+  registrations and the informative responses (with the group material) over OSCORE, the phantom request
+  and every multicast notification protected in group mode (Ed25519 signature). **traditional-oscore**: the
+  `traditional-non` resource behind aiocoap's `OscoreSiteWrapper`; every NON notification is protected with
+  its observer's context (**traditional-oscore-con**: CON notifications, ACKed). Clients protect their GET
+  with in-memory contexts (aiocoap's OSCORE code) and unprotect every answer; traditional-oscore observers
+  unprotect every notification with their own context; group-oscore clients verify the phantom request
+  and every multicast notification (signature, decryption, binding, Response Number) once per distinct
+  datagram per client process, and the other copies of the same bytes count as verified.
 * **Observers**: each has its own UDP socket and Token and registers with a raw CoAP CON GET, Observe 0;
   clients ACK every CON message at once (the group's CON 5.03 informative response, CON notifications) and
   check the informative response's `tp_info` (group, Token T). Group notifications are heard on

@@ -7,6 +7,15 @@ counting=None)``; ``traditional-non`` / ``traditional-con`` serve the same text 
 or CON (aiocoap's default for a CON registration) notifications. Every mode gets the same enlarged
 receive buffer (``--rcvbuf``, via SO_RCVBUFFORCE) so ACK bursts are not dropped.
 
+Secured modes (``--credentials DIR``, written by :func:`bench.secured.write_credentials`): the server
+loads one aiocoap OSCORE context per observer (``server.json``). ``group-oscore`` is the ``group``
+server with ``server_credentials`` and a self-managed Group OSCORE group
+(:class:`~mcobserve.oscore.groupobs.SelfManagedGroupSecurity`, draft App. C): registrations and the
+informative responses go over OSCORE, the phantom request and every multicast notification are
+protected in group mode (signed). ``traditional-oscore`` is the ``traditional-non`` resource behind
+aiocoap's ``OscoreSiteWrapper``: every NON notification is protected with its observer's own context;
+``traditional-oscore-con`` the same with CON notifications (as ``traditional-con``).
+
 Datagrams and bytes (CoAP, i.e. UDP payload) are counted at the socket by wrapping the aiocoap
 transport's ``sendmsg``; received datagrams and empty ACKs by wrapping ``datagram_msg_received``.
 CPU is ``time.process_time()`` of this process (user + system), with the ``getrusage`` split.
@@ -32,6 +41,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiocoap
@@ -42,7 +52,11 @@ from aiocoap.numbers.contentformat import ContentFormat
 from mcobserve.aio import _glue
 from mcobserve.engine.common import Endpoint
 
+from . import CON_MODES, GROUP_MODES, MODES, SECURED_MODES
+
 PATH = ("r",)
+#: Self-managed group material lives this long (longer than any case: no rekeying, no cancellation).
+KEY_LIFETIME = 24 * 3600.0
 
 
 def value(seq: int) -> str:
@@ -213,23 +227,50 @@ class Bench:
     async def start(self) -> None:
         args = self.args
         bind = Endpoint.parse(args.bind)
-        if args.mode == "group":
+        credentials = None
+        if args.mode in SECURED_MODES:
+            from .secured import server_credentials
+
+            if not args.credentials:
+                raise SystemExit(f"--mode {args.mode} needs --credentials")
+            credentials = server_credentials(Path(args.credentials))
+        if args.mode in GROUP_MODES:
             from mcobserve.aio.resources import TextResource
             from mcobserve.aio.server import GroupServer
             from mcobserve.engine.server import GroupPolicy
 
+            security = None
+            if credentials is not None:
+                from mcobserve.oscore import SelfManagedGroup
+                from mcobserve.oscore.groupobs import SelfManagedGroupSecurity
+
+                security = SelfManagedGroupSecurity(
+                    SelfManagedGroup.create(os.urandom), lifetime=KEY_LIFETIME, now=time.time()
+                )
             self.server = await GroupServer.create(
-                bind, Endpoint.parse(args.group), interface=args.ifname, receive_buffer=args.rcvbuf
+                bind,
+                Endpoint.parse(args.group),
+                interface=args.ifname,
+                receive_buffer=args.rcvbuf,
+                security=security,
+                server_credentials=credentials,
             )
             self.resource = TextResource(value(0))
             self.server.add_resource(PATH, self.resource, GroupPolicy(min_interval=0, counting=None))
             self.ctx = self.server.ctx
         else:
-            site = aiocoap.resource.Site()
-            self.resource = PlainResource(value(0), reliable=args.mode == "traditional-con")
+            site: Any = aiocoap.resource.Site()
+            self.resource = PlainResource(value(0), reliable=args.mode in CON_MODES)
             site.add_resource(PATH, self.resource)
+            transports = ["udp6"]
+            if credentials is not None:
+                site = _glue.oscore_site(site, credentials)
+                transports = ["oscore", "udp6"]  # as GroupServer.create does with credentials
             self.ctx = await aiocoap.Context.create_server_context(
-                site, bind=(str(bind.host), bind.port), transports=["udp6"]
+                site,
+                bind=(str(bind.host), bind.port),
+                transports=transports,
+                server_credentials=credentials,
             )
             _glue.set_receive_buffer(self.ctx, args.rcvbuf)
         sock = _glue.server_socket(self.ctx)
@@ -237,7 +278,7 @@ class Bench:
         instrument(self.ctx, self.counters)
 
     def observers(self) -> int:
-        if self.args.mode == "group":
+        if self.args.mode in GROUP_MODES:
             obs = self.server.engine.observation(PATH)
             return obs.count if obs is not None else 0
         return len(self.resource._observations)
@@ -386,7 +427,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mode", required=True, choices=("group", "traditional-non", "traditional-con"))
+    p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--bind", required=True, help="[SRV_ADDR]:SRV_PORT")
     p.add_argument("--group", required=True, help="[GRP_ADDR]:GRP_PORT")
     p.add_argument("--ifname", required=True)
@@ -396,11 +437,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fix-backlog", action="store_true", help="experiment: O(1) aiocoap backlog check")
     p.add_argument("--gc-threshold", type=int, default=0, help="experiment: gc.set_threshold(N) (0: default)")
     p.add_argument("--tracemalloc", action="store_true", help="experiment: stats report traced memory")
+    p.add_argument("--credentials", default="", help="folder of bench.secured.write_credentials (*-oscore)")
     args = p.parse_args(argv)
     if args.tracemalloc:
         tracemalloc.start()
     if args.cpus:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    if args.credentials:  # aiocoap keeps a lock file open per OSCORE context
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.fix_backlog:
         fix_backlog_scan()
     if args.gc_threshold:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import clients, harness, report  # noqa: E402
+from bench import clients, harness, report, secured  # noqa: E402
 from mcobserve.cli import bench as cli  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -59,6 +59,72 @@ def test_tiny_run_counts_datagrams_and_deliveries(tmp_path):
     assert line is not None and line.startswith("cpu ratio traditional-non/group at N=5: ")
 
 
+@pytest.mark.netns
+@pytest.mark.timeout(90)
+def test_tiny_secured_run(tmp_path):
+    """group-oscore: one protected multicast datagram per update; traditional-oscore(-con): N."""
+    n = 3
+    modes = ["group-oscore", "traditional-oscore", "traditional-oscore-con"]
+    cfg = harness.BenchConfig(observers=[n], updates=3, modes=modes, credentials_parent=str(tmp_path))
+    result = harness.run_bench(cfg)
+    assert [(c.mode, c.n) for c in result.cases] == [(m, n) for m in modes]
+    for case in result.cases:
+        assert not case.errors, case.errors
+        assert len(case.updates) == 3
+        reg = case.registration
+        assert (reg.done, reg.failed, reg.server_observers) == (n, 0, n)
+        expected = 1 if case.mode == "group-oscore" else n
+        acks = n if case.mode == "traditional-oscore-con" else 0
+        for u in case.updates:
+            assert u.ok and (u.datagrams, u.acks) == (expected, acks), (case.mode, u)
+            assert u.received == n  # every observer got (and, protected, accepted) every update
+            # protected: more than the plain 18 B (group) and 20 B per observer (traditional)
+            assert u.bytes > (60 if case.mode == "group-oscore" else 25 * n), (case.mode, u)
+        assert case.burst_cpu_ms
+    assert list(tmp_path.iterdir()) == []  # the OSCORE folder went with the case
+    paths = report.write(result, tmp_path / "out")
+    table = paths["results.md"].read_text()
+    assert all(f"| {m} | 3 |" in table for m in modes)
+    assert "traditional-oscore/group-oscore >= 100x" in table
+    line = report.headline(result)
+    assert line is not None and line.startswith("cpu ratio traditional-oscore/group-oscore at N=3: ")
+
+
+def test_secured_credentials_and_client_context(tmp_path):
+    """Same files as ``mcobserve credentials`` (minus the group); a client protects, aiocoap's server
+    context unprotects and answers, the client unprotects the answer."""
+    from aiocoap import CONTENT, GET, Message
+    from aiocoap import oscore as aiocoap_oscore
+
+    from mcobserve.cli.credentials import write_credentials
+
+    write_credentials(tmp_path / "cli", "[fd00::1]", 2)
+    secured.write_credentials(tmp_path / "bench", "[fd00::1]", 2)
+
+    def files(d):
+        return {str(f.relative_to(d)) for f in d.rglob("*") if f.is_file() and f.suffix != ".toml"}
+
+    assert files(tmp_path / "cli") == files(tmp_path / "bench")
+    settings = json.loads((tmp_path / "bench" / "client-2" / "settings.json").read_text())
+    assert settings["sender-id_hex"] == "0002" and settings["recipient-id_hex"] == "00"
+    with pytest.raises(ValueError):
+        secured.write_credentials(tmp_path / "x", "[fd00::1]", secured.MAX_CLIENTS + 1)
+
+    creds = secured.server_credentials(tmp_path / "bench")
+    ctx = secured.MemoryContext.load(tmp_path / "bench", 2)
+    data, request_id = clients.protected_registration(ctx, b"\x00\x00\x00\x01", 7, "r")
+    outer = Message.decode(data)
+    assert outer.opt.oscore is not None and outer.opt.observe == 0 and outer.payload
+    server_ctx = creds.find_oscore(aiocoap_oscore.verify_start(outer))
+    plain, server_request_id = server_ctx.unprotect(outer)
+    assert (plain.code, plain.opt.uri_path, plain.opt.observe) == (GET, ("r",), 0)
+    response, _ = server_ctx.protect(Message(code=CONTENT, payload=b"00000042", observe=0), server_request_id)
+    response.token, response.mtype, response.mid = outer.token, outer.mtype, outer.mid
+    answer, _ = ctx.unprotect(Message.decode(response.encode()), request_id)
+    assert clients.digits(answer.payload) == 42
+    assert clients.digits(b"0000004") is None and clients.digits(b"0000004x") is None
+
+
 def test_cli_options_map_to_a_config():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
@@ -69,7 +135,9 @@ def test_cli_options_map_to_a_config():
     assert cfg.modes == ["group", "traditional-con"] and not cfg.pin
     args = parser.parse_args(["bench", "--observers", "2,3", "--updates", "4"])
     cfg = cli._config(args, harness)
-    assert (cfg.observers, cfg.updates, cfg.modes) == ([2, 3], 4, list(harness.MODES))
+    assert (cfg.observers, cfg.updates, cfg.modes) == ([2, 3], 4, list(harness.DEFAULT_MODES))
+    args = parser.parse_args(["bench", "--modes", "group-oscore,traditional-oscore"])
+    assert cli._config(args, harness).modes == ["group-oscore", "traditional-oscore"]
     with pytest.raises(ValueError):
         cli._config(parser.parse_args(["bench", "--modes", "multicast"]), harness)
     with pytest.raises(ValueError):

@@ -43,7 +43,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--modes",
         metavar="MODE,...",
-        help="any of group, traditional-non, traditional-con (default: all three)",
+        help="any of group, traditional-non, traditional-con, group-oscore, traditional-oscore, "
+        "traditional-oscore-con (default: the first three; the secured ones: Group OSCORE against OSCORE)",
     )
     p.add_argument(
         "--listener",
