@@ -17,12 +17,13 @@ mode uses a self-managed group (draft App. C), whose material travels in the inf
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import aiocoap.credentials
 from aiocoap import oscore
+
+from mcobserve.cli.credentials import write_oscore_contexts
+from mcobserve.cli.main import load_credentials
 
 SERVER_ID = b"\x00"
 CLIENT_ID_LENGTH = 2
@@ -34,42 +35,15 @@ def client_id(i: int) -> bytes:
     return i.to_bytes(CLIENT_ID_LENGTH, "big")
 
 
-def _write(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data) + "\n")
-    path.chmod(0o600)
-
-
 def write_credentials(out: Path, server: str, clients: int) -> None:
     """Server and client OSCORE contexts for clients 1..``clients`` (see the module docstring)."""
-    if not 1 <= clients <= MAX_CLIENTS:
-        raise ValueError(f"clients must be within 1..{MAX_CLIENTS}")
-    out.mkdir(parents=True, exist_ok=True)
-    server_map = {}
-    for i in range(1, clients + 1):
-        cid = client_id(i)
-        common = {"secret_hex": os.urandom(16).hex(), "salt_hex": os.urandom(8).hex()}
-        _write(
-            out / "server" / f"client-{i}" / "settings.json",
-            {"sender-id_hex": SERVER_ID.hex(), "recipient-id_hex": cid.hex(), **common},
-        )
-        _write(
-            out / f"client-{i}" / "settings.json",
-            {"sender-id_hex": cid.hex(), "recipient-id_hex": SERVER_ID.hex(), **common},
-        )
-        server_map[f":client-{i}"] = {"oscore": {"basedir": f"server/client-{i}/"}}
-        _write(out / f"client-{i}.json", {f"coap://{server}/*": {"oscore": {"basedir": f"client-{i}/"}}})
-    _write(out / "server.json", server_map)
+    write_oscore_contexts(out, server, clients, CLIENT_ID_LENGTH)
 
 
 def server_credentials(folder: Path) -> aiocoap.credentials.CredentialsMap:
-    """``server.json`` as aiocoap credentials, relative ``basedir`` entries taken relative to ``folder``."""
-    data: dict[str, Any] = json.loads((folder / "server.json").read_text())
-    base = folder.resolve()
-    for entry in data.values():
-        entry["oscore"]["basedir"] = str(base / entry["oscore"]["basedir"]) + "/"
+    """``server.json`` as aiocoap credentials, as ``mcobserve server --credentials`` loads it."""
     creds = aiocoap.credentials.CredentialsMap()
-    creds.load_from_dict(data)
+    creds.load_from_dict(load_credentials(str(folder / "server.json")))
     return creds
 
 

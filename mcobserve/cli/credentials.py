@@ -39,16 +39,17 @@ def _write(path: Path, data: object) -> None:
     path.chmod(0o600)
 
 
-def write_credentials(out: Path, server: str, clients: int, group_name: str = "mcobserve") -> None:
-    """The files described in the module docstring."""
-    if not 1 <= clients <= 250:
-        raise ValueError("clients must be within 1..250")
+def write_oscore_contexts(out: Path, server: str, clients: int, id_length: int = 1) -> None:
+    """``server.json``, ``server/client-N/``, ``client-N.json`` and ``client-N/``: one RFC 8613 context per
+    client, with ``id_length``-byte client Sender IDs (1..2**(8*id_length) - 1 clients)."""
+    limit = (1 << (8 * id_length)) - 1
+    if not 1 <= clients <= limit:
+        raise ValueError(f"clients must be within 1..{limit}")
     out.mkdir(parents=True, exist_ok=True)
     server_map = {}
     for i in range(1, clients + 1):
-        cid = bytes([i])
-        secret, salt = os.urandom(16), os.urandom(8)
-        common = {"secret_hex": secret.hex(), "salt_hex": salt.hex()}
+        cid = i.to_bytes(id_length, "big")
+        common = {"secret_hex": os.urandom(16).hex(), "salt_hex": os.urandom(8).hex()}
         _write(
             out / "server" / f"client-{i}" / "settings.json",
             {"sender-id_hex": SERVER_ID.hex(), "recipient-id_hex": cid.hex(), **common},
@@ -60,6 +61,13 @@ def write_credentials(out: Path, server: str, clients: int, group_name: str = "m
         server_map[f":client-{i}"] = {"oscore": {"basedir": f"server/client-{i}/"}}
         _write(out / f"client-{i}.json", {f"coap://{server}/*": {"oscore": {"basedir": f"client-{i}/"}}})
     _write(out / "server.json", server_map)
+
+
+def write_credentials(out: Path, server: str, clients: int, group_name: str = "mcobserve") -> None:
+    """The files described in the module docstring."""
+    if not 1 <= clients <= 250:
+        raise ValueError("clients must be within 1..250")
+    write_oscore_contexts(out, server, clients)
     seed = os.urandom(32)
     key = Ed25519SigningKey(seed)
     credential = make_ed25519_ccs(key.public_key_bytes, subject="server")
