@@ -25,7 +25,6 @@ from aiocoap import oscore
 from mcobserve.cli.credentials import write_oscore_contexts
 from mcobserve.cli.main import load_credentials
 
-SERVER_ID = b"\x00"
 CLIENT_ID_LENGTH = 2
 MAX_CLIENTS = (1 << (8 * CLIENT_ID_LENGTH)) - 1
 
