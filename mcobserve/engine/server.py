@@ -9,6 +9,8 @@ The aiocoap adapter (:mod:`mcobserve.aio.server`) executes those actions.
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import math
 import random
 from collections.abc import Hashable, Iterator
@@ -165,6 +167,8 @@ class GroupObservation:
     _payload_cache: dict[tuple[bool, int | None, float | None], bytes] = field(
         default_factory=dict, repr=False
     )
+    #: The deadline this observation currently has in the engine's heap (lazy invalidation).
+    _due: float | None = field(default=None, repr=False)
 
     @property
     def count(self) -> int:
@@ -318,6 +322,10 @@ class ServerEngine:
         self.tokens = TokenSpace(token_length)
         self._resources: dict[Path, _ResourceState] = {}
         self._by_token: dict[bytes, GroupObservation] = {}
+        #: Deadline heap of (time, seq, observation); an entry is live only while it equals the
+        #: observation's ``_due`` (lazy invalidation), so every event costs O(log n).
+        self._heap: list[tuple[float, int, GroupObservation]] = []
+        self._seq = itertools.count()
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -467,6 +475,7 @@ class ServerEngine:
         )
         st.group = obs
         self._by_token[token] = obs
+        self._schedule(obs)
         return obs
 
     def traditional_ended(self, path: Path, key: ObserverKey) -> None:
@@ -482,6 +491,14 @@ class ServerEngine:
         reason, obs.rendering = obs.rendering, None
         if obs.cancelled:
             return []
+        try:
+            return self._rendered(obs, reason, response, now)
+        finally:
+            self._schedule(obs)
+
+    def _rendered(
+        self, obs: GroupObservation, reason: RenderReason | None, response: Message, now: float
+    ) -> list[Action]:
         if not response.code.is_successful():
             # An unsuccessful response ends an observation (RFC 7641 §3.2); end the group one cleanly.
             return self.cancel(obs, now, f"resource answered {response.code.dotted}")
@@ -530,52 +547,100 @@ class ServerEngine:
             return []
         if obs.rendering is not None or not obs.can_send(now):
             obs.dirty = True
+            self._schedule(obs)
             return []
         obs.dirty = False
         obs.rendering = RenderReason.CHANGE
+        self._schedule(obs)
         return [Render(obs, RenderReason.CHANGE)]
 
+    def _deadline(self, obs: GroupObservation) -> float | None:
+        """When ``obs`` next needs :meth:`poll`: its own timers and its keying material's expiry."""
+        due = obs.next_deadline()
+        if due is None or self.security is None:
+            return due
+        expiry = self.security.expires_at(obs.binding)
+        if expiry is not None:
+            due = min(due, expiry - self.renew_margin)
+        return due
+
+    def _schedule(self, obs: GroupObservation) -> None:
+        """(Re)place ``obs`` in the deadline heap after its state changed: O(log n)."""
+        due = None if obs.cancelled else self._deadline(obs)
+        if due == obs._due:
+            return
+        obs._due = due
+        if due is not None:
+            heapq.heappush(self._heap, (due, next(self._seq), obs))
+            if len(self._heap) > 64 + 4 * len(self._by_token):
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop stale heap entries; amortised O(1) per push."""
+        self._heap = [e for e in self._heap if e[2]._due == e[0] and not e[2].cancelled]
+        heapq.heapify(self._heap)
+
+    def _prune(self) -> None:
+        heap = self._heap
+        while heap and (heap[0][2].cancelled or heap[0][2]._due != heap[0][0]):
+            heapq.heappop(heap)
+
     def poll(self, now: float) -> list[Action]:
-        """Run what is due: scheduled endings, coalesced changes, Max-Age refreshes."""
+        """Run what is due: scheduled endings, coalesced changes, Max-Age refreshes.
+
+        Only the observations whose deadline has come are touched (deadline heap), never all of them.
+        """
         actions: list[Action] = []
-        for obs in self.observations():
-            if obs.ending is not None and now >= obs.ending:
-                actions += self.cancel(obs, now, "ending reached")
+        heap = self._heap
+        seen: set[int] = set()
+        again: list[tuple[float, int, GroupObservation]] = []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            due, _, obs = entry
+            if obs.cancelled or obs._due != due:
+                continue  # stale entry
+            if id(obs) in seen:  # still due after running once: leave it for the next poll
+                again.append(entry)
                 continue
-            expiry = self.security.expires_at(obs.binding) if self.security is not None else None
-            if expiry is not None and now >= expiry - self.renew_margin:
-                # The keying material is about to expire: cancel; the next registration starts a new
-                # group observation under new material (App. C).
-                actions += self.cancel(obs, now, "keying material expires")
-                continue
-            result = obs.counter.finish(now)
-            if result is not None:
-                actions.append(Counted(obs, result))
-                if obs.counter.should_cancel(result) and (obs.committed_until or 0.0) <= now:
-                    actions += self.cancel(obs, now, f"estimated {result.estimate:.3g} observers")
-                    continue
-            if obs.rendering is not None or not obs.can_send(now):
-                continue
-            if obs.dirty:
-                obs.dirty = False
-                obs.rendering = RenderReason.CHANGE
-                actions.append(Render(obs, RenderReason.CHANGE))
-                continue
-            due = obs.refresh_due()
-            if due is not None and now >= due:
-                obs.rendering = RenderReason.MAX_AGE
-                actions.append(Render(obs, RenderReason.MAX_AGE))
+            seen.add(id(obs))
+            obs._due = None
+            actions += self._run_due(obs, now)
+            self._schedule(obs)
+        for entry in again:
+            heapq.heappush(heap, entry)
+        return actions
+
+    def _run_due(self, obs: GroupObservation, now: float) -> list[Action]:
+        if obs.ending is not None and now >= obs.ending:
+            return self.cancel(obs, now, "ending reached")
+        expiry = self.security.expires_at(obs.binding) if self.security is not None else None
+        if expiry is not None and now >= expiry - self.renew_margin:
+            # The keying material is about to expire: cancel; the next registration starts a new
+            # group observation under new material (App. C).
+            return self.cancel(obs, now, "keying material expires")
+        actions: list[Action] = []
+        result = obs.counter.finish(now)
+        if result is not None:
+            actions.append(Counted(obs, result))
+            if obs.counter.should_cancel(result) and (obs.committed_until or 0.0) <= now:
+                return actions + self.cancel(obs, now, f"estimated {result.estimate:.3g} observers")
+        if obs.rendering is not None or not obs.can_send(now):
+            return actions
+        if obs.dirty:
+            obs.dirty = False
+            obs.rendering = RenderReason.CHANGE
+            actions.append(Render(obs, RenderReason.CHANGE))
+            return actions
+        due = obs.refresh_due()
+        if due is not None and now >= due:
+            obs.rendering = RenderReason.MAX_AGE
+            actions.append(Render(obs, RenderReason.MAX_AGE))
         return actions
 
     def next_deadline(self) -> float | None:
-        """The earliest time :meth:`poll` has something to do, or None."""
-        times = [t for obs in self._by_token.values() if (t := obs.next_deadline()) is not None]
-        if self.security is not None:
-            for obs in self._by_token.values():
-                expiry = self.security.expires_at(obs.binding)
-                if expiry is not None:
-                    times.append(expiry - self.renew_margin)
-        return min(times) if times else None
+        """The earliest time :meth:`poll` has something to do, or None (the top of the heap)."""
+        self._prune()
+        return self._heap[0][0] if self._heap else None
 
     # -- cancellation --------------------------------------------------------------------------
 
@@ -585,6 +650,7 @@ class ServerEngine:
             return []
         obs.cancelled = True
         obs.rendering = None
+        obs._due = None  # its heap entries are stale from now on
         st = self._resources.get(obs.path)
         if st is not None and st.group is obs:
             st.group = None
