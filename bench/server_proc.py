@@ -237,7 +237,7 @@ class Bench:
         if args.mode in GROUP_MODES:
             from mcobserve.aio.resources import TextResource
             from mcobserve.aio.server import GroupServer
-            from mcobserve.engine.server import GroupPolicy
+            from mcobserve.engine.server import CongestionControl, GroupPolicy
 
             security = None
             if credentials is not None:
@@ -254,6 +254,7 @@ class Bench:
                 receive_buffer=args.rcvbuf,
                 security=security,
                 server_credentials=credentials,
+                congestion=CongestionControl(interval=0),  # the benchmark measures the sender's limits
             )
             self.resource = TextResource(value(0))
             self.server.add_resource(PATH, self.resource, GroupPolicy(min_interval=0, counting=None))

@@ -40,3 +40,12 @@ class CodePoints:
 
 
 DEFAULT_CODE_POINTS = CodePoints()
+
+#: Congestion control per multicast group (draft §4.4, RFC 7641 §4.5.1): seconds per multicast
+#: notification on average over all the group observations that share a group, and the burst of a
+#: token bucket (1: never two notifications closer than the interval).
+DEFAULT_GROUP_INTERVAL = 3.0
+DEFAULT_GROUP_BURST = 1
+#: Largest CoAP message (header, Token, options, payload) that fits one UDP datagram on a 1280-byte
+#: IPv6 path: 1280 - 40 (IPv6 header) - 8 (UDP header) (draft §4.4, RFC 8200 §5).
+DEFAULT_MAX_MESSAGE_SIZE = 1232

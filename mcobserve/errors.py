@@ -32,3 +32,11 @@ class WithdrawnError(GroupObservationError):
 
 class CancelledError(GroupObservationError):
     """The server cancelled the group observation with a multicast 5.03 (draft §4.5, §5.4)."""
+
+
+class NotificationTooLargeError(McObserveError):
+    """A multicast notification would not fit the configured size limit; it is not sent (draft §4.4)."""
+
+
+class UnusableAddressError(McObserveError, ValueError):
+    """SRV_ADDR or GRP_ADDR cannot serve group observations, e.g. link-local or All CoAP Nodes (§3, §4.2)."""

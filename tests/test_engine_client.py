@@ -9,12 +9,13 @@ from aiocoap import CON, CONTENT, GET, NON, SERVICE_UNAVAILABLE, Message
 
 from mcobserve.engine.client import Accepted, Dropped, Ended, GroupObservationClient, Via
 from mcobserve.engine.common import Endpoint, observe_is_fresh
-from mcobserve.engine.server import GroupPolicy, ServerEngine
+from mcobserve.engine.server import CongestionControl, GroupPolicy, ServerEngine
 from mcobserve.errors import MalformedError, UnsupportedTransportError, WithdrawnError
 from mcobserve.wire import CRI, InformativeResponse, TpInfo, serialize_message
 
 SRV = Endpoint.parse("[2001:db8::ab]")
 GRP = Endpoint.parse("[ff35:30:2001:db8::23]:61616")
+UNLIMITED = CongestionControl(interval=0)  # draft §4.4 budget off: these tests are about other rules
 T0 = 1_700_000_000.0
 
 
@@ -23,7 +24,7 @@ def registration(path: str = "r") -> Message:
 
 
 def server_with_group(text: str = "1234"):
-    e = ServerEngine(SRV, GRP)
+    e = ServerEngine(SRV, GRP, congestion=UNLIMITED)
     e.add_resource(("r",), GroupPolicy(min_interval=0))
     reg = e.on_registration(("r",), "c1", registration(), T0, random.Random(4))
     e.rendered(reg.observation, Message(code=CONTENT, payload=text.encode()), T0)
@@ -181,7 +182,7 @@ def test_malformed_or_incomplete_informative_responses():
 def test_ipv4_group_and_v4_mapped_source():
     srv4 = Endpoint.parse("10.78.0.1")
     grp4 = Endpoint.parse("239.255.0.1:61616")
-    e = ServerEngine(srv4, grp4)
+    e = ServerEngine(srv4, grp4, congestion=UNLIMITED)
     e.add_resource(("r",), GroupPolicy(min_interval=0))
     reg = e.on_registration(("r",), "c", registration(), T0, random.Random(1))
     e.rendered(reg.observation, Message(code=CONTENT, payload=b"x"), T0)

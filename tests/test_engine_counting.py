@@ -19,12 +19,21 @@ from mcobserve.engine.counting import (
     respond_to,
     response_probability,
 )
-from mcobserve.engine.server import Cancelled, Counted, GroupPolicy, Kind, SendMulticast, ServerEngine
+from mcobserve.engine.server import (
+    Cancelled,
+    CongestionControl,
+    Counted,
+    GroupPolicy,
+    Kind,
+    SendMulticast,
+    ServerEngine,
+)
 from mcobserve.wire import InformativeResponse, parse_message
 from mcobserve.wire.feedback import get_feedback_divider, set_feedback_divider
 
 SRV = Endpoint.parse("[2001:db8::ab]")
 GRP = Endpoint.parse("[ff35:30:2001:db8::23]:61616")
+UNLIMITED = CongestionControl(interval=0)  # draft §4.4 budget off: these tests are about other rules
 T0 = 1_700_000_000.0
 WAIT = 10.0
 
@@ -40,7 +49,7 @@ def confirmation() -> Message:
 
 
 def engine_with(count: int, **policy) -> tuple[ServerEngine, object]:
-    e = ServerEngine(SRV, GRP)
+    e = ServerEngine(SRV, GRP, congestion=UNLIMITED)
     counting = CountingPolicy(confirmation_wait=WAIT, **policy)
     e.add_resource(("r",), GroupPolicy(min_interval=0, counting=counting))
     rng = random.Random(1)
@@ -109,7 +118,7 @@ def test_confirmation_outside_a_round_is_ignored():
     r = e.on_registration(("r",), "late", confirmation(), T0, random.Random(), endpoint="late")
     assert r.kind is Kind.CONFIRMATION and obs.count == 5 and obs.counter.stray == 1
     # Without any group observation: still a confirmation, never answered, never a new observer.
-    e2 = ServerEngine(SRV, GRP)
+    e2 = ServerEngine(SRV, GRP, congestion=UNLIMITED)
     e2.add_resource(("r",), GroupPolicy())
     assert e2.on_registration(("r",), "x", confirmation(), T0, random.Random()).kind is Kind.CONFIRMATION
     assert e2.observation(("r",)) is None
@@ -173,7 +182,7 @@ def test_init_notif_and_last_notif_carry_no_option():
 
 
 def test_counting_disabled_keeps_count_only():
-    e = ServerEngine(SRV, GRP)
+    e = ServerEngine(SRV, GRP, congestion=UNLIMITED)
     e.add_resource(("r",), GroupPolicy(min_interval=0, counting=None))
     obs = e.on_registration(("r",), "a", reg(), T0, random.Random()).observation
     e.rendered(obs, Message(code=CONTENT, payload=b"x"), T0)

@@ -14,7 +14,14 @@ from aiocoap import CONTENT, GET, Message
 
 from mcobserve.engine.common import Endpoint
 from mcobserve.engine.counting import ObserverCounter
-from mcobserve.engine.server import GroupObservation, GroupPolicy, Render, RenderReason, ServerEngine
+from mcobserve.engine.server import (
+    CongestionControl,
+    GroupObservation,
+    GroupPolicy,
+    Render,
+    RenderReason,
+    ServerEngine,
+)
 
 SRV = Endpoint.parse("[2001:db8::ab]")
 GRP = Endpoint.parse("[ff35:30:2001:db8::23]:61616")
@@ -81,10 +88,14 @@ def test_poll_next_deadline_and_on_change_do_not_walk_idle_observations(monkeypa
     assert counting.take() <= 4
 
 
-def test_heap_agrees_with_a_walk_over_all_observations():
-    """Random events on 40 resources: the heap's next deadline is the minimum over all observations."""
+@pytest.mark.parametrize("interval", [0.0, 3.0])
+def test_heap_agrees_with_a_walk_over_all_observations(interval):
+    """Random events on 40 resources: the heap's next deadline is the minimum over all observations
+    and the group's congestion-control budget (draft §4.4)."""
     rng = random.Random(11)
-    e, observations = _engine_with(40, GroupPolicy(min_interval=2.0, duration=500.0))
+    e, observations = _engine_with(
+        40, GroupPolicy(min_interval=2.0, duration=500.0), congestion=CongestionControl(interval=interval)
+    )
     now = T0
     rendering: list[GroupObservation] = []
     for _ in range(3000):
@@ -105,6 +116,7 @@ def test_heap_agrees_with_a_walk_over_all_observations():
                 if isinstance(a, Render):
                     rendering.append(a.observation)
         walk = [d for o in e.observations() if (d := o.next_deadline()) is not None]
+        walk += [b._due for b in e._budgets.values() if b._due is not None]
         assert e.next_deadline() == (min(walk) if walk else None)
         if not live:
             break

@@ -10,7 +10,14 @@ from aiocoap import CONTENT, GET, NON, SERVICE_UNAVAILABLE, Message
 
 from mcobserve.engine.client import Accepted, Dropped, Ended, GroupObservationClient, Via
 from mcobserve.engine.common import Endpoint
-from mcobserve.engine.server import Cancelled, GroupPolicy, Kind, SendMulticast, ServerEngine
+from mcobserve.engine.server import (
+    Cancelled,
+    CongestionControl,
+    GroupPolicy,
+    Kind,
+    SendMulticast,
+    ServerEngine,
+)
 from mcobserve.errors import GroupObservationError, MalformedError
 from mcobserve.oscore import SelfManagedGroup
 from mcobserve.oscore.groupobs import ClientGroupSecurity, PreArrangedGroup, SelfManagedGroupSecurity
@@ -19,6 +26,7 @@ from mcobserve.wire import InformativeResponse, parse_message
 
 SRV = Endpoint.parse("[2001:db8::ab]")
 GRP = Endpoint.parse("[ff35:30:2001:db8::23]:61616")
+UNLIMITED = CongestionControl(interval=0)  # draft §4.4 budget off: these tests are about other rules
 T0 = 1_700_000_000.0
 
 
@@ -37,7 +45,7 @@ def wire(m: Message) -> Message:
 def secured(lifetime: float = 3600.0, *, paths=("r",)):
     group = SelfManagedGroup.create(os.urandom)
     security = SelfManagedGroupSecurity(group, lifetime=lifetime, now=T0)
-    e = ServerEngine(SRV, GRP, security=security)
+    e = ServerEngine(SRV, GRP, security=security, congestion=UNLIMITED)
     observations = {}
     for p in paths:
         e.add_resource((p,), GroupPolicy(min_interval=0, counting=None))
@@ -170,7 +178,7 @@ def test_keying_material_expiry_cancels_and_rekeys():
 def test_pre_arranged_group_signals_join_information():
     group = SelfManagedGroup.create(os.urandom)
     security = PreArrangedGroup(group.context, sec_gp="myGroup", join_uri="coap://gm/ace-group/myGroup")
-    e = ServerEngine(SRV, GRP, security=security)
+    e = ServerEngine(SRV, GRP, security=security, congestion=UNLIMITED)
     e.add_resource(("r",), GroupPolicy(min_interval=0))
     obs = e.on_registration(("r",), "c", reg(), T0, random.Random(1), protected=True).observation
     e.rendered(obs, Message(code=CONTENT, payload=b"x"), T0)

@@ -37,11 +37,13 @@ from ..engine.common import Endpoint
 from ..engine.server import (
     Action,
     Cancelled,
+    CongestionControl,
     Counted,
     GroupObservation,
     GroupPolicy,
     GroupSecurity,
     Kind,
+    NotificationRefused,
     Path,
     Render,
     RenderReason,
@@ -182,13 +184,21 @@ class GroupServer:
         receive_buffer: int = 4 << 20,
         security: GroupSecurity | None = None,
         server_credentials: aiocoap.credentials.CredentialsMap | None = None,
+        congestion: CongestionControl | None = None,
+        max_message_size: int | None = None,
     ) -> GroupServer:
         """Bind SRV_ADDR:SRV_PORT and prepare to send to GRP_ADDR:GRP_PORT (draft §4.1)."""
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
         _glue.install_backlog_fix()  # N informative responses in flight (draft §4.2) must not cost O(N^2)
         engine = ServerEngine(
-            bind, group, code_points=code_points, token_length=token_length, security=security
+            bind,
+            group,
+            code_points=code_points,
+            token_length=token_length,
+            security=security,
+            congestion=congestion,
+            **({} if max_message_size is None else {"max_message_size": max_message_size}),
         )
         if site is None:  # a site of the caller's keeps its own /.well-known/core
             site = aiocoap.resource.Site()
@@ -383,6 +393,13 @@ class GroupServer:
                     E=r.e,
                     count_prime=round(r.count_prime, 3),
                     next_round_in=r.next_round_in,
+                )
+            elif isinstance(action, NotificationRefused):  # too large for one datagram (draft §4.4)
+                log.error("%s", action.error)
+                self._emit(
+                    "notification_refused",
+                    resource=_path_str(action.observation.path),
+                    reason=str(action.error),
                 )
             elif isinstance(action, Cancelled):
                 self._ready.pop(action.observation, None)

@@ -121,7 +121,8 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--min-interval",
         type=float,
-        help=f"seconds between multicast notifications; changes coalesce (default {DEFAULT_MIN_INTERVAL})",
+        help="seconds between multicast notifications, per resource and per multicast group; changes "
+        f"coalesce (default {DEFAULT_MIN_INTERVAL}, the draft's §4.4; 0 turns congestion control off)",
     )
     p.add_argument("--duration", type=float, help="cancel each group observation after SECONDS ('ending')")
     p.add_argument("--token-length", type=int, help="length of the Token T in bytes (default 2)")
@@ -250,6 +251,7 @@ async def _serve(
 ) -> int:
     from ..aio.resources import TextResource
     from ..aio.server import GroupServer
+    from ..engine.server import CongestionControl
 
     out = _EventPrinter(args.json)
     security = _server_security(args.group_oscore, args.key_lifetime)
@@ -270,6 +272,7 @@ async def _serve(
             on_event=out,
             security=security,
             server_credentials=server_credentials,
+            congestion=CongestionControl(interval=args.min_interval),  # per group (draft §4.4)
         )
     except (OSError, ValueError) as e:
         _reason(f"cannot serve on {bind} for group {group}: {e}")

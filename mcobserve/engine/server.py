@@ -11,8 +11,10 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+import logging
 import math
 import random
+from collections import deque
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,16 +24,37 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 
 from ..constants import (
     DEFAULT_CODE_POINTS,
+    DEFAULT_GROUP_BURST,
+    DEFAULT_GROUP_INTERVAL,
     DEFAULT_MAX_AGE,
+    DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MIN_INTERVAL,
     NO_RESPONSE_5XX,
     CodePoints,
 )
-from ..errors import McObserveError, TokenSpaceExhaustedError
+from ..errors import McObserveError, NotificationTooLargeError, TokenSpaceExhaustedError
 from ..wire import CRI, InformativeResponse, TpInfo, serialize_message
 from ..wire.feedback import get_feedback_divider, set_feedback_divider
 from .common import OBSERVE_MODULUS, Endpoint
 from .counting import CountingPolicy, ObserverCounter, RoundResult
+
+log = logging.getLogger(__name__)
+
+#: Bytes a CoAP over UDP message adds to the transport-independent serialization (draft §4.2.2): the
+#: 4-byte header minus the code byte the serialization already has.
+UDP_HEADER_EXTRA = 3
+#: Room kept for the Observe option (up to 3 bytes + 1) and Feedback-Divider (1 + 1) that the
+#: notification gets after the size check (draft §4.3, §8.1).
+NOTIFICATION_OPTION_ROOM = 6
+#: Room for the informative response's own header and options: header 4, Token up to 8, Content-Format
+#: (3), Max-Age 0 (1), payload marker (1), rounded up (draft §4.2).
+INFORMATIVE_OVERHEAD = 20
+#: Extra room under OSCORE: OSCORE option (up to ~20), AEAD tag (16 with the largest algorithms), the
+#: inner code and Max-Age (RFC 8613 §4, §5).
+OSCORE_OVERHEAD = 48
+
+#: RFC 7252 §4.8.2 MAX_TRANSMIT_WAIT: added to the latest Max-Age for the quarantine of a Token.
+MAX_TRANSMIT_WAIT = 93.0
 
 #: Floor for the Max-Age driven refresh (draft §4.3, last paragraph), so that a representation with
 #: Max-Age 0 does not turn into a multicast storm.
@@ -90,37 +113,148 @@ class GroupPolicy:
             raise ValueError("duration must be positive")
 
 
+@dataclass(frozen=True)
+class CongestionControl:
+    """Rate of multicast notifications per multicast group, over all its resources (draft §4.4).
+
+    A token bucket: one notification per ``interval`` seconds on average, at most ``burst`` back to back
+    after a quiet period. The draft's value (RFC 7641 §4.5.1): one every 3 s, burst 1. ``interval`` 0
+    switches congestion control off (a warning is logged). Cancellations are not counted; Max-Age
+    refreshes take a token when one is there and are never held back (draft §4.3 MUST).
+    """
+
+    interval: float = DEFAULT_GROUP_INTERVAL
+    burst: int = DEFAULT_GROUP_BURST
+
+    def __post_init__(self) -> None:
+        if self.interval < 0 or not math.isfinite(self.interval):
+            raise ValueError("the congestion-control interval must be a finite number >= 0")
+        if self.burst < 1:
+            raise ValueError("the congestion-control burst must be at least 1")
+
+
+class GroupBudget:
+    """Token bucket of one multicast group and the group observations waiting for it (draft §4.4).
+
+    Waiting observations are served first come, first served; an observation waits at most once, and
+    changes made while it waits coalesce into the notification it sends when its turn comes.
+    """
+
+    def __init__(self, group: Endpoint, congestion: CongestionControl) -> None:
+        self.group = group
+        self.congestion = congestion
+        self.tokens = float(congestion.burst)
+        self.updated: float | None = None
+        self.waiting: deque[GroupObservation] = deque()
+        #: Notifications sent (changes and refreshes) and Max-Age refreshes sent without a token.
+        self.sent = 0
+        self.over_budget = 0
+        self.cancelled = False  # heap entries share the observations' interface
+        self._due: float | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.congestion.interval <= 0
+
+    def _refill(self, now: float) -> None:
+        if self.updated is None or now < self.updated:
+            self.updated = now if self.updated is None else self.updated
+            return
+        cc = self.congestion
+        self.tokens = min(float(cc.burst), self.tokens + (now - self.updated) / cc.interval)
+        self.updated = now
+
+    def available(self, now: float) -> bool:
+        if self.unlimited:
+            return True
+        self._refill(now)
+        return self.tokens >= 1.0 - 1e-9
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one."""
+        if not self.available(now):
+            return False
+        if not self.unlimited:
+            self.tokens -= 1.0
+        self.sent += 1
+        return True
+
+    def ready_at(self, now: float) -> float:
+        """When the next token is there."""
+        if self.available(now):
+            return now
+        return now + (1.0 - self.tokens) * self.congestion.interval
+
+
 class TokenSpace:
-    """Token space of (GRP_ADDR, GRP_PORT) -> (SRV_ADDR, SRV_PORT), the server's to manage (draft §4.1)."""
+    """Token space of (GRP_ADDR, GRP_PORT) -> (SRV_ADDR, SRV_PORT), the server's to manage (draft §4.1).
+
+    A released T is quarantined (draft §4.5, §13): a client that missed the one NON cancellation would
+    take the notifications of a new group observation with the same T for its own. Quarantined values
+    are handed out again only when no other value is free.
+    """
 
     def __init__(self, length: int = 2) -> None:
         if not 1 <= length <= 8:
             raise ValueError("token length must be 1..8 bytes")
         self.length = length
         self._used: set[bytes] = set()
+        #: Released values and when their quarantine ends; the heap orders them by that time.
+        self._quarantined: dict[bytes, float] = {}
+        self._quarantine_heap: list[tuple[float, bytes]] = []
+        #: Quarantined values handed out early because nothing else was free.
+        self.reused_early = 0
 
-    def allocate(self, rng: random.Random) -> bytes:
-        """Pick a value T that no live group observation uses (draft §4.1, step 2)."""
+    def _expire(self, now: float | None) -> None:
+        heap = self._quarantine_heap
+        while heap and (now is None or heap[0][0] <= now):
+            until, token = heapq.heappop(heap)
+            if self._quarantined.get(token) == until:
+                del self._quarantined[token]
+
+    def quarantined(self, token: bytes, now: float) -> bool:
+        """Is ``token`` still in quarantine at ``now``?"""
+        until = self._quarantined.get(token)
+        return until is not None and now < until
+
+    def allocate(self, rng: random.Random, now: float | None = None) -> bytes:
+        """Pick a value T that no live group observation uses and that is not quarantined (§4.1 step 2)."""
+        if now is not None:
+            self._expire(now)
         size = 1 << (8 * self.length)
         if len(self._used) >= size:
             raise TokenSpaceExhaustedError(f"all {size} tokens of length {self.length} are in use")
-        for _ in range(32):
-            token = rng.getrandbits(8 * self.length).to_bytes(self.length, "big")
-            if token not in self._used:
-                self._used.add(token)
-                return token
-        # Dense space: walk from a random start; bounded by the size of the space.
-        start = rng.randrange(size)
-        for i in range(size):
-            token = ((start + i) % size).to_bytes(self.length, "big")
-            if token not in self._used:
-                self._used.add(token)
-                return token
-        raise TokenSpaceExhaustedError("no free token")  # pragma: no cover - guarded above
+        blocked = self._used if not self._quarantined else self._used | self._quarantined.keys()
+        if len(blocked) < size:
+            for _ in range(32):
+                token = rng.getrandbits(8 * self.length).to_bytes(self.length, "big")
+                if token not in blocked:
+                    self._used.add(token)
+                    return token
+            # Dense space: walk from a random start; bounded by the size of the space.
+            start = rng.randrange(size)
+            for i in range(size):
+                token = ((start + i) % size).to_bytes(self.length, "big")
+                if token not in blocked:
+                    self._used.add(token)
+                    return token
+        # Only quarantined values are free: the one whose quarantine ends first.
+        token = min(self._quarantined, key=self._quarantined.__getitem__)
+        del self._quarantined[token]
+        self.reused_early += 1
+        self._used.add(token)
+        return token
 
-    def release(self, token: bytes) -> None:
-        """Free T once its group observation is cancelled (draft §4.5)."""
+    def release(self, token: bytes, now: float | None = None, quarantine: float = 0.0) -> None:
+        """Free T once its group observation is cancelled (draft §4.5), quarantined until now + quarantine."""
         self._used.discard(token)
+        if now is not None and quarantine > 0:
+            until = now + quarantine
+            self._quarantined[token] = until
+            heapq.heappush(self._quarantine_heap, (until, token))
+            if len(self._quarantine_heap) > 64 + 2 * len(self._quarantined):
+                self._quarantine_heap = [(u, t) for t, u in self._quarantined.items()]
+                heapq.heapify(self._quarantine_heap)
 
     def __contains__(self, token: object) -> bool:
         return token in self._used
@@ -167,8 +301,12 @@ class GroupObservation:
     _payload_cache: dict[tuple[bool, int | None, float | None], bytes] = field(
         default_factory=dict, repr=False
     )
+    #: Notifications refused because they would not fit the size limit (draft §4.4).
+    refused: int = 0
     #: The deadline this observation currently has in the engine's heap (lazy invalidation).
     _due: float | None = field(default=None, repr=False)
+    #: Waiting in its group's congestion-control queue (draft §4.4).
+    _queued: bool = field(default=False, repr=False)
 
     @property
     def count(self) -> int:
@@ -203,25 +341,33 @@ class GroupObservation:
         return self.last_sent_at is None or now >= self.last_sent_at + self.policy.min_interval
 
     def refresh_due(self) -> float | None:
-        """When the latest notification is older than its Max-Age (draft §4.3, last paragraph)."""
+        """When the latest notification is older than its Max-Age (draft §4.3, last paragraph).
+
+        The refresh is a MUST: neither the minimum interval, nor the §13.1 budget of a counting round,
+        nor the group's congestion control push it later (only the 1 s floor for Max-Age 0 does).
+        """
         if self.latest is None:
             return None
-        due = self.latest_at + max(self.latest_max_age, MIN_REFRESH_INTERVAL)
-        if self.last_sent_at is not None:
-            due = max(due, self.last_sent_at + self.policy.min_interval)
-        return due
+        return self.latest_at + max(self.latest_max_age, MIN_REFRESH_INTERVAL)
+
+    def change_due(self) -> float | None:
+        """When a pending change may be sent, or None (no change, a render or a hold in the way)."""
+        if not self.dirty or self._queued or self.rendering is not None or not self.counter.may_send():
+            return None
+        last = self.last_sent_at
+        return last + self.policy.min_interval if last is not None else 0.0
 
     def next_deadline(self) -> float | None:
         if self.cancelled:
             return None
         times = [t for t in (self.ending, self.counter.deadline()) if t is not None]
-        if self.rendering is None and self.counter.may_send():
+        if self.rendering is None:
             refresh = self.refresh_due()
             if refresh is not None:
                 times.append(refresh)
-            if self.dirty:
-                last = self.last_sent_at
-                times.append(last + self.policy.min_interval if last is not None else 0.0)
+            change = self.change_due()
+            if change is not None:
+                times.append(change)
         return min(times) if times else None
 
 
@@ -245,6 +391,17 @@ class SendMulticast:
 
 
 @dataclass(frozen=True)
+class NotificationRefused:
+    """A rendered notification does not fit the size limit and was not sent (draft §4.4).
+
+    The previous notification stays the latest one; the next change or Max-Age refresh tries again.
+    """
+
+    observation: GroupObservation
+    error: NotificationTooLargeError
+
+
+@dataclass(frozen=True)
 class Counted:
     """A counting round finished: the new estimate is the observer counter (draft §8.3.3)."""
 
@@ -260,7 +417,7 @@ class Cancelled:
     reason: str
 
 
-Action = Render | SendMulticast | Counted | Cancelled
+Action = Render | SendMulticast | Counted | Cancelled | NotificationRefused
 
 
 class Kind(enum.Enum):
@@ -308,6 +465,9 @@ class ServerEngine:
         token_length: int = 2,
         security: GroupSecurity | None = None,
         renew_margin: float = 10.0,
+        token_quarantine: float = MAX_TRANSMIT_WAIT,
+        congestion: CongestionControl | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if not group.host.is_multicast:
             raise ValueError(f"group address {group.host} is not a multicast address")
@@ -320,11 +480,25 @@ class ServerEngine:
         #: Cancel a group observation this many seconds before its keying material expires (App. C).
         self.renew_margin = renew_margin
         self.tokens = TokenSpace(token_length)
+        #: A released T stays unused for the observation's Max-Age plus this many seconds (draft §4.5).
+        self.token_quarantine = token_quarantine
+        #: Congestion control per multicast group (draft §4.4).
+        self.congestion = congestion if congestion is not None else CongestionControl()
+        if self.congestion.interval <= 0:
+            log.warning(
+                "congestion control is off (interval 0): the draft (§4.4) says a server SHOULD NOT send "
+                "more than one multicast notification every 3 seconds"
+            )
+        if max_message_size < 64:
+            raise ValueError("max_message_size must be at least 64 bytes")
+        #: Largest CoAP message sent as a multicast notification or informative response (draft §4.4).
+        self.max_message_size = max_message_size
+        self._budgets: dict[Endpoint, GroupBudget] = {}
         self._resources: dict[Path, _ResourceState] = {}
         self._by_token: dict[bytes, GroupObservation] = {}
         #: Deadline heap of (time, seq, observation); an entry is live only while it equals the
         #: observation's ``_due`` (lazy invalidation), so every event costs O(log n).
-        self._heap: list[tuple[float, int, GroupObservation]] = []
+        self._heap: list[tuple[float, int, GroupObservation | GroupBudget]] = []
         self._seq = itertools.count()
 
     # -- configuration -------------------------------------------------------------------------
@@ -446,7 +620,7 @@ class ServerEngine:
         return obs, shifted
 
     def _start(self, path: Path, st: _ResourceState, now: float, rng: random.Random) -> GroupObservation:
-        token = self.tokens.allocate(rng)
+        token = self.tokens.allocate(rng, now)
         phantom = self._phantom(path, token)
         ph_req = transport_independent(phantom)
         binding = None
@@ -508,6 +682,12 @@ class ServerEngine:
             if option.number not in (OptionNumber.OBSERVE, OptionNumber.NO_RESPONSE):
                 notification.opt.add_option(option)
         notification.token = obs.token
+        if reason is not RenderReason.INIT:
+            # Checked before an Observe number or a counting round is spent on it (draft §4.4).
+            room = NOTIFICATION_OPTION_ROOM + (OSCORE_OVERHEAD if self.security is not None else 0)
+            refused = self._too_large(obs, notification, now, room)
+            if refused is not None:
+                return refused
         obs.observe = (obs.observe + 1) % OBSERVE_MODULUS
         notification.opt.observe = obs.observe
         q = None
@@ -515,13 +695,20 @@ class ServerEngine:
             q = obs.counter.feedback_divider(now)  # first notification of a burst only (§8.3.1)
             if q is not None:
                 set_feedback_divider(notification, q, self.code_points)
-            obs.counter.notification_sent()
         max_age = notification.opt.max_age  # the inner Max-Age under Group OSCORE (§4.3)
         if self.security is not None:
             try:
                 notification = self.security.protect_response(notification, obs.binding)
             except McObserveError as e:
-                return self._drop(obs, f"cannot protect: {e}")
+                return self._drop(obs, now, f"cannot protect: {e}")
+            if reason is not RenderReason.INIT:
+                refused = self._too_large(obs, notification, now, 0)
+                if refused is not None:
+                    if q is not None:
+                        obs.counter.round = None  # the round never started on the wire
+                    return refused
+        if reason is not RenderReason.INIT:
+            obs.counter.notification_sent()
         obs.latest = notification
         obs.latest_bytes = serialize_message(notification)
         obs.latest_at = now
@@ -533,6 +720,30 @@ class ServerEngine:
         obs.sent += 1
         return [SendMulticast(obs, notification, "notification", q)]
 
+    def message_size(self, message: Message) -> int:
+        """Bytes of ``message`` as a CoAP over UDP datagram payload (RFC 7252 §3)."""
+        return UDP_HEADER_EXTRA + len(message.token or b"") + len(serialize_message(message))
+
+    def _too_large(
+        self, obs: GroupObservation, notification: Message, now: float, room: int
+    ) -> list[Action] | None:
+        """Refuse a multicast notification over the size limit: not sent, the application told (§4.4).
+
+        The latest notification stays; the Max-Age refresh tries again one Max-Age later (not at once,
+        which would turn a too large representation into a loop).
+        """
+        size = self.message_size(notification) + room
+        if size <= self.max_message_size:
+            return None
+        obs.refused += 1
+        obs.latest_at = now
+        error = NotificationTooLargeError(
+            f"multicast notification of /{'/'.join(obs.path)} is {size} bytes, over the limit of "
+            f"{self.max_message_size} (draft §4.4): not sent; make the representation smaller or raise "
+            "max_message_size"
+        )
+        return [NotificationRefused(obs, error)]
+
     def render_failed(self, obs: GroupObservation, now: float, reason: str) -> list[Action]:
         """Rendering raised: the group observation cannot continue."""
         obs.rendering = None
@@ -541,18 +752,68 @@ class ServerEngine:
         return self.cancel(obs, now, f"render failed: {reason}")
 
     def on_change(self, path: Path, now: float) -> list[Action]:
-        """The representation of ``path`` changed (draft §4.3); coalesced in the minimum interval (§4.4)."""
+        """The representation of ``path`` changed (draft §4.3).
+
+        Changes coalesce inside the resource's minimum interval and while the group's congestion
+        control (draft §4.4) or the §13.1 hold keeps it waiting; the latest state goes out when it may.
+        """
         obs = self.observation(path)
         if obs is None or obs.cancelled:
             return []
-        if obs.rendering is not None or not obs.can_send(now):
-            obs.dirty = True
-            self._schedule(obs)
-            return []
-        obs.dirty = False
-        obs.rendering = RenderReason.CHANGE
+        obs.dirty = True
+        actions: list[Action] = []
+        if obs.rendering is None and not obs._queued and obs.can_send(now):
+            actions = self._send_change(obs, now)
         self._schedule(obs)
-        return [Render(obs, RenderReason.CHANGE)]
+        return actions
+
+    def budget(self, group: Endpoint) -> GroupBudget:
+        """The congestion-control budget of ``group`` (draft §4.4), shared by its group observations."""
+        budget = self._budgets.get(group)
+        if budget is None:
+            budget = self._budgets[group] = GroupBudget(group, self.congestion)
+        return budget
+
+    def _send_change(self, obs: GroupObservation, now: float) -> list[Action]:
+        """Render a pending change if the group has budget; else wait in the group's queue (§4.4)."""
+        budget = self.budget(obs.group)
+        if not budget.waiting and budget.take(now):
+            obs.dirty = False
+            obs.rendering = RenderReason.CHANGE
+            return [Render(obs, RenderReason.CHANGE)]
+        obs._queued = True
+        budget.waiting.append(obs)
+        self._schedule_budget(budget, now)
+        return []
+
+    def _serve_waiting(self, budget: GroupBudget, now: float) -> list[Action]:
+        """Hand the group's tokens to waiting observations, first come first served (§4.4)."""
+        actions: list[Action] = []
+        while budget.waiting:
+            obs = budget.waiting[0]
+            if obs.cancelled or not obs.dirty or obs.rendering is not None or not obs.can_send(now):
+                budget.waiting.popleft()  # sent meanwhile (refresh), cancelled, or held: not its turn
+                obs._queued = False
+                self._schedule(obs)
+                continue
+            if not budget.take(now):
+                break
+            budget.waiting.popleft()
+            obs._queued = False
+            obs.dirty = False
+            obs.rendering = RenderReason.CHANGE
+            actions.append(Render(obs, RenderReason.CHANGE))
+            self._schedule(obs)
+        self._schedule_budget(budget, now)
+        return actions
+
+    def _schedule_budget(self, budget: GroupBudget, now: float) -> None:
+        due = budget.ready_at(now) if budget.waiting else None
+        if due == budget._due:
+            return
+        budget._due = due
+        if due is not None:
+            heapq.heappush(self._heap, (due, next(self._seq), budget))
 
     def _deadline(self, obs: GroupObservation) -> float | None:
         """When ``obs`` next needs :meth:`poll`: its own timers and its keying material's expiry."""
@@ -572,7 +833,7 @@ class ServerEngine:
         obs._due = due
         if due is not None:
             heapq.heappush(self._heap, (due, next(self._seq), obs))
-            if len(self._heap) > 64 + 4 * len(self._by_token):
+            if len(self._heap) > 64 + 4 * (len(self._by_token) + len(self._budgets)):
                 self._compact()
 
     def _compact(self) -> None:
@@ -596,16 +857,19 @@ class ServerEngine:
         again: list[tuple[float, int, GroupObservation]] = []
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
-            due, _, obs = entry
-            if obs.cancelled or obs._due != due:
+            due, _, item = entry
+            if item.cancelled or item._due != due:
                 continue  # stale entry
-            if id(obs) in seen:  # still due after running once: leave it for the next poll
+            if id(item) in seen:  # still due after running once: leave it for the next poll
                 again.append(entry)
                 continue
-            seen.add(id(obs))
-            obs._due = None
-            actions += self._run_due(obs, now)
-            self._schedule(obs)
+            seen.add(id(item))
+            item._due = None
+            if isinstance(item, GroupBudget):
+                actions += self._serve_waiting(item, now)
+                continue
+            actions += self._run_due(item, now)
+            self._schedule(item)
         for entry in again:
             heapq.heappush(heap, entry)
         return actions
@@ -624,17 +888,22 @@ class ServerEngine:
             actions.append(Counted(obs, result))
             if obs.counter.should_cancel(result) and (obs.committed_until or 0.0) <= now:
                 return actions + self.cancel(obs, now, f"estimated {result.estimate:.3g} observers")
-        if obs.rendering is not None or not obs.can_send(now):
-            return actions
-        if obs.dirty:
-            obs.dirty = False
-            obs.rendering = RenderReason.CHANGE
-            actions.append(Render(obs, RenderReason.CHANGE))
+        if obs.rendering is not None:
             return actions
         due = obs.refresh_due()
         if due is not None and now >= due:
+            # MUST (draft §4.3): neither the §13.1 hold nor congestion control delays it; it takes a
+            # token of the group's budget when there is one, and goes anyway when there is none.
+            budget = self.budget(obs.group)
+            if not budget.take(now):
+                budget.over_budget += 1
+                budget.sent += 1
+            obs.dirty = False  # the refresh carries the current representation
             obs.rendering = RenderReason.MAX_AGE
             actions.append(Render(obs, RenderReason.MAX_AGE))
+            return actions
+        if obs.dirty and not obs._queued and obs.can_send(now):
+            actions += self._send_change(obs, now)
         return actions
 
     def next_deadline(self) -> float | None:
@@ -655,7 +924,11 @@ class ServerEngine:
         if st is not None and st.group is obs:
             st.group = None
         self._by_token.pop(obs.token, None)
-        self.tokens.release(obs.token)
+        # Quarantine T: a client that missed the cancellation notices the silence only after the
+        # latest Max-Age (plus its margin), then registers again (draft §4.5, §5.4, §13).
+        self.tokens.release(
+            obs.token, now, max(obs.latest_max_age, MIN_REFRESH_INTERVAL) + self.token_quarantine
+        )
         message = Message(code=SERVICE_UNAVAILABLE)
         message.mtype = NON
         message.token = obs.token
@@ -666,9 +939,9 @@ class ServerEngine:
                 return [Cancelled(obs, reason + " (the cancellation could not be protected, not sent)")]
         return [SendMulticast(obs, message, "cancellation"), Cancelled(obs, reason)]
 
-    def _drop(self, obs: GroupObservation, reason: str) -> list[Action]:
+    def _drop(self, obs: GroupObservation, now: float, reason: str) -> list[Action]:
         """End a group observation that can no longer be protected: nothing may be sent for it."""
-        actions = self.cancel(obs, 0.0, reason)
+        actions = self.cancel(obs, now, reason)
         return [a for a in actions if isinstance(a, Cancelled)]
 
     def cancel_path(self, path: Path, now: float, reason: str = "operator") -> list[Action]:
@@ -708,14 +981,20 @@ class ServerEngine:
         key = (with_ph_req, nnb, obs.ending, extra.get("exi"), extra.get("exp"))
         cached = obs._payload_cache.get(key)
         if cached is None:
-            cached = InformativeResponse(
+            informative = InformativeResponse(
                 tp_info=obs.tp_info,
                 ph_req=obs.ph_req if with_ph_req else None,
                 last_notif=obs.latest_bytes,
                 next_not_before=nnb,
                 ending=_time_value(obs.ending),
                 **extra,
-            ).encode()
+            )
+            cached = informative.encode()
+            overhead = INFORMATIVE_OVERHEAD + (OSCORE_OVERHEAD if self.security is not None else 0)
+            if informative.last_notif is not None and len(cached) + overhead > self.max_message_size:
+                # 'last_notif' is a SHOULD; a response that fits one datagram matters more (§4.2, §4.4).
+                informative.last_notif = None
+                cached = informative.encode()
             obs._payload_cache[key] = cached
         return cached
 

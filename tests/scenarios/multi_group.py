@@ -15,7 +15,7 @@ from mcobserve.aio.client import Observer
 from mcobserve.aio.resources import TextResource
 from mcobserve.aio.server import GroupServer
 from mcobserve.engine.common import Endpoint
-from mcobserve.engine.server import GroupPolicy
+from mcobserve.engine.server import CongestionControl, GroupPolicy
 
 SETUPS = {
     "A": ("[fd00:db8:1::1]:5683", "[ff35:30:2001:db8::23]:61616"),
@@ -33,6 +33,7 @@ async def main(ifname: str) -> None:
             interface=ifname,
             token_length=1,
             rng=random.Random(42),
+            congestion=CongestionControl(interval=0),
         )
         resources[name] = TextResource(f"{name}0")
         servers[name].add_resource(["v"], resources[name], GroupPolicy(min_interval=0))
