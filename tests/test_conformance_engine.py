@@ -257,3 +257,233 @@ def test_quarantine_lasts_max_age_plus_max_transmit_wait_and_yields_when_nothing
     e.cancel(obs, T0 + 5, "operator")
     assert e.tokens.quarantined(obs.token, T0 + 5 + 20 + 93 - 0.01)
     assert not e.tokens.quarantined(obs.token, T0 + 5 + 20 + 93)
+
+
+# -- item 1: link-local addresses (draft §4.2, §5.1, §3) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server", "group", "why"),
+    [
+        ("[fe80::1]", "[ff35::23]:61616", "link-local"),
+        ("169.254.0.7", "239.255.0.1", "link-local"),
+        ("[fec0::1]", "[ff35::23]", "site-local"),
+        ("[2001:db8::1]", "[ff02::23]", "link-local"),
+        ("[2001:db8::1]", "[ff01::23]", "interface-local"),
+        ("[2001:db8::1]", "[ff05::fd]", "All CoAP Nodes"),
+        ("[2001:db8::1]", "[ff03::fd]:61616", "All CoAP Nodes"),
+        ("10.0.0.1", "224.0.1.187", "All CoAP Nodes"),
+        ("10.0.0.1", "224.0.0.5", "link-local"),
+        ("[ff35::1]", "[ff35::23]", "multicast"),
+        ("[::]", "[ff35::23]", "unspecified"),
+    ],
+)
+def test_server_refuses_unusable_addresses_with_one_line_reason(server, group, why):
+    from mcobserve.engine.common import Endpoint
+    from mcobserve.errors import UnusableAddressError
+
+    with pytest.raises(UnusableAddressError) as err:
+        ServerEngine(Endpoint.parse(server), Endpoint.parse(group))
+    assert why in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, ValueError)  # the CLI turns it into its usage error
+
+
+def test_usable_addresses_are_accepted():
+    from mcobserve.engine.common import Endpoint
+
+    for server, group in (
+        ("[2001:db8::1]", "[ff35:30:2001:db8::23]:61616"),
+        ("[fd00:db8:1::1]", "[ff05::23]"),
+        ("10.78.0.1", "239.255.0.23"),
+        ("[2001:db8::1]", "[ff15::fd]"),  # a transient group that merely ends in fd
+    ):
+        ServerEngine(Endpoint.parse(server), Endpoint.parse(group))
+
+
+def test_link_local_registrant_is_never_shifted_into_a_group_observation():
+    import ipaddress
+
+    from mcobserve.engine.server import Kind
+
+    e = ServerEngine(SRV, GRP)
+    e.add_resource(("r",), GroupPolicy(group_after=2))
+    rng = random.Random(1)
+    ll = ipaddress.ip_address("fe80::1")
+    ll4 = ipaddress.ip_address("169.254.3.4")
+    glob = ipaddress.ip_address("2001:db8::7")
+    reg = e.on_registration(("r",), "ll", registration(("r",)), T0, rng, client_address=ll)
+    assert reg.kind is Kind.TRADITIONAL
+    reg = e.on_registration(("r",), "ll4", registration(("r",)), T0, rng, client_address=ll4)
+    assert reg.kind is Kind.TRADITIONAL
+    # Two link-local observers do not reach group_after = 2: they are not candidates for a shift.
+    reg = e.on_registration(("r",), "g1", registration(("r",)), T0, rng, client_address=glob)
+    assert reg.kind is Kind.TRADITIONAL
+    reg = e.on_registration(("r",), "g2", registration(("r",)), T0, rng, client_address=glob)
+    assert reg.kind is Kind.GROUP and reg.started
+    assert [k for k, _ in reg.shifted] == ["g1"]  # never the link-local ones
+    assert e.traditional_count(("r",)) == 2  # they stay traditional observers
+    # With the group observation running, a link-local registrant still gets a traditional one.
+    reg = e.on_registration(("r",), "ll2", registration(("r",)), T0 + 1, rng, client_address=ll)
+    assert reg.kind is Kind.TRADITIONAL and reg.observation is None
+    assert e.observation(("r",)).count == 2
+
+
+def test_client_never_registers_at_a_link_local_server():
+    import ipaddress
+
+    from mcobserve.engine.client import registration_target_problem
+
+    assert "link-local" in registration_target_problem(ipaddress.ip_address("fe80::1"))
+    assert "link-local" in registration_target_problem(ipaddress.ip_address("169.254.1.1"))
+    assert registration_target_problem(ipaddress.ip_address("2001:db8::1")) is None
+    assert registration_target_problem(ipaddress.ip_address("10.0.0.1")) is None
+
+
+# -- item 4: 'sec_gp' without 'join_uri' is ignored (draft §9.1) ----------------------------------
+
+
+def test_sec_gp_without_join_uri_is_ignored_and_the_observation_followed_unprotected():
+    from mcobserve.engine.client import GroupObservationClient, needs_group_security
+
+    e = ServerEngine(SRV, GRP)
+    e.add_resource(("r",), GroupPolicy())
+    d = Driver(e)
+    obs = d.start(("r",), b"plain")
+    informative = InformativeResponse.decode(e.informative_payload(obs, registration(("r",)), T0))
+    informative.sec_gp = "someGroup"
+    assert needs_group_security(informative, protected_phantom=False) is False
+    informative.join_uri = "coap://gm.example/ace-group/someGroup"
+    assert needs_group_security(informative, protected_phantom=False) is True
+    informative.join_uri = None
+    client = GroupObservationClient(registration(("r",)))
+    first = client.join(InformativeResponse.decode(informative.encode()), T0)
+    assert first.payload == b"plain" and client.joined
+    only_join = InformativeResponse(join_uri="coap://gm.example/x")
+    assert needs_group_security(only_join, protected_phantom=False) is False
+
+
+# -- item 10: a client notices a dead group observation -------------------------------------------
+
+
+def _joined_client(max_age: int | None = None):
+    from mcobserve.engine.client import GroupObservationClient
+
+    e = ServerEngine(SRV, GRP, congestion=UNLIMITED)
+    e.add_resource(("r",), GroupPolicy(min_interval=0))
+    d = Driver(e, max_age=max_age)
+    obs = d.start(("r",), b"a")
+    client = GroupObservationClient(registration(("r",)))
+    client.join(InformativeResponse.decode(e.informative_payload(obs, registration(("r",)), T0)), T0)
+    return e, d, obs, client
+
+
+def test_client_silence_deadline_follows_max_age():
+    from aiocoap import NON
+
+    from mcobserve.engine.client import SILENCE_MARGIN, Accepted
+
+    _, d, obs, client = _joined_client(max_age=20)
+    assert client.silence_deadline() == pytest.approx(T0 + 20 + SILENCE_MARGIN)
+    assert not client.is_silent(T0 + 29) and client.is_silent(T0 + 30)
+    # The server refreshes at Max-Age: the client never hits its deadline while the server lives.
+    d.advance(T0 + 200)
+    times = [s.time for s in d.notifications()]
+    assert times and max(gaps([T0, *times])) <= 20 + 1e-6
+    for s in d.notifications():
+        m = Message(code=CONTENT, payload=s.payload, observe=s.observe, max_age=20)
+        m.mtype, m.token = NON, obs.token
+        assert client.is_silent(s.time) is False
+        assert isinstance(client.on_multicast(m, SRV, s.time), Accepted)
+    assert client.silence_deadline() == pytest.approx(times[-1] + 20 + SILENCE_MARGIN)
+    # Server gone (restart, lost cancellation): silence is noticed after Max-Age + margin (item 15).
+    assert client.is_silent(times[-1] + 20 + SILENCE_MARGIN)
+    # Max-Age 0: the server's 1 s floor applies.
+    _, _, _, c0 = _joined_client(max_age=0)
+    assert c0.silence_deadline() == pytest.approx(T0 + 1 + SILENCE_MARGIN)
+
+
+def test_client_silence_is_shorter_than_the_token_quarantine():
+    from mcobserve.engine.client import SILENCE_MARGIN
+    from mcobserve.engine.server import MAX_TRANSMIT_WAIT
+
+    assert SILENCE_MARGIN < MAX_TRANSMIT_WAIT
+
+
+# -- item 13: deregistration (RFC 7641 §3.6, draft §5.5) -----------------------------------------
+
+
+def test_get_with_observe_1_lowers_count_and_keeps_the_group_observation():
+    from mcobserve.engine.client import GroupObservationClient
+
+    e = ServerEngine(SRV, GRP)
+    e.add_resource(("r",), GroupPolicy())
+    rng = random.Random(3)
+    for i in range(3):
+        e.on_registration(("r",), f"c{i}", registration(("r",)), T0, rng)
+    obs = e.observation(("r",))
+    e.rendered(obs, Message(code=CONTENT, payload=b"x"), T0)
+    assert obs.count == 3
+    assert e.on_deregistration(("r",), "c1") is obs
+    assert obs.count == 2 and not obs.cancelled
+    for _ in range(5):
+        e.on_deregistration(("r",), "c1")
+    assert obs.count == 0 and not obs.cancelled  # never negative; rough counting decides the rest
+    assert e.on_deregistration(("other",), "c1") is None
+    # The client side forgets: later notifications with T are dropped.
+    client = GroupObservationClient(registration(("r",)))
+    client.join(InformativeResponse.decode(e.informative_payload(obs, registration(("r",)), T0)), T0)
+    client.leave()
+    assert not client.joined and client.silence_deadline() is None
+
+
+# -- item 14: critical options and format errors (RFC 7252 §5.4.1, §3) ---------------------------
+
+
+def test_server_answers_unknown_critical_option_with_4_02():
+    from aiocoap import BAD_OPTION, CON, NON
+    from aiocoap.optiontypes import OpaqueOption
+
+    from mcobserve.engine.common import bad_option_response
+
+    req = registration(("r",))
+    req.mtype = CON
+    assert bad_option_response(req) is None
+    req.opt.add_option(OpaqueOption(65001, b"\x01"))
+    resp = bad_option_response(req)
+    assert resp.code == BAD_OPTION and b"65001" in resp.payload and resp.opt.no_response is None
+    req.mtype = NON  # a NON request is rejected: nothing on the wire
+    assert bad_option_response(req).opt.no_response == 26
+    elective = registration(("r",))
+    elective.opt.add_option(OpaqueOption(65000, b"\x01"))
+    assert bad_option_response(elective) is None
+
+
+def _wire_notification(obs, observe: int, payload: bytes, *extra) -> bytes:
+    from aiocoap import NON
+
+    m = Message(code=CONTENT, payload=payload, observe=observe)
+    for option in extra:
+        m.opt.add_option(option)
+    m.mtype, m.mid, m.token = NON, 0x77, obs.token
+    return m.encode()
+
+
+def test_client_drops_unknown_critical_option_and_empty_payload_marker_keeping_the_baseline():
+    from aiocoap.optiontypes import OpaqueOption
+
+    from mcobserve.engine.client import Accepted, Dropped
+
+    _, _, obs, client = _joined_client()
+    base = obs.observe
+    # An unknown critical option: dropped, and the genuine notification with the same Observe is not lost.
+    raw = _wire_notification(obs, base + 1, b"forged", OpaqueOption(65001, b"\x01"))
+    verdict = client.on_multicast(Message.decode(raw), SRV, T0 + 1, raw=raw)
+    assert isinstance(verdict, Dropped) and "critical" in verdict.reason
+    # A payload marker followed by no payload: a format error (aiocoap's decoder accepts it).
+    raw = _wire_notification(obs, base + 1, b"") + b"\xff"
+    assert Message.decode(raw).payload == b""
+    verdict = client.on_multicast(Message.decode(raw), SRV, T0 + 1, raw=raw)
+    assert isinstance(verdict, Dropped) and "payload marker" in verdict.reason
+    raw = _wire_notification(obs, base + 1, b"genuine")
+    verdict = client.on_multicast(Message.decode(raw), SRV, T0 + 1, raw=raw)
+    assert isinstance(verdict, Accepted) and verdict.notification.payload == b"genuine"

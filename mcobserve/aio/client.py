@@ -24,6 +24,7 @@ from aiocoap import GET, Message
 
 from ..constants import DEFAULT_CODE_POINTS, CodePoints
 from ..engine.client import (
+    SILENCE_MARGIN,
     Accepted,
     Dropped,
     Ended,
@@ -33,8 +34,10 @@ from ..engine.client import (
     Via,
     hostnames,
     informative_response_payload,
+    needs_group_security,
+    registration_target_problem,
 )
-from ..engine.common import Endpoint, IPAddress
+from ..engine.common import Endpoint, IPAddress, host_address
 from ..engine.counting import DEFAULT_LEISURE
 from ..errors import GroupObservationError, MalformedError, McObserveError
 from ..oscore.groupobs import ClientGroupSecurity
@@ -48,6 +51,10 @@ IPV6_MULTICAST_ALL = 29
 IP_MULTICAST_ALL = 49
 #: Datagrams queued per subscriber before the oldest are dropped (a flood must not eat memory).
 QUEUE_LIMIT = 256
+
+
+class _Reregister(Exception):
+    """Internal: the group went silent; register again (issue 13 item 10)."""
 
 
 class ResponseError(McObserveError):
@@ -91,7 +98,7 @@ def open_group_socket(group: Endpoint, ifindex: int = 0) -> socket.socket:
     return s
 
 
-Heard = tuple[Message, Endpoint, float]
+Heard = tuple[Message, Endpoint, float, bytes]
 
 
 class GroupListener(asyncio.DatagramProtocol):
@@ -141,7 +148,7 @@ class GroupListener(asyncio.DatagramProtocol):
             if queue.full():
                 queue.get_nowait()
                 log.warning("notification queue of %s overflowed; dropped the oldest", self.group)
-            queue.put_nowait((message, source, now))
+            queue.put_nowait((message, source, now, data))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("socket error on %s: %s", self.group, exc)
@@ -226,6 +233,7 @@ class Observer:
         rng: random.Random | None = None,
         credentials: dict[str, Any] | None = None,
         group_security: NotificationSecurity | None = None,
+        silence_margin: float = SILENCE_MARGIN,
     ) -> None:
         self.uri = uri
         self._ctx = context
@@ -248,6 +256,13 @@ class Observer:
         #: by default when it comes over OSCORE (App. C).
         self.group_security = group_security
         self._confirmations: set[asyncio.Task[None]] = set()
+        #: Registrations sent again because the group stayed silent beyond Max-Age (draft §4.3).
+        self.silences = 0
+        self.silence_margin = silence_margin
+        self.deregistrations_sent = 0
+        self._cancelled = False
+        self._queue: asyncio.Queue[Heard | None] | None = None
+        self._pending: aiocoap.protocol.Request | None = None
 
     def __aiter__(self) -> AsyncIterator[Notification]:
         return self._run()
@@ -263,6 +278,41 @@ class Observer:
                 self._ctx.client_credentials.load_from_dict(self.credentials)
         return self._ctx
 
+    async def cancel(self) -> None:
+        """Stop following the observation (draft §5.5, RFC 7641 §3.6); the iteration ends.
+
+        In a group observation the server is told when it can be: a NON GET with Observe 1
+        (deregistration) and No-Response 26 to the original URI, over the same (OSCORE) context as the
+        registration, so that it lowers its observer counter without answering. Nothing is sent when
+        the server already ended the group observation or none was joined; a traditional observation
+        is simply forgotten (RFC 7641 §3.6), aiocoap rejects later notifications with RST.
+        """
+        if self._cancelled:
+            return
+        self._cancelled = True
+        client = self.group_client
+        if client is not None and client.joined and self._ctx is not None:
+            client.leave()
+            request = Message(
+                code=GET, uri=self.uri, observe=1, no_response=26, transport_tuning=aiocoap.Unreliable
+            )
+            try:
+                pending = self._ctx.request(request, handle_blockwise=False)
+            except Exception as e:  # the deregistration is a courtesy: never fail the cancel on it
+                log.info("deregistration not sent: %s", e)
+            else:
+                self.deregistrations_sent += 1
+                await asyncio.sleep(0)  # let it leave; no response is expected
+                pending.response.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending.response
+        if self._queue is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)  # wake the iteration
+        if self._pending is not None:
+            with contextlib.suppress(Exception):
+                self._pending.observation.cancel()
+
     async def aclose(self) -> None:
         for task in list(self._confirmations):
             task.cancel()
@@ -272,13 +322,18 @@ class Observer:
             self._own_ctx = False
 
     async def _run(self) -> AsyncIterator[Notification]:
+        request = self._request()
+        address = host_address(request.remote.hostinfo) if request.remote is not None else None
+        problem = registration_target_problem(address) if address is not None else None
+        if problem is not None:  # draft §5.1: never register at a link-local server address
+            raise GroupObservationError(problem)
         ctx = await self._context()
         retries = self.malformed_retries
         try:
-            while True:
+            while not self._cancelled:
                 request = self._request()
                 self.registrations += 1
-                pending = ctx.request(request)
+                pending = self._pending = ctx.request(request)
                 try:
                     response = await pending.response
                 except _glue.oscore_rejections() as e:
@@ -292,6 +347,8 @@ class Observer:
                     async for n in self._follow(pending, request, response):
                         yield n
                     return
+                except _Reregister:
+                    continue
                 except MalformedError as e:
                     if retries <= 0:
                         raise GroupObservationError(f"malformed informative response: {e}") from e
@@ -315,6 +372,8 @@ class Observer:
             if response.opt.observe is None:
                 return  # not observable: one response (RFC 7641 §3.2)
             shifted = None
+            if self._cancelled:
+                return
             async for m in pending.observation:
                 if informative_response_payload(m, self.code_points) is not None:
                     shifted = m  # the server moved us into a group observation (draft §4.2)
@@ -323,6 +382,8 @@ class Observer:
                     raise ResponseError(m)
                 yield Notification(m, Via.UNICAST, self.clock())
             if shifted is None:
+                if self._cancelled:
+                    return
                 raise GroupObservationError("the server ended the observation")
             response = shifted
 
@@ -334,7 +395,7 @@ class Observer:
         if informative.ph_req is not None:
             with contextlib.suppress(MalformedError):
                 protected_phantom = parse_message(informative.ph_req).opt.oscore is not None
-        if informative.gp_material is not None or protected_phantom or informative.sec_gp is not None:
+        if needs_group_security(informative, protected_phantom):  # 'sec_gp' alone is ignored (§9.1)
             return ClientGroupSecurity()
         return None
 
@@ -343,7 +404,10 @@ class Observer:
     ) -> AsyncIterator[Notification]:
         informative = InformativeResponse.decode(payload)
         client = GroupObservationClient(
-            request, code_points=self.code_points, security=self._security_for(informative)
+            request,
+            code_points=self.code_points,
+            security=self._security_for(informative),
+            silence_margin=self.silence_margin,
         )
         resolved = await _resolve_names(hostnames(informative))
         first = client.join(informative, self.clock(), resolved, protected_channel=protected_channel)
@@ -351,6 +415,7 @@ class Observer:
         assert client.group is not None and client.token is not None
         listener = await self.pool.acquire(client.group, self.ifindex)
         queue = listener.subscribe(client.token)
+        self._queue = queue  # type: ignore[assignment]
         log.info(
             "joined group observation: token %s, group %s, server %s",
             client.token.hex(),
@@ -361,8 +426,25 @@ class Observer:
             if first is not None and first.message.code.is_successful():
                 yield first
             while True:
-                message, source, now = await queue.get()
-                verdict = client.on_multicast(message, source, now, self.rng, self.leisure)
+                deadline = client.silence_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - self.clock())
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    # Nothing for longer than Max-Age + margin although the server MUST refresh
+                    # (draft §4.3): a lost cancellation, a restarted or dead server. Register again.
+                    self.silences += 1
+                    log.warning(
+                        "no notification on %s for %.0f s (Max-Age %.0f s); registering again",
+                        client.group,
+                        self.clock() - (client.last_heard or 0.0),
+                        client.max_age,
+                    )
+                    raise _Reregister from None
+                if item is None or self._cancelled:
+                    return
+                message, source, now, raw = item
+                verdict = client.on_multicast(message, source, now, self.rng, self.leisure, raw=raw)
                 if isinstance(verdict, Accepted):
                     if verdict.confirm_in is not None:
                         self._schedule_confirmation(verdict.confirm_in)
@@ -375,6 +457,7 @@ class Observer:
                     log.info("server cancelled the group observation (token %s)", client.token.hex())
                     return
         finally:
+            self._queue = None
             listener.unsubscribe(client.token, queue)
             self.pool.release(listener)
 

@@ -33,7 +33,7 @@ from aiocoap import (
 )
 
 from ..constants import DEFAULT_CODE_POINTS, CodePoints
-from ..engine.common import Endpoint
+from ..engine.common import Endpoint, host_address
 from ..engine.server import (
     Action,
     Cancelled,
@@ -51,6 +51,7 @@ from ..engine.server import (
     ServerEngine,
 )
 from . import _glue
+from .guard import RequestGuard, suppress_response
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,9 @@ class GroupObservableResource(aiocoap.resource.ObservableResource):
 
     async def render_to_pipe(self, pipe: aiocoap.pipe.Pipe) -> None:
         request = pipe.request
+        if self._mc_server is not None and request.code == GET and request.opt.observe == 1:
+            # Deregistration (RFC 7641 §3.6): COUNT - 1; answered as a plain GET (or not: No-Response).
+            self._mc_server.engine.on_deregistration(self._mc_path, _observer_key(request))
         if self._mc_server is None or request.code != GET or request.opt.observe != 0:
             return await super().render_to_pipe(pipe)
         await self._mc_server._registration(self, pipe)
@@ -205,7 +209,9 @@ class GroupServer:
             wkc = aiocoap.resource.WKCResource(site.get_resources_as_linkheader)
             site.add_resource([".well-known", "core"], wkc)
         bind_host = str(bind.host)
-        served = _glue.oscore_site(site, server_credentials) if server_credentials is not None else site
+        served: Any = RequestGuard(site, code_points)  # 4.02 for unknown critical options (RFC 7252 §5.4.1)
+        if server_credentials is not None:  # silent answers stay silent under OSCORE too (draft §8.2)
+            served = RequestGuard(_glue.oscore_site(served, server_credentials), code_points, outer=True)
         ctx = await aiocoap.Context.create_server_context(
             served,
             bind=(bind_host, bind.port),
@@ -283,6 +289,7 @@ class GroupServer:
             self.rng,
             endpoint=request.remote,
             protected=_glue.is_oscore_protected(request),
+            client_address=host_address(request.remote.hostinfo),  # link-local: traditional (§4.2)
         )
         if self.on_event is not None:  # no work for events nobody reads (a hot path)
             self._emit(
@@ -305,6 +312,7 @@ class GroupServer:
             return
         if reg.kind is Kind.CONFIRMATION:
             # Feedback-Divider 0: counted for R (distinct endpoints), never answered (draft §8.3.3).
+            suppress_response()
             pipe.add_response(Message(code=SERVICE_UNAVAILABLE, no_response=26), is_last=True)
             return
         obs = reg.observation
@@ -320,6 +328,7 @@ class GroupServer:
             return
         if reg.kind is Kind.SILENT:
             # No-Response 16: counted, not answered (draft §5.1).
+            suppress_response()
             pipe.add_response(
                 Message(code=SERVICE_UNAVAILABLE, no_response=request.opt.no_response), is_last=True
             )

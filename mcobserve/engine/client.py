@@ -17,14 +17,24 @@ from typing import Any, Protocol
 
 from aiocoap import NON, SERVICE_UNAVAILABLE, Message
 
-from ..constants import DEFAULT_CODE_POINTS, CodePoints
+from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MAX_AGE, CodePoints
 from ..errors import MalformedError, McObserveError, UnsupportedTransportError, WithdrawnError
 from ..wire import CRI, InformativeResponse, parse_message, serialize_message
 from ..wire.feedback import get_feedback_divider
+from ..wire.message import split_options, unknown_critical_options
 from .common import Endpoint, IPAddress, observe_is_fresh
 from .counting import DEFAULT_LEISURE, respond_to
 
 log = logging.getLogger(__name__)
+
+#: Seconds of group silence beyond the latest notification's Max-Age after which the client registers
+#: again (issue 13 item 10). The server refreshes at Max-Age (draft §4.3, with a 1 s floor), so this
+#: only has to cover that floor, network delay and timer slack; it stays well below the server's Token
+#: quarantine (Max-Age + MAX_TRANSMIT_WAIT, 93 s), so a client that missed a cancellation has left
+#: before T can be handed out again.
+SILENCE_MARGIN = 10.0
+#: The server's floor for the Max-Age refresh (draft §4.3; mcobserve.engine.server.MIN_REFRESH_INTERVAL).
+_REFRESH_FLOOR = 1.0
 
 
 class Via(enum.Enum):
@@ -141,6 +151,7 @@ class GroupObservationClient:
         *,
         code_points: CodePoints = DEFAULT_CODE_POINTS,
         security: NotificationSecurity | None = None,
+        silence_margin: float = SILENCE_MARGIN,
     ) -> None:
         self.request = request
         self.code_points = code_points
@@ -153,6 +164,11 @@ class GroupObservationClient:
         self.informative: InformativeResponse | None = None
         self._last: tuple[int, float] | None = None
         self.ended = False
+        #: When a notification of this group observation was last accepted, and its Max-Age (§4.3).
+        self.last_heard: float | None = None
+        self.max_age: float = float(DEFAULT_MAX_AGE)
+        #: Seconds of silence beyond Max-Age after which :meth:`silent_since` reports the group dead.
+        self.silence_margin = silence_margin
 
     @property
     def joined(self) -> bool:
@@ -247,6 +263,10 @@ class GroupObservationClient:
         self._security_state = state
         self._last = None
         self.ended = False
+        self.last_heard = now
+        self.max_age = float(DEFAULT_MAX_AGE)
+        if last is not None and last.opt.max_age is not None:
+            self.max_age = float(last.opt.max_age)
         if last is None:
             return None
         # Step 6: its Observe is the baseline for reordering.
@@ -271,14 +291,23 @@ class GroupObservationClient:
         now: float,
         rng: random.Random | None = None,
         leisure: float = DEFAULT_LEISURE,
+        *,
+        raw: bytes | None = None,
     ) -> Verdict:
         """Judge a datagram heard on GRP_ADDR:GRP_PORT (draft §5.3, §5.4; RFC 7641 §3.4).
 
         With ``rng``, a notification carrying Feedback-Divider Q is confirmed with probability 2**-Q
-        after a random fraction of ``leisure`` (draft §8.2, Appendix B.2).
+        after a random fraction of ``leisure`` (draft §8.2, Appendix B.2). ``raw`` is the datagram as
+        received: its framing is checked, since aiocoap's decoder accepts a payload marker followed by
+        no payload (a format error, RFC 7252 §3). Notifications with an unknown critical option are
+        rejected (RFC 7252 §5.4.1); neither kind moves the Observe baseline.
         """
         if not self.joined:
             return Dropped("not part of a group observation")
+        if raw is not None:
+            problem = format_error(raw)
+            if problem is not None:  # RFC 7252 §3, §4.3: a message format error is rejected
+                return Dropped(problem)
         if message.token != self.token:
             return Dropped(f"token {message.token.hex()} is not T={self.token.hex()}")  # type: ignore[union-attr]
         if source != self.server:
@@ -292,6 +321,9 @@ class GroupObservationClient:
                 message = self.security.unprotect(message, self._security_state, self.token)  # type: ignore[arg-type]
             except McObserveError as e:
                 return Dropped(f"rejected by Group OSCORE: {e}")
+        unknown = unknown_critical_options(message, code_points=self.code_points)
+        if unknown:
+            return Dropped(f"unknown critical option {', '.join(map(str, unknown))} (RFC 7252 §5.4.1)")
         if message.opt.observe is None:
             if not message.code.is_successful():
                 # The multicast 5.03 (or any error without Observe) ends the observation (draft §5.4).
@@ -305,11 +337,76 @@ class GroupObservationClient:
         if self._last is not None and not observe_is_fresh(self._last[0], self._last[1], observe, now):
             return Dropped(f"Observe {observe} is not newer than {self._last[0]} (RFC 7641 §3.4)")
         self._last = (observe, now)
+        self.last_heard = now
+        max_age = message.opt.max_age
+        self.max_age = float(DEFAULT_MAX_AGE if max_age is None else max_age)
         confirm_in = None
         q = get_feedback_divider(message, self.code_points)
         if q is not None and rng is not None and respond_to(q, rng):
             confirm_in = rng.random() * leisure
         return Accepted(Notification(message, Via.MULTICAST, now), confirm_in)
+
+    def silence_deadline(self) -> float | None:
+        """When the group has been silent too long: latest Max-Age (1 s floor) plus the margin.
+
+        The server MUST refresh the latest notification once it is older than its Max-Age (draft
+        §4.3), so silence beyond that means a lost cancellation, a restarted or a dead server: the
+        client then registers again (issue 13 items 10 and 15).
+        """
+        if not self.joined or self.last_heard is None:
+            return None
+        return self.last_heard + max(self.max_age, _REFRESH_FLOOR) + self.silence_margin
+
+    def is_silent(self, now: float) -> bool:
+        deadline = self.silence_deadline()
+        return deadline is not None and now >= deadline
+
+    def leave(self) -> None:
+        """Forget the group observation (draft §5.5); later datagrams with T are dropped."""
+        self.ended = True
+
+
+def format_error(data: bytes) -> str | None:
+    """Why ``data`` is not a well-formed CoAP over UDP message (RFC 7252 §3), or None."""
+    if len(data) < 4:
+        return f"datagram of {len(data)} bytes is shorter than the CoAP header"
+    if data[0] >> 6 != 1:
+        return f"CoAP version {data[0] >> 6} is not 1"
+    tkl = data[0] & 0x0F
+    if tkl > 8:
+        return f"token length {tkl} is reserved (RFC 7252 §3)"
+    if len(data) < 4 + tkl:
+        return "datagram ends inside the Token"
+    try:
+        split_options(data, 4 + tkl)
+    except MalformedError as e:
+        return f"format error: {e}"
+    return None
+
+
+def needs_group_security(informative: InformativeResponse, protected_phantom: bool) -> bool:
+    """Do the notifications of this informative response come protected with Group OSCORE (§9)?
+
+    Yes with self-managed material ('gp_material', App. C), with a protected phantom request, or with
+    the §9.1 signalling of a pre-arranged group. That signalling needs both 'sec_gp' and 'join_uri':
+    one without the other is ignored (draft §9.1) and the group observation is followed unprotected.
+    """
+    if informative.gp_material is not None or protected_phantom:
+        return True
+    return informative.sec_gp is not None and informative.join_uri is not None
+
+
+def registration_target_problem(host: IPAddress) -> str | None:
+    """Why a registration to ``host`` must not be sent for a group observation (draft §5.1), or None.
+
+    The request MUST NOT have link-local destination (or source) addresses.
+    """
+    if is_link_local(host):
+        return (
+            f"{host} is a link-local address: group observations need a routable server address "
+            "(draft §5.1); use the server's global or unique-local address"
+        )
+    return None
 
 
 def is_link_local(host: IPAddress) -> bool:

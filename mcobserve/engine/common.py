@@ -5,7 +5,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ..constants import COAP_PORT
+from aiocoap import BAD_OPTION, CON, Message
+
+from ..constants import COAP_PORT, DEFAULT_CODE_POINTS, NO_RESPONSE_ALL, CodePoints
+from ..wire.message import unknown_critical_options
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -75,3 +78,33 @@ def observe_is_fresh(v1: int, t1: float, v2: int, t2: float) -> bool:
         or (v1 > v2 and v1 - v2 > 1 << 23)
         or t2 > t1 + OBSERVE_FRESHNESS_WINDOW
     )
+
+
+def host_address(hostinfo: str) -> IPAddress | None:
+    """The IP address in a ``[addr%zone]:port`` / ``addr:port`` host-info string, or None for a name."""
+    text = hostinfo.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        text = text[1:end] if end > 0 else text[1:]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        return normalize_ip(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def bad_option_response(request: Message, code_points: CodePoints = DEFAULT_CODE_POINTS) -> Message | None:
+    """RFC 7252 §5.4.1: a request with an unknown critical option. None when there is none.
+
+    A Confirmable request gets 4.02 Bad Option with a diagnostic payload naming the options; a
+    Non-confirmable one is rejected: the returned 4.02 carries No-Response 26, so nothing is sent.
+    """
+    unknown = unknown_critical_options(request, code_points=code_points)
+    if not unknown:
+        return None
+    diagnostic = "unknown critical option " + ", ".join(str(n) for n in unknown)
+    response = Message(code=BAD_OPTION, payload=diagnostic.encode())
+    if request.mtype is not None and request.mtype != CON:
+        response.opt.no_response = NO_RESPONSE_ALL
+    return response

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import ipaddress
 import itertools
 import logging
 import math
@@ -32,10 +33,16 @@ from ..constants import (
     NO_RESPONSE_5XX,
     CodePoints,
 )
-from ..errors import McObserveError, NotificationTooLargeError, TokenSpaceExhaustedError
-from ..wire import CRI, InformativeResponse, TpInfo, serialize_message
+from ..errors import (
+    MalformedError,
+    McObserveError,
+    NotificationTooLargeError,
+    TokenSpaceExhaustedError,
+    UnusableAddressError,
+)
+from ..wire import CRI, InformativeResponse, TpInfo, check_not_local, serialize_message
 from ..wire.feedback import get_feedback_divider, set_feedback_divider
-from .common import OBSERVE_MODULUS, Endpoint
+from .common import OBSERVE_MODULUS, Endpoint, IPAddress
 from .counting import CountingPolicy, ObserverCounter, RoundResult
 
 log = logging.getLogger(__name__)
@@ -446,6 +453,56 @@ class _ResourceState:
     policy: GroupPolicy
     traditional: dict[ObserverKey, Message] = field(default_factory=dict)
     group: GroupObservation | None = None
+    #: Traditional observers registered from a link-local address: never shifted (draft §4.2).
+    local: set[ObserverKey] = field(default_factory=set)
+
+
+#: All CoAP Nodes (RFC 7252 §12.8): every CoAP node listens there, so notifications sent to it reach
+#: nodes that never asked for them; not a suitable GRP_ADDR (draft §3).
+ALL_COAP_NODES_V4 = ipaddress.IPv4Address("224.0.1.187")
+_ALL_NODES_WHY = ": every CoAP node would receive the notifications; pick a group of your own"
+
+
+def client_is_link_local(host: IPAddress | None) -> bool:
+    """fe80::/10 or 169.254/16: such a client is never answered with an informative response (§4.2)."""
+    return host is not None and host.is_link_local
+
+
+def address_problem(server: Endpoint, group: Endpoint) -> str | None:
+    """Why SRV_ADDR / GRP_ADDR cannot serve group observations (draft §3, §4.2), or None.
+
+    Informative responses MUST NOT come from, or name, link-local or site-local addresses (§4.2);
+    GRP_ADDR must be a multicast address of the same IP version, of a scope wider than the link, and
+    not one every CoAP node listens to (All CoAP Nodes, RFC 7252 §12.8).
+    """
+    if not group.host.is_multicast:
+        return f"group address {group.host} is not a multicast address"
+    if group.host.version != server.host.version:
+        return "server and group addresses must be of the same IP version"
+    if server.host.is_multicast:
+        return f"server address {server.host} is a multicast address; bind a unicast SRV_ADDR"
+    for what, host in (("server", server.host), ("group", group.host)):
+        try:
+            check_not_local(host)
+        except MalformedError as e:
+            kind = next((k for k in ("link-local", "site-local", "unspecified") if k in str(e)), "unusable")
+            return (
+                f"{what} address {host} is {kind}: informative responses must not carry it (draft §4.2); "
+                "use a global or unique-local address"
+            )
+    if isinstance(group.host, ipaddress.IPv6Address):
+        scope = group.host.packed[1] & 0x0F
+        if scope in (0x0, 0x1, 0xF):
+            return f"group address {group.host} has reserved or interface-local scope {scope:x}"
+        if (
+            group.host.packed[1] >> 4 == 0
+            and group.host.packed[2:15] == bytes(13)
+            and group.host.packed[15] == 0xFD
+        ):
+            return f"group address {group.host} is All CoAP Nodes{_ALL_NODES_WHY}"
+    elif group.host == ALL_COAP_NODES_V4:
+        return f"group address {group.host} is All CoAP Nodes{_ALL_NODES_WHY}"
+    return None
 
 
 def transport_independent(request: Message) -> bytes:
@@ -469,10 +526,9 @@ class ServerEngine:
         congestion: CongestionControl | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
-        if not group.host.is_multicast:
-            raise ValueError(f"group address {group.host} is not a multicast address")
-        if group.host.version != server.host.version:
-            raise ValueError("server and group addresses must be of the same IP version")
+        problem = address_problem(server, group)
+        if problem is not None:
+            raise UnusableAddressError(problem)
         self.server = server
         self.group = group
         self.code_points = code_points
@@ -564,6 +620,7 @@ class ServerEngine:
         endpoint: Hashable | None = None,
         *,
         protected: bool = False,
+        client_address: IPAddress | None = None,
     ) -> Registration:
         """A GET with Observe 0 arrived for ``path`` from ``endpoint`` (draft §4.2, §8.3.3).
 
@@ -571,6 +628,8 @@ class ServerEngine:
         which is what distinct confirmations are counted by (defaults to ``key``). ``protected`` tells
         whether the request came over OSCORE: with Group OSCORE, registrations and informative
         responses MUST be protected too (draft §9), so unprotected ones are refused.
+        ``client_address``: a link-local client is served as a traditional observation and never
+        shifted into a group observation (draft §4.2: no informative response to link-local addresses).
         """
         path = tuple(path)
         st = self._resources.get(path)
@@ -583,13 +642,17 @@ class ServerEngine:
             return Registration(Kind.CONFIRMATION, obs)
         if st is None or not self._compatible(request, path):
             return Registration(Kind.TRADITIONAL)
+        if client_is_link_local(client_address):
+            st.traditional[key] = request
+            st.local.add(key)
+            return Registration(Kind.TRADITIONAL)
         silent = bool((request.opt.no_response or 0) & NO_RESPONSE_5XX)
         obs = st.group
         if obs is not None:
             st.traditional.pop(key, None)
             obs.count += 1
             return Registration(Kind.SILENT if silent else Kind.GROUP, obs)
-        others = {k: r for k, r in st.traditional.items() if k != key}
+        others = {k: r for k, r in st.traditional.items() if k != key and k not in st.local}
         if len(others) + 1 < st.policy.group_after:
             st.traditional[key] = request
             return Registration(Kind.TRADITIONAL)
@@ -601,7 +664,7 @@ class ServerEngine:
             st.traditional[key] = request
             return Registration(Kind.TRADITIONAL)
         shifted = tuple(others.items())
-        st.traditional.clear()
+        self._keep_local(st)
         obs.count = len(shifted) + 1
         return Registration(Kind.SILENT if silent else Kind.GROUP, obs, started=True, shifted=shifted)
 
@@ -614,10 +677,15 @@ class ServerEngine:
         if st.group is not None:
             return st.group, ()
         obs = self._start(path, st, now, rng)
-        shifted = tuple(st.traditional.items())
+        shifted = tuple((k, r) for k, r in st.traditional.items() if k not in st.local)
         obs.count = len(shifted)
-        st.traditional.clear()
+        self._keep_local(st)
         return obs, shifted
+
+    @staticmethod
+    def _keep_local(st: _ResourceState) -> None:
+        """After a shift only the link-local traditional observers remain (draft §4.2)."""
+        st.traditional = {k: r for k, r in st.traditional.items() if k in st.local}
 
     def _start(self, path: Path, st: _ResourceState, now: float, rng: random.Random) -> GroupObservation:
         token = self.tokens.allocate(rng, now)
@@ -657,6 +725,25 @@ class ServerEngine:
         st = self._resources.get(tuple(path))
         if st is not None:
             st.traditional.pop(key, None)
+            st.local.discard(key)
+
+    def on_deregistration(self, path: Path, key: ObserverKey) -> GroupObservation | None:
+        """A GET with Observe 1 (RFC 7641 §3.6) for ``path``: the client leaves.
+
+        A traditional observer is forgotten; a member of the group observation cannot be told apart
+        from the others, so COUNT goes down by one (never below 0) and the group observation goes on
+        for the rest (draft §5.5). The request itself is answered as a plain GET, or not at all with
+        No-Response.
+        """
+        st = self._resources.get(tuple(path))
+        if st is None:
+            return None
+        st.traditional.pop(key, None)
+        st.local.discard(key)
+        obs = st.group
+        if obs is not None and not obs.cancelled:
+            obs.count = max(obs.count - 1, 0)
+        return obs
 
     # -- notifications -------------------------------------------------------------------------
 

@@ -1,0 +1,133 @@
+"""Run inside a lab namespace by tests/test_live_conformance.py (issue 13).
+
+``linklocal SERVER6 IFNAME``: a raw client registers from a link-local address (fe80::99) and prints
+what the server answered; then a CON GET with an unknown critical option from the global address.
+``silence ADDR6 IFNAME``: a fake server hands out a group observation and then stays silent; the
+Observer must register again after Max-Age + margin (items 10, 15).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import time
+
+from aiocoap import ACK, CON, CONTENT, GET, SERVICE_UNAVAILABLE, Message
+from aiocoap.optiontypes import OpaqueOption
+
+from mcobserve.aio.client import Observer
+from mcobserve.wire import CRI, InformativeResponse, TpInfo, serialize_message
+
+GROUP = "ff35:30:2001:db8::23"
+
+
+def linklocal(server6: str, ifname: str) -> None:
+    ifindex = socket.if_nametoindex(ifname)
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.bind(("fe80::99", 0, 0, ifindex))
+    s.settimeout(0.2)
+    req = Message(code=GET, observe=0, uri_path=("r",))
+    req.mtype, req.mid, req.token = CON, 0x4242, b"\x11\x22"
+    s.sendto(req.encode(), (server6, 5683, 0, 0))
+    got = []
+    end = time.monotonic() + float(sys.argv[4])
+    while time.monotonic() < end:
+        try:
+            data, addr = s.recvfrom(2048)
+        except TimeoutError:
+            continue
+        m = Message.decode(data)
+        got.append(
+            {
+                "type": int(m.mtype),
+                "code": m.code.dotted,
+                "observe": m.opt.observe,
+                "payload": m.payload.decode(errors="replace"),
+                "src": addr[0],
+            }
+        )
+        if m.mtype == CON:
+            ack = Message(code=0)
+            ack.mtype, ack.mid = ACK, m.mid
+            s.sendto(ack.encode(), (*addr[:2], 0, ifindex))
+    # A Confirmable request with an unknown critical option, from the global address.
+    g = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    g.settimeout(3)
+    bad = Message(code=GET, uri_path=("r",))
+    bad.opt.add_option(OpaqueOption(65001, b"\x01"))
+    bad.mtype, bad.mid, bad.token = CON, 0x4343, b"\x33"
+    g.sendto(bad.encode(), (server6, 5683, 0, 0))
+    answer = Message.decode(g.recvfrom(2048)[0])
+    bad_obs = Message(code=GET, observe=0, uri_path=("r",))
+    bad_obs.opt.add_option(OpaqueOption(65001, b"\x01"))
+    bad_obs.mtype, bad_obs.mid, bad_obs.token = CON, 0x4344, b"\x34"
+    g.sendto(bad_obs.encode(), (server6, 5683, 0, 0))
+    answer_obs = Message.decode(g.recvfrom(2048)[0])
+    print(
+        json.dumps(
+            {
+                "got": got,
+                "bad_option": [answer.code.dotted, answer.payload.decode(errors="replace")],
+                "bad_option_registration": [answer_obs.code.dotted, int(answer_obs.mtype)],
+            }
+        )
+    )
+
+
+class SilentServer(asyncio.DatagramProtocol):
+    """Answers each registration with an informative response (Max-Age 1 in 'last_notif'); no more."""
+
+    def __init__(self, addr6: str) -> None:
+        self.addr6 = addr6
+        self.registrations: list[float] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        req = Message.decode(data)
+        if req.mtype != CON or req.code != GET:
+            return
+        self.registrations.append(time.monotonic())
+        token = bytes([len(self.registrations)])
+        last = Message(code=CONTENT, payload=f"v{len(self.registrations)}".encode(), observe=5, max_age=1)
+        ir = InformativeResponse(
+            tp_info=TpInfo(
+                tpi_server=CRI(scheme_id=-1, host=self.addr6, port=5699),
+                tpi_client=CRI(scheme_id=-1, host=GROUP, port=61616),
+                tpi_token=token,
+            ),
+            last_notif=serialize_message(last),
+        )
+        resp = Message(code=SERVICE_UNAVAILABLE, content_format=65000, max_age=0, payload=ir.encode())
+        resp.mtype, resp.mid, resp.token = ACK, req.mid, req.token
+        self.transport.sendto(resp.encode(), addr)
+
+
+async def silence(addr6: str, ifname: str) -> None:
+    import ipaddress
+
+    loop = asyncio.get_running_loop()
+    _, fake = await loop.create_datagram_endpoint(
+        lambda: SilentServer(str(ipaddress.ip_address(addr6))), local_addr=(addr6, 5699)
+    )
+    observer = Observer(f"coap://[{addr6}]:5699/r", interface=ifname, silence_margin=0.5)
+    payloads = []
+    t0 = time.monotonic()
+    async for n in observer:
+        payloads.append((n.payload.decode(), n.via.value))
+        if observer.registrations >= 3:
+            break
+    elapsed = time.monotonic() - t0
+    await observer.aclose()
+    gaps = [b - a for a, b in zip(fake.registrations, fake.registrations[1:], strict=False)]
+    print(json.dumps({"payloads": payloads, "silences": observer.silences, "gaps": gaps, "elapsed": elapsed}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "linklocal":
+        linklocal(sys.argv[2], sys.argv[3])
+    else:
+        asyncio.run(silence(sys.argv[2], sys.argv[3]))

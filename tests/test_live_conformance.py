@@ -1,0 +1,157 @@
+"""Issue 13 over real multicast in private namespaces: what the wire shows (tshark) and what real
+processes do. Engine-level tests of the same items are in test_conformance_engine.py."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mcobserve.capture import Capture
+
+from .livekit import GROUP6, PY, notifications, observer, put, server
+
+
+def values(p: str) -> str:
+    return ",".join(f"{p}{i}" for i in range(5))
+
+
+SCENARIO = str(Path(__file__).parent / "scenarios" / "conformance.py")
+
+
+def test_congestion_control_per_group_on_the_wire(onehost, tools, tmp_path):
+    """Item 8: three busy resources share one group. With the draft's default (--min-interval 3) the
+    group hears at most one multicast notification every 3 s (tshark), and every observer ends with
+    the latest value of its resource."""
+    host = onehost
+    srv = server(
+        host, f"[{host.addr6}]", GROUP6, "--min-interval", "3", "--resource", "s=1", "--resource", "t=1"
+    )
+    base = f"coap://[{host.addr6}]"
+    try:
+        with Capture(host, host.ifname, "udp", tmp_path / "cc.pcapng") as cap:
+            obs = [observer(host, f"{base}/{p}", count=50, timeout=25, name=p) for p in "rst"]
+            for o in obs:
+                o.wait_event(lambda e: e.get("via") == "last_notif")
+            putters = [
+                host.popen(
+                    [*PY, "publish", f"{base}/{p}", "--every", "0.2", "--count", "5", "--values", values(p)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+                for p in "rst"
+            ]
+            for p in putters:
+                assert p.wait(30) == 0
+            for o in obs:
+                o.wait_event(lambda e, o=o: e.get("payload") == f"{o.name}4", timeout=25)
+    finally:
+        srv.stop()
+    for o in obs:
+        got = notifications(o)
+        assert got[-1]["payload"] == f"{o.name}4" and got[-1]["via"] == "multicast"
+    packets = cap.decode(ports=[5683, 61616])
+    mcast = [p for p in packets if p["ipv6.dst"] == "ff35:30:2001:db8::23" and p["coap.opt.observe"]]
+    times = [float(p["frame.time_relative"]) for p in mcast]
+    assert len(times) >= 4
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 2.9, gaps  # per group, not per resource (the old server: 3 every 3 s)
+    assert len({p["coap.token"] for p in mcast}) == 3
+
+
+def test_link_local_registrant_is_served_traditionally_and_critical_options_get_4_02(lan, tools):
+    """Items 1 and 14 on the wire: a registration from fe80::99 gets a traditional observation
+    (2.05 with Observe, then a unicast notification), never an informative response; a global
+    observer still gets the group observation. A CON request with an unknown critical option gets
+    4.02 Bad Option, also when it is an Observe registration."""
+    client = lan.clients[0]
+    res = client.run(["ip", "-6", "addr", "add", "fe80::99/64", "dev", client.ifname, "nodad"], timeout=10)
+    assert res.returncode == 0, res.stderr
+    srv = server(lan.server, f"[{lan.server.addr6}]", GROUP6)
+    base = f"coap://[{lan.server.addr6}]"
+    try:
+        o = observer(lan.clients[1], f"{base}/r", count=2, name="global")
+        o.wait_event(lambda e: e.get("via") == "last_notif")
+        raw = client.popen(
+            [sys.executable, SCENARIO, "linklocal", lan.server.addr6, client.ifname, "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        srv.wait_count(lambda e: e.get("event") == "registration", 2)
+        put(lan.clients[2], f"{base}/r", ["changed"])
+        out, err = raw.communicate(timeout=30)
+        assert raw.returncode == 0, err
+        o.collect(10)
+    finally:
+        events = srv.stop()
+    result = json.loads(out.strip().splitlines()[-1])
+    got = result["got"]
+    assert got and all(m["code"] != "5.03" for m in got), got
+    assert got[0]["code"] == "2.05" and got[0]["observe"] is not None and got[0]["payload"] == "1234"
+    assert any(m["payload"] == "changed" and m["observe"] is not None for m in got), got
+    assert all(m["src"] == lan.server.addr6 for m in got)
+    kinds = {
+        e["remote"].split("]")[0].strip("[").split("%")[0]: e["kind"]
+        for e in events
+        if e.get("event") == "registration"
+    }
+    assert kinds["fe80::99"] == "traditional"
+    assert kinds[lan.clients[1].addr6] == "group"
+    assert [n["payload"] for n in notifications(o)] == ["1234", "changed"]
+    assert result["bad_option"][0] == "4.02" and "65001" in result["bad_option"][1]
+    assert result["bad_option_registration"][0] == "4.02"
+
+
+@pytest.mark.parametrize(
+    ("where", "group"),
+    [
+        ("--bind", "[fe80::1]"),
+        ("--group", "[ff02::fd]:61616"),
+        ("--group", "[ff05::fd]"),
+        ("--group", "224.0.1.187"),
+    ],
+)
+def test_server_refuses_to_start_with_unusable_address(where, group):
+    """Item 1: a link-local SRV_ADDR, or All CoAP Nodes as GRP_ADDR: one line, exit code 64, before
+    anything is bound (no network needed)."""
+    bind, grp = ("[fe80::1]", "[ff35::23]") if where == "--bind" else ("[2001:db8::1]", group)
+    if group == "224.0.1.187":
+        bind = "192.0.2.1"
+    res = subprocess.run(
+        [*PY, "server", "--bind", bind, "--group", grp, "--resource", "r"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 64, res.stderr  # EX_USAGE, as every usage error of the CLI
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mcobserve: ")
+    assert ("link-local" in lines[0]) or ("All CoAP Nodes" in lines[0])
+
+
+def test_client_registers_again_after_group_silence(onehost):
+    """Items 10 and 15: a server that goes silent (restart, lost cancellation) is noticed after the
+    latest Max-Age plus the margin, and the Observer registers again by itself."""
+    res = onehost.run([sys.executable, SCENARIO, "silence", onehost.addr6, onehost.ifname], timeout=40)
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["silences"] == 2
+    assert [p for p, _ in result["payloads"]] == ["v1", "v2", "v3"]
+    assert all(1.3 <= g <= 4.0 for g in result["gaps"]), result["gaps"]  # Max-Age 1 + margin 0.5
+
+
+def test_observer_cli_refuses_link_local_server():
+    """Item 1, client side: never register at a link-local server address (draft §5.1)."""
+    res = subprocess.run(
+        [*PY, "observe", "coap://[fe80::1%25lo]/r", "--count", "1", "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode != 0
+    assert "link-local" in res.stderr and len(res.stderr.strip().splitlines()) == 1
