@@ -96,6 +96,14 @@ def is_oscore_protected(message: Message) -> bool:
     return isinstance(message.remote, OSCOREAddress)
 
 
+def authenticated_claims(message: Message) -> tuple[object, ...]:
+    """The claims of the security context an OSCORE request came from (aiocoap: credentials entry names)."""
+    remote = message.remote
+    if not isinstance(remote, OSCOREAddress):
+        return ()
+    return tuple(getattr(remote.security_context, "authenticated_claims", None) or ())
+
+
 def oscore_site(site: aiocoap.interfaces.Resource, server_credentials: object) -> aiocoap.interfaces.Resource:
     """Wrap a site so that OSCORE-protected requests are unprotected before rendering (RFC 8613 §8.2)."""
     from aiocoap.oscore_sitewrapper import OscoreSiteWrapper

@@ -29,6 +29,7 @@ from aiocoap import (
     NOT_FOUND,
     SERVICE_UNAVAILABLE,
     UNAUTHORIZED,
+    Code,
     Message,
 )
 
@@ -49,6 +50,7 @@ from ..engine.server import (
     ServerEngine,
 )
 from . import _glue
+from .authz import Authorize, Policy, refusal
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,22 @@ class GroupObservableResource(aiocoap.resource.ObservableResource):
             link["gp-obs"] = None
         return link
 
+    def authorize(self, request: Message, method: Code) -> Code | None:
+        """Decide this request: None to serve it, or the error code to answer (see :mod:`.authz`).
+
+        Override it to decide per request; the default asks the server's hook (``authorize=`` of
+        :meth:`GroupServer.create`), and allows everything while the resource is not attached.
+        """
+        if self._mc_server is None:
+            return None
+        return self._mc_server.authorize(request, self._mc_path, method)
+
     async def render_to_pipe(self, pipe: aiocoap.pipe.Pipe) -> None:
         request = pipe.request
+        refused = self.authorize(request, request.code)
+        if refused is not None:  # before anything reaches the resource, its observers or the group
+            pipe.add_response(refusal(refused), is_last=True)
+            return
         if self._mc_server is None or request.code != GET or request.opt.observe != 0:
             return await super().render_to_pipe(pipe)
         await self._mc_server._registration(self, pipe)
@@ -110,9 +126,18 @@ class GroupObservableResource(aiocoap.resource.ObservableResource):
 class IntrospectionResource(aiocoap.resource.Resource):
     """``/.well-known/core/mc-sender?token=HEX``: the group observation of a Token (draft App. A.2)."""
 
+    PATH = (".well-known", "core", "mc-sender")
+
     def __init__(self, server: GroupServer) -> None:
         super().__init__()
         self._server = server
+
+    async def render_to_pipe(self, pipe: aiocoap.pipe.Pipe) -> None:
+        refused = self._server.authorize(pipe.request, self.PATH, pipe.request.code)
+        if refused is not None:  # it discloses the phantom request and the latest notification
+            pipe.add_response(refusal(refused), is_last=True)
+            return
+        await super().render_to_pipe(pipe)
 
     async def render_get(self, request: Message) -> Message:
         tokens = [q[len("token=") :] for q in request.opt.uri_query if q.startswith("token=")]
@@ -145,8 +170,11 @@ class GroupServer:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         on_event: EventSink | None = None,
+        authorize: Authorize | None = None,
     ) -> None:
         self.ctx = ctx
+        #: The authorisation hook every request to a group-observable resource passes (:mod:`.authz`).
+        self.authorize: Authorize = authorize or Policy()
         self.engine = engine
         self.site = site
         self.code_points = engine.code_points
@@ -182,8 +210,13 @@ class GroupServer:
         receive_buffer: int = 4 << 20,
         security: GroupSecurity | None = None,
         server_credentials: aiocoap.credentials.CredentialsMap | None = None,
+        authorize: Authorize | None = None,
     ) -> GroupServer:
-        """Bind SRV_ADDR:SRV_PORT and prepare to send to GRP_ADDR:GRP_PORT (draft §4.1)."""
+        """Bind SRV_ADDR:SRV_PORT and prepare to send to GRP_ADDR:GRP_PORT (draft §4.1).
+
+        ``authorize`` decides every request to a group-observable resource (:mod:`.authz`); by default,
+        with ``server_credentials`` only OSCORE-protected requests are served (4.01 otherwise).
+        """
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
         _glue.install_backlog_fix()  # N informative responses in flight (draft §4.2) must not cost O(N^2)
@@ -205,8 +238,12 @@ class GroupServer:
         ifindex = socket.if_nametoindex(interface) if interface else 0
         _glue.configure_multicast_sender(ctx, ifindex, hops=hops)
         _glue.set_receive_buffer(ctx, receive_buffer)
-        server = cls(ctx, engine, site, ifindex=ifindex, rng=rng, clock=clock, on_event=on_event)
-        site.add_resource([".well-known", "core", "mc-sender"], IntrospectionResource(server))
+        if authorize is None:
+            authorize = Policy(require_oscore=server_credentials is not None)
+        server = cls(
+            ctx, engine, site, ifindex=ifindex, rng=rng, clock=clock, on_event=on_event, authorize=authorize
+        )
+        site.add_resource(IntrospectionResource.PATH, IntrospectionResource(server))
         server._emit("started", server=str(bind), group=str(group))
         return server
 
