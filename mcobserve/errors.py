@@ -32,3 +32,7 @@ class WithdrawnError(GroupObservationError):
 
 class CancelledError(GroupObservationError):
     """The server cancelled the group observation with a multicast 5.03 (draft §4.5, §5.4)."""
+
+
+class AddressInUseError(McObserveError, OSError):
+    """Another process already serves SRV_ADDR:SRV_PORT (aiocoap's SO_REUSEPORT would split requests)."""

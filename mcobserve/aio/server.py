@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import socket
@@ -49,6 +50,7 @@ from ..engine.server import (
     SendMulticast,
     ServerEngine,
 )
+from ..errors import AddressInUseError
 from . import _glue
 from .authz import Authorize, Policy, refusal
 
@@ -219,6 +221,7 @@ class GroupServer:
         """
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
+        ensure_unserved(bind)  # one server per address and port (aiocoap sets SO_REUSEPORT)
         _glue.install_backlog_fix()  # N informative responses in flight (draft §4.2) must not cost O(N^2)
         engine = ServerEngine(
             bind, group, code_points=code_points, token_length=token_length, security=security
@@ -494,6 +497,32 @@ class GroupServer:
                 self.on_event({"event": event, "time": round(self.clock(), 3), **fields})
             except Exception:
                 log.exception("event sink failed")
+
+
+def ensure_unserved(bind: Endpoint) -> None:
+    """Refuse SRV_ADDR:SRV_PORT when another socket already serves it (issue 8, item 3).
+
+    aiocoap sets SO_REUSEPORT, so a second server would start silently and the kernel would split the
+    requests between the two. A probe socket without SO_REUSEPORT cannot bind an address and port that a
+    socket of another process holds (same address, or the wildcard without SO_REUSEADDR); the probe
+    sets SO_REUSEADDR so that observers' group sockets (SO_REUSEADDR, bound to the group) do not count.
+    """
+    if bind.port == 0:
+        return
+    host = str(bind.host) if bind.is_v6 else f"::ffff:{bind.host}"
+    probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind((host, bind.port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise AddressInUseError(
+                f"another process already serves udp {bind}: stop it or choose another port"
+            ) from None
+        raise
+    finally:
+        probe.close()
 
 
 def _path_str(path: Path) -> str:

@@ -1,0 +1,85 @@
+"""Server hardening on loopback (issue 8): one server per address and port; quiet, cheap bad input."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import subprocess
+import sys
+
+import aiocoap
+import aiocoap.resource
+import pytest
+
+from mcobserve.aio.server import GroupServer, ensure_unserved
+from mcobserve.engine.common import Endpoint
+from mcobserve.errors import AddressInUseError
+
+LOCAL = "127.0.0.1"
+GROUP = Endpoint(ipaddress.ip_address("239.255.0.23"), 61616)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOCAL, 0))
+        return s.getsockname()[1]
+
+
+def here(port: int) -> Endpoint:
+    return Endpoint(ipaddress.ip_address(LOCAL), port)
+
+
+@pytest.mark.asyncio
+async def test_a_second_server_on_the_same_address_and_port_is_refused():
+    port = free_port()
+    first = await GroupServer.create(here(port), GROUP)
+    try:
+        with pytest.raises(AddressInUseError, match=f"already serves udp 127.0.0.1:{port}"):
+            await GroupServer.create(here(port), GROUP)
+    finally:
+        await first.shutdown()
+    second = await GroupServer.create(here(port), GROUP)  # free again once the first is gone
+    await second.shutdown()
+
+
+@pytest.mark.asyncio
+async def test_a_plain_aiocoap_server_holding_the_port_counts_too():
+    port = free_port()
+    other = await aiocoap.Context.create_server_context(
+        aiocoap.resource.Site(), bind=(LOCAL, port), transports=["udp6"]
+    )
+    try:
+        with pytest.raises(AddressInUseError):
+            ensure_unserved(here(port))
+    finally:
+        await other.shutdown()
+    ensure_unserved(here(port))
+
+
+def test_group_sockets_of_observers_on_the_same_port_do_not_count():
+    port = free_port()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # as mcobserve.aio.client.open_group_socket
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("239.255.0.23", port))
+    try:
+        ensure_unserved(here(port))
+    finally:
+        s.close()
+
+
+def test_cli_refuses_with_one_line_and_exit_1():
+    port = free_port()
+    argv = [sys.executable, "-m", "mcobserve.cli.main", "server", "--bind", f"{LOCAL}:{port}"]
+    argv += ["--group", "239.255.0.23:61616", "--resource", "r=1"]
+    first = subprocess.Popen([*argv, "--json", "--run-for", "20"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None and '"started"' in first.stdout.readline()
+        second = subprocess.run([*argv, "--run-for", "5"], capture_output=True, text=True, timeout=30)
+    finally:
+        first.terminate()
+        first.wait(10)
+    assert second.returncode == 1
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mcobserve: ") and "already serves" in lines[0]
+    assert "Traceback" not in second.stderr
