@@ -60,6 +60,8 @@ def test_unprotected_requests_get_401_and_nothing_reaches_the_group(lan, tools, 
     mcast = [p for p in packets if p["ipv6.dst"] == "ff35:30:2001:db8::23"]
     assert len(mcast) == 1  # the publisher's value only: nothing the attacker sent reached the group
     refusals = [
-        p for p in packets if p["ipv6.src"] == lan.server.addr6 and p.get("coap.code") == "129"  # 4.01
+        p
+        for p in packets
+        if p["ipv6.src"] == lan.server.addr6 and p.get("coap.code") == "129"  # 4.01
     ]
     assert len(refusals) >= 5

@@ -114,4 +114,3 @@ _REASONS: dict[Code, bytes] = {
 def refusal(code: Code, **options: Any) -> Message:
     """The response for a refused request: ``code`` with a one-line diagnostic payload."""
     return Message(code=code, payload=_REASONS.get(code, b"refused"), **options)
-

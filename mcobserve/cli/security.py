@@ -52,9 +52,7 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
 
     publishers = _names(getattr(args, "publishers", None))
     if publishers is not None and not getattr(args, "credentials", None):
-        raise _usage(
-            "--publishers needs --credentials: writers are told apart by their OSCORE identity"
-        )
+        raise _usage("--publishers needs --credentials: writers are told apart by their OSCORE identity")
     return {
         "authorize": Policy(require_oscore=bool(getattr(args, "credentials", None)), publishers=publishers),
     }
