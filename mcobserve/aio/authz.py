@@ -105,9 +105,10 @@ class Policy:
 #: Allows everything (the library default when a server has no credentials).
 ALLOW_ALL: Authorize = Policy()
 
+#: Short on purpose: to an unverified source, a refusal must stay within 3x a small request (RFC 9175 §2.4).
 _REASONS: dict[Code, bytes] = {
-    UNAUTHORIZED: b"use OSCORE: this resource only serves authenticated clients",
-    FORBIDDEN: b"not a publisher of this resource",
+    UNAUTHORIZED: b"OSCORE required",
+    FORBIDDEN: b"not a publisher",
 }
 
 

@@ -34,7 +34,7 @@ from aiocoap import (
     Message,
 )
 
-from ..constants import DEFAULT_CODE_POINTS, CodePoints
+from ..constants import DEFAULT_CODE_POINTS, NO_RESPONSE_5XX, CodePoints
 from ..engine.common import Endpoint
 from ..engine.server import (
     Action,
@@ -51,8 +51,10 @@ from ..engine.server import (
     ServerEngine,
 )
 from ..errors import AddressInUseError
+from ..wire.feedback import get_feedback_divider
 from . import _glue
 from .authz import Authorize, Policy, refusal
+from .guard import DropLog, GuardLimits, SourceGuard
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,10 @@ class IntrospectionResource(aiocoap.resource.Resource):
         if refused is not None:  # it discloses the phantom request and the latest notification
             pipe.add_response(refusal(refused), is_last=True)
             return
+        challenge = self._server.echo_challenge(pipe.request)  # about 25x the request (issue 8)
+        if challenge is not None:
+            pipe.add_response(challenge, is_last=True)
+            return
         await super().render_to_pipe(pipe)
 
     async def render_get(self, request: Message) -> Message:
@@ -173,8 +179,13 @@ class GroupServer:
         clock: Callable[[], float] = time.time,
         on_event: EventSink | None = None,
         authorize: Authorize | None = None,
+        guard: SourceGuard | None = None,
     ) -> None:
         self.ctx = ctx
+        #: Source verification and the amplification bound; None on a trusted network (:mod:`.guard`).
+        self.guard = guard
+        #: Rate-limited log of dropped datagrams (:class:`.guard.DropLog`).
+        self.drops = DropLog(log)
         #: The authorisation hook every request to a group-observable resource passes (:mod:`.authz`).
         self.authorize: Authorize = authorize or Policy()
         self.engine = engine
@@ -213,11 +224,17 @@ class GroupServer:
         security: GroupSecurity | None = None,
         server_credentials: aiocoap.credentials.CredentialsMap | None = None,
         authorize: Authorize | None = None,
+        trusted_network: bool = False,
+        guard_limits: GuardLimits | None = None,
     ) -> GroupServer:
         """Bind SRV_ADDR:SRV_PORT and prepare to send to GRP_ADDR:GRP_PORT (draft §4.1).
 
         ``authorize`` decides every request to a group-observable resource (:mod:`.authz`); by default,
         with ``server_credentials`` only OSCORE-protected requests are served (4.01 otherwise).
+
+        Until a source address is verified (Echo, RFC 9175 §2.4, or OSCORE) the server sends it at most
+        3x the bytes it received (:mod:`.guard`, ``guard_limits``); ``trusted_network`` turns this off
+        for clients that cannot answer Echo. Bad datagrams are dropped with a rate-limited log line.
         """
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
@@ -231,7 +248,10 @@ class GroupServer:
             wkc = aiocoap.resource.WKCResource(site.get_resources_as_linkheader)
             site.add_resource([".well-known", "core"], wkc)
         bind_host = str(bind.host)
-        served = _glue.oscore_site(site, server_credentials) if server_credentials is not None else site
+        guard = None if trusted_network else SourceGuard(guard_limits)
+        served: aiocoap.interfaces.Resource = site
+        if server_credentials is not None:
+            served = _glue.oscore_site(_VerifyingSite(site, guard, clock), server_credentials)
         ctx = await aiocoap.Context.create_server_context(
             served,
             bind=(bind_host, bind.port),
@@ -244,8 +264,17 @@ class GroupServer:
         if authorize is None:
             authorize = Policy(require_oscore=server_credentials is not None)
         server = cls(
-            ctx, engine, site, ifindex=ifindex, rng=rng, clock=clock, on_event=on_event, authorize=authorize
+            ctx,
+            engine,
+            site,
+            ifindex=ifindex,
+            rng=rng,
+            clock=clock,
+            on_event=on_event,
+            authorize=authorize,
+            guard=guard,
         )
+        _glue.install_datagram_hooks(ctx, _Hooks(server))
         site.add_resource(IntrospectionResource.PATH, IntrospectionResource(server))
         server._emit("started", server=str(bind), group=str(group))
         return server
@@ -299,9 +328,31 @@ class GroupServer:
 
     # -- registrations -------------------------------------------------------------------------
 
+    def echo_challenge(self, request: Message) -> Message | None:
+        """4.01 with an Echo option if ``request`` comes from a source not verified yet (RFC 9175 §2.4).
+
+        OSCORE-protected requests from a known context are verified by then (:class:`_VerifyingSite`).
+        None means: serve the request.
+        """
+        guard = self.guard
+        if guard is None:
+            return None
+        source = _glue.udp_source(request)
+        if source is None:
+            return None
+        now = self.clock()
+        if guard.verified(source, now):
+            return None
+        return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+
     async def _registration(self, resource: GroupObservableResource, pipe: aiocoap.pipe.Pipe) -> None:
         request = pipe.request
         path = resource._mc_path
+        if not _answerless(request, self.code_points):
+            challenge = self.echo_challenge(request)  # the informative response is CON, about 10x the request
+            if challenge is not None:
+                pipe.add_response(challenge, is_last=True)
+                return
         key = _observer_key(request)
         # aiocoap's Site strips the matched Uri-Path; the engine compares the request as it was sent.
         as_sent = request.copy(uri_path=path)
@@ -497,6 +548,89 @@ class GroupServer:
                 self.on_event({"event": event, "time": round(self.clock(), 3), **fields})
             except Exception:
                 log.exception("event sink failed")
+
+
+class _VerifyingSite(aiocoap.interfaces.Resource):
+    """Inside aiocoap's OSCORE site wrapper: a request that reaches it was unprotected by a known context,
+    so its source address counts as verified (issue 8, item 1)."""
+
+    def __init__(
+        self, site: aiocoap.interfaces.Resource, guard: SourceGuard | None, clock: Callable[[], float]
+    ):
+        self._site = site
+        self._guard = guard
+        self._clock = clock
+
+    async def render_to_pipe(self, pipe: aiocoap.pipe.Pipe) -> None:
+        if self._guard is not None and _glue.is_oscore_protected(pipe.request):
+            source = _glue.udp_source(pipe.request)
+            if source is not None:
+                self._guard.verify(source, self._clock(), by="oscore")
+        await self._site.render_to_pipe(pipe)
+
+    def get_resources_as_linkheader(self) -> Any:
+        return self._site.get_resources_as_linkheader()
+
+    async def needs_blockwise_assembly(self, request: Message) -> bool:
+        return await self._site.needs_blockwise_assembly(request)
+
+    async def render(self, request: Message) -> Message:
+        return await self._site.render(request)
+
+
+class _Hooks:
+    """The server's answers to :class:`mcobserve.aio._glue.DatagramHooks` (issue 8, items 1 and 4)."""
+
+    def __init__(self, server: GroupServer) -> None:
+        self.server = server
+        self.guard = server.guard
+        self.drops = server.drops
+        self.clock = server.clock
+
+    def on_datagram(self, source: str, size: int) -> None:
+        if self.guard is not None:
+            self.guard.received(source, size, self.clock())
+
+    def on_dropped(self, source: str, reason: str) -> None:
+        self.drops.drop(reason, source, self.clock())
+
+    def on_message(self, source: str, message: Message) -> bool:
+        echo = message.opt.echo
+        if echo is not None and self.guard is not None and message.code.is_request():
+            now = self.clock()
+            if not self.guard.verified(source, now):
+                self.guard.check_echo(source, echo, now)
+        return True
+
+    def on_send(self, source: str, message: Message, size: int) -> Message | None:
+        guard = self.guard
+        if guard is None:
+            return message
+        now = self.clock()
+        if guard.allow(source, size, now):
+            return message
+        if message.code.is_response():
+            # Too large for an unverified source: a small 4.01 with Echo instead (RFC 9175 §2.4).
+            alt = Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+            alt.mtype, alt.mid, alt.token, alt.remote = (
+                message.mtype,
+                message.mid,
+                message.token,
+                message.remote,
+            )
+            if guard.allow(source, len(alt.encode()), now):
+                guard.stats.replaced += 1
+                return alt
+        guard.stats.dropped += 1
+        self.drops.drop("amplification bound: source not verified (RFC 9175 §2.4)", source, now)
+        return None
+
+
+def _answerless(request: Message, code_points: CodePoints) -> bool:
+    """Would the registration get no response at all (a confirmation, or No-Response suppressing 5.03)?"""
+    if get_feedback_divider(request, code_points) == 0:
+        return True
+    return bool((request.opt.no_response or 0) & NO_RESPONSE_5XX)
 
 
 def ensure_unserved(bind: Endpoint) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 #: Settings added by this module, with their defaults.
 SERVER_DEFAULTS: dict[str, Any] = {
     "publishers": None,
+    "trusted_network": False,
 }
 
 
@@ -23,6 +24,13 @@ def add_server_arguments(group: argparse._ArgumentGroup) -> None:
         metavar="ID[,ID...]",
         help="with --credentials: only these OSCORE identities (credentials entry names, e.g. client-1) "
         "may PUT/POST/DELETE; others get 4.03 (default: every authenticated client may write)",
+    )
+    group.add_argument(
+        "--trusted-network",
+        action="store_true",
+        default=None,
+        help="do not verify client addresses with Echo (RFC 9175) before answering more than 3x the bytes "
+        "received: only for networks without spoofing, for clients that cannot answer Echo",
     )
 
 
@@ -55,4 +63,5 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         raise _usage("--publishers needs --credentials: writers are told apart by their OSCORE identity")
     return {
         "authorize": Policy(require_oscore=bool(getattr(args, "credentials", None)), publishers=publishers),
+        "trusted_network": bool(getattr(args, "trusted_network", False)),
     }
