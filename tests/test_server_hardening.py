@@ -83,3 +83,52 @@ def test_cli_refuses_with_one_line_and_exit_1():
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mcobserve: ") and "already serves" in lines[0]
     assert "Traceback" not in second.stderr
+
+
+@pytest.mark.asyncio
+async def test_informative_responses_in_flight_are_capped():
+    """Clients that never ACK their CON 5.03: beyond ``max_in_flight`` open exchanges, registrations get
+    a plain piggybacked 5.03 with Max-Age (come back later), and no state is kept for them."""
+    import asyncio
+
+    from aiocoap import ACK, CON, EMPTY, GET, SERVICE_UNAVAILABLE, Message
+
+    from mcobserve.aio.guard import GuardLimits
+    from mcobserve.aio.resources import TextResource
+
+    port = free_port()
+    limits = GuardLimits(max_in_flight=2, busy_max_age=7)
+    server = await GroupServer.create(
+        here(port), GROUP, interface="lo", trusted_network=True, guard_limits=limits
+    )
+    server.add_resource(["r"], TextResource("1234"))
+    loop = asyncio.get_running_loop()
+    socks = []
+    try:
+        for i in range(4):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((LOCAL, 0))
+            s.setblocking(False)
+            socks.append(s)
+            m = Message(code=GET, uri_path=("r",), observe=0)
+            m.mtype, m.mid, m.token = CON, 0x500 + i, bytes([i, i])
+            s.sendto(m.encode(), (LOCAL, port))
+            await asyncio.sleep(0.2)  # one after the other
+        got = []
+        for s in socks:
+            msgs = []
+            while True:
+                try:
+                    msgs.append(Message.decode(await asyncio.wait_for(loop.sock_recv(s, 2048), 0.5)))
+                except TimeoutError:
+                    break
+            got.append([(m.mtype, m.code, m.opt.max_age, len(m.payload)) for m in msgs])
+    finally:
+        for s in socks:
+            s.close()
+        await server.shutdown()
+    for answers in got[:2]:  # empty ACK, then the separate CON informative response
+        assert [a[:2] for a in answers] == [(ACK, EMPTY), (CON, SERVICE_UNAVAILABLE)] and answers[1][3] > 0
+    for answers in got[2:]:
+        assert answers == [(ACK, SERVICE_UNAVAILABLE, 7, 0)]
+    assert server.busy == 2

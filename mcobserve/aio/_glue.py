@@ -8,11 +8,13 @@ function has a test in ``tests/test_glue.py``; when aiocoap changes, only this m
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import ipaddress
 import socket
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 import aiocoap
@@ -306,3 +308,50 @@ def udp_source(message: Message) -> str | None:
         remote = remote.underlying_address
     sockaddr = getattr(remote, "sockaddr", None)
     return sockaddr[0] if sockaddr else None
+
+
+def bound_deduplication(ctx: Context, trusted: Callable[[str], bool], caps: tuple[int, int]) -> None:
+    """Bound aiocoap's message deduplication table (RFC 7252 §4.5) of the server context.
+
+    aiocoap 0.4.17 keeps every request's (remote, MID) and its response for EXCHANGE_LIFETIME (247 s)
+    with one timer handle each: about 1-2 KB per request, unbounded under a flood. This replaces
+    ``MessageManager._deduplicate_message`` on this instance with the same logic over two FIFO queues,
+    one for sources ``trusted`` says are verified and one for the others, holding at most ``caps``
+    = (verified, unverified) entries; the oldest entry goes first (a duplicate of it would then be
+    processed again). Expiry is checked at the queue heads: no timer per message.
+    """
+    mman = udp_message_manager(ctx)
+    recent = mman._recent_messages
+    lifetime = aiocoap.numbers.constants.TransportTuning().EXCHANGE_LIFETIME
+    queues: dict[bool, collections.deque[tuple[float, object]]] = {
+        True: collections.deque(),
+        False: collections.deque(),
+    }
+    limits = {True: caps[0], False: caps[1]}
+    loop_time = mman.loop.time
+
+    def _deduplicate_message(message: Message) -> bool:
+        now = loop_time()
+        for q in queues.values():
+            while q and q[0][0] <= now:
+                recent.pop(q.popleft()[1], None)
+        key = (message.remote, message.mid)
+        if key in recent:
+            stored = recent[key]
+            if message.mtype is CON and stored is not None:
+                mman._send_initially(stored)  # the old response again (aiocoap's behaviour)
+            return True
+        kind = trusted(message.remote.sockaddr[0])
+        q = queues[kind]
+        q.append((now + lifetime, key))
+        recent[key] = None
+        while len(q) > limits[kind]:
+            recent.pop(q.popleft()[1], None)
+        return False
+
+    mman._deduplicate_message = _deduplicate_message  # type: ignore[method-assign]
+
+
+def open_exchanges(ctx: Context) -> int:
+    """Confirmable exchanges of the server context waiting for their ACK (one per remote, NSTART = 1)."""
+    return len(udp_message_manager(ctx)._active_exchanges)

@@ -44,6 +44,15 @@ class GuardLimits:
     unverified_idle: float = 120.0
     #: Unverified sources whose byte counts are kept at most.
     max_unverified: int = 16384
+    #: Requests remembered for deduplication (RFC 7252 §4.5, 247 s) from verified sources, at most.
+    dedup_verified: int = 32768
+    #: ... and from unverified sources (a flood of spoofed requests stays within this).
+    dedup_unverified: int = 2048
+    #: Confirmable exchanges in flight (informative responses waiting for their ACK) before new
+    #: registrations are answered with a plain 5.03 and Max-Age instead (issue 8, item 5).
+    max_in_flight: int = 4096
+    #: Max-Age of that 5.03: when the client may try again.
+    busy_max_age: int = 5
 
 
 _TS = struct.Struct(">I")

@@ -186,6 +186,8 @@ class GroupServer:
         self.guard = guard
         #: Rate-limited log of dropped datagrams (:class:`.guard.DropLog`).
         self.drops = DropLog(log)
+        #: Bounds against load and abuse (:class:`.guard.GuardLimits`).
+        self.limits = guard.limits if guard is not None else GuardLimits()
         #: The authorisation hook every request to a group-observable resource passes (:mod:`.authz`).
         self.authorize: Authorize = authorize or Policy()
         self.engine = engine
@@ -205,6 +207,8 @@ class GroupServer:
         self._timer = asyncio.create_task(self._run_timers())
         self._closed = False
         self.datagrams_sent = 0
+        #: Registrations answered with a plain 5.03 because too many CON responses were in flight.
+        self.busy = 0
 
     @classmethod
     async def create(
@@ -275,6 +279,16 @@ class GroupServer:
             guard=guard,
         )
         _glue.install_datagram_hooks(ctx, _Hooks(server))
+        limits = guard.limits if guard is not None else (guard_limits or GuardLimits())
+        server.limits = limits
+        if guard is None:
+            _glue.bound_deduplication(ctx, lambda source: True, (limits.dedup_verified, 0))
+        else:
+            _glue.bound_deduplication(
+                ctx,
+                lambda source: guard.verified(source, clock()),
+                (limits.dedup_verified, limits.dedup_unverified),
+            )
         site.add_resource(IntrospectionResource.PATH, IntrospectionResource(server))
         server._emit("started", server=str(bind), group=str(group))
         return server
@@ -352,6 +366,13 @@ class GroupServer:
             challenge = self.echo_challenge(request)  # the informative response is CON, about 10x the request
             if challenge is not None:
                 pipe.add_response(challenge, is_last=True)
+                return
+            if _glue.open_exchanges(self.ctx) >= self.limits.max_in_flight:
+                # Too many CON responses wait for their ACK: come back later (RFC 7252 §5.9.3.4).
+                self.busy += 1
+                pipe.add_response(
+                    Message(code=SERVICE_UNAVAILABLE, max_age=self.limits.busy_max_age), is_last=True
+                )
                 return
         key = _observer_key(request)
         # aiocoap's Site strips the matched Uri-Path; the engine compares the request as it was sent.
