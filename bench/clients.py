@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiocoap import ACK, CON, EMPTY, GET, RST, SERVICE_UNAVAILABLE, Message
+from aiocoap import ACK, CON, EMPTY, GET, RST, SERVICE_UNAVAILABLE, UNAUTHORIZED, Message
 from aiocoap import oscore as aiocoap_oscore
 
 from mcobserve.aio.client import open_group_socket
@@ -96,9 +96,9 @@ def empty_ack(data: bytes) -> bytes:
     return bytes((0x60, 0, data[2], data[3]))
 
 
-def registration(token: bytes, mid: int, path: str) -> bytes:
-    """CON GET with Observe 0 (RFC 7641 §3.1)."""
-    m = Message(code=GET, uri_path=(path,), observe=0)
+def registration(token: bytes, mid: int, path: str, echo: bytes | None = None) -> bytes:
+    """CON GET with Observe 0 (RFC 7641 §3.1), with the server's Echo value once it asked (RFC 9175)."""
+    m = Message(code=GET, uri_path=(path,), observe=0, echo=echo)
     m.mtype = CON
     m.mid = mid
     m.token = token
@@ -137,6 +137,7 @@ class Observers:
         self.lsocks: list[socket.socket] = []
         self.tokens = [struct.pack(">I", args.first_id + i) for i in range(self.n)]
         self.mids = [(args.first_id * 7 + i * 13) & 0xFFFF for i in range(self.n)]
+        self.echo: list[bytes | None] = [None] * self.n  # the server verifies addresses (RFC 9175 §2.4)
         self.state = bytearray(self.n)
         self.sent_at = [0.0] * self.n
         self.tries = [0] * self.n
@@ -229,7 +230,7 @@ class Observers:
     def _registration_bytes(self, i: int) -> bytes:
         if self.secured:
             return self.reg_bytes[i]
-        return registration(self.tokens[i], self.mids[i], self.args.path)
+        return registration(self.tokens[i], self.mids[i], self.args.path, self.echo[i])
 
     def _send_registration(self, i: int, s: socket.socket) -> None:
         try:
@@ -297,6 +298,11 @@ class Observers:
             return
         if m.token != self.tokens[i]:
             self.other += 1
+            return
+        if m.code == UNAUTHORIZED and m.opt.echo is not None and not self.secured and self.echo[i] is None:
+            self.echo[i] = m.opt.echo  # repeat the registration with it, as a new message (RFC 9175 §2.4)
+            self.mids[i] = (self.mids[i] + 1) & 0xFFFF
+            self._send_registration(i, self.usocks[i])
             return
         if self.secured:
             inner = self._unprotect(i, m)

@@ -40,3 +40,7 @@ class NotificationTooLargeError(McObserveError):
 
 class UnusableAddressError(McObserveError, ValueError):
     """SRV_ADDR or GRP_ADDR cannot serve group observations, e.g. link-local or All CoAP Nodes (§3, §4.2)."""
+
+
+class AddressInUseError(McObserveError, OSError):
+    """Another process already serves SRV_ADDR:SRV_PORT (aiocoap's SO_REUSEPORT would split requests)."""

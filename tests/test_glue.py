@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import aiocoap
@@ -198,3 +199,109 @@ async def test_backlog_fix_keeps_every_con_notification_in_order():
     finally:
         c.close()
         await ctx.shutdown()
+
+
+class Counting(aiocoap.resource.Resource):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def render_get(self, request: Message) -> Message:
+        self.calls += 1
+        return Message(code=CONTENT, payload=str(self.calls).encode())
+
+
+async def counting_server() -> tuple[aiocoap.Context, int, Counting]:
+    port = free_port()
+    site = aiocoap.resource.Site()
+    res = Counting()
+    site.add_resource(["c"], res)
+    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port), transports=["udp6"])
+    return ctx, port, res
+
+
+def get_c(mid: int) -> bytes:
+    m = Message(code=GET, uri_path=["c"])
+    m.mtype, m.mid, m.token = CON, mid, mid.to_bytes(2, "big")
+    return m.encode()
+
+
+async def test_bound_deduplication_keeps_at_most_the_cap_and_resends_stored_responses():
+    ctx, port, res = await counting_server()
+    _glue.bound_deduplication(ctx, lambda source: False, (100, 3))
+    sock = raw_client()
+    try:
+        for mid in range(10):
+            sock.sendto(get_c(mid), ("127.0.0.1", port))
+            await recv(sock)
+        mman = _glue.udp_message_manager(ctx)
+        assert len(mman._recent_messages) == 3
+        sock.sendto(get_c(9), ("127.0.0.1", port))  # a duplicate of a remembered one: the old answer
+        again, _ = await recv(sock)
+        assert again.payload == b"10" and res.calls == 10
+        sock.sendto(get_c(0), ("127.0.0.1", port))  # forgotten: processed anew
+        fresh, _ = await recv(sock)
+        assert fresh.payload == b"11" and res.calls == 11
+        assert _glue.open_exchanges(ctx) == 0
+    finally:
+        sock.close()
+        await ctx.shutdown()
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.datagrams: list[tuple[str, int]] = []
+        self.dropped: list[str] = []
+        self.sent: list[tuple[str, int]] = []
+        self.block = False
+
+    def on_datagram(self, source: str, size: int) -> None:
+        self.datagrams.append((source, size))
+
+    def on_dropped(self, source: str, reason: str) -> None:
+        self.dropped.append(reason)
+
+    def on_message(self, source: str, message: Message) -> bool:
+        return True
+
+    def on_send(self, source: str, message: Message, size: int) -> Message | None:
+        self.sent.append((source, size))
+        return None if self.block else message
+
+
+async def test_datagram_hooks_count_drop_and_bound(caplog):
+    ctx, port, res = await counting_server()
+    hooks = Hooks()
+    _glue.install_datagram_hooks(ctx, hooks)
+    sock = raw_client()
+    try:
+        bad_path = bytes([0x40, 0x01, 0x00, 0x07]) + bytes([0xB2, 0xC3, 0x28])  # Uri-Path, invalid UTF-8
+        for data in (b"\x00", bad_path, bytes([0x60, 0x01, 0x00, 0x08])):  # garbage, bad option, ACK+GET
+            sock.sendto(data, ("127.0.0.1", port))
+        sock.sendto(get_c(1), ("127.0.0.1", port))
+        data, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_recvfrom(sock, 2048), 2)
+        assert Message.decode(data).payload == b"1"
+        assert hooks.dropped == [
+            "unparsable CoAP message",
+            "undecodable option",
+            "type and code do not fit (RFC 7252 §4)",
+        ]
+        assert [s for s, _ in hooks.datagrams] == ["::ffff:127.0.0.1"] * 4
+        assert hooks.sent == [("::ffff:127.0.0.1", len(data))]
+        hooks.block = True
+        sock.sendto(get_c(2), ("127.0.0.1", port))
+        with pytest.raises(TimeoutError):
+            await recv(sock, 0.5)
+        assert res.calls == 2  # rendered, but the answer was held back
+        # a multicast destination never reaches on_send
+        grp = _glue.group_remote(ctx, Endpoint.parse("239.255.0.99:61616"), Endpoint.parse("127.0.0.1"))
+        n = len(hooks.sent)
+        m = Message(code=CONTENT, payload=b"x")
+        m.mtype = NON
+        with contextlib.suppress(OSError):
+            _glue.send_unsolicited(ctx, m, grp)
+        assert len(hooks.sent) == n
+    finally:
+        sock.close()
+        await ctx.shutdown()
+    assert "Traceback" not in caplog.text

@@ -174,11 +174,18 @@ def test_tshark_decodes_multicast_notification_and_separate_informative_response
         assert p["ipv6.src"] == lan.server.addr6
     assert int(mcast[1]["coap.opt.observe"]) > int(mcast[0]["coap.opt.observe"])
     # Registration: CON GET; then an empty ACK; then a CON 5.03 (separate), acknowledged by the client.
-    reg = next(p for p in packets if p["coap.code"] == "1" and p["ipv6.dst"] == lan.server.addr6)
+    # (The first registration got a 4.01 with Echo; the one that carries the Echo value is answered.)
+    inf = next(p for p in packets if p["coap.code"] == "163")  # 5.03
+    reg = next(
+        p
+        for p in packets
+        if p["coap.code"] == "1"
+        and p["ipv6.dst"] == lan.server.addr6
+        and p["coap.token"] == inf["coap.token"]
+    )
     after = [p for p in packets if float(p["frame.time_relative"]) >= float(reg["frame.time_relative"])]
     ack = next(p for p in after if p["coap.type"] == "2" and p["coap.mid"] == reg["coap.mid"])
     assert ack["coap.code"] == "0"  # empty: the response is not piggybacked
-    inf = next(p for p in after if p["coap.code"] == "163")  # 5.03
     assert inf["coap.type"] == "0" and inf["coap.token"] == reg["coap.token"] and inf["udp.srcport"] == "5683"
     assert inf["coap.opt.max_age"] == "0" and inf["coap.opt.observe"] is None
     assert "65000" in (inf["coap.opt.ctype"] or "")

@@ -146,7 +146,7 @@ def test_pre_arranged_group_survives_sigkill_without_reusing_a_partial_iv(onehos
             onehost, f"{base}/r", creds, 1, 4, "--group-oscore", str(creds / "group-client.toml")
         )
         o1.wait_event(lambda e: e.get("via") == "last_notif")
-        put(onehost, f"{base}/r", ["k1", "k2", "k3"])
+        put(onehost, f"{base}/r", ["k1", "k2", "k3"], 0.3, "--credentials", str(creds / "client-3.json"))
         o1.wait_count(lambda e: e.get("via") == "multicast", 3)
         srv.popen.send_signal(signal.SIGKILL)
         srv.collect(5)
@@ -157,7 +157,7 @@ def test_pre_arranged_group_survives_sigkill_without_reusing_a_partial_iv(onehos
                 onehost, f"{base}/r", creds, 2, 3, "--group-oscore", str(creds / "group-client.toml")
             )
             o2.wait_event(lambda e: e.get("via") == "last_notif")
-            put(onehost, f"{base}/r", ["r1", "r2"])
+            put(onehost, f"{base}/r", ["r1", "r2"], 0.3, "--credentials", str(creds / "client-3.json"))
             o2.collect(15)
         finally:
             srv2.stop()
@@ -234,11 +234,11 @@ def test_forged_and_replayed_notifications_are_dropped_live(onehost, tools, tmp_
             text=True,
         )
         assert attacker.stdout.readline().strip() == "ready"
-        put(onehost, f"{base}/r", ["genuine-1"])
+        put(onehost, f"{base}/r", ["genuine-1"], 0.3, "--credentials", str(creds / "client-2.json"))
         assert attacker.stdout.readline().strip() == "sent", attacker.stderr.read()
         attacker.wait(10)
         time.sleep(0.5)
-        put(onehost, f"{base}/r", ["genuine-2"])
+        put(onehost, f"{base}/r", ["genuine-2"], 0.3, "--credentials", str(creds / "client-2.json"))
         o.collect(15)
     finally:
         srv.stop()
@@ -297,7 +297,11 @@ def test_informative_response_altered_in_transit_is_rejected(onehost, tools, tmp
         o = secured_observer(onehost, f"coap://[{onehost.addr6}]:5700/r", creds, 1, 2, "-v", timeout=40)
         o.wait_event(lambda e: e.get("via") == "last_notif", timeout=40)
         assert relay.stdout.readline().strip() == "tampered"
-        put(onehost, f"coap://[{onehost.addr6}]/r", ["after-tamper"])
+        # unprotected writes are refused (4.01): client-2 writes directly, not through the relay
+        client2 = json.loads((creds / "client-2.json").read_text())
+        direct = creds / "client-2-direct.json"
+        direct.write_text(json.dumps({f"coap://[{onehost.addr6}]/*": next(iter(client2.values()))}))
+        put(onehost, f"coap://[{onehost.addr6}]/r", ["after-tamper"], 0.3, "--credentials", str(direct))
         o.collect(15)
     finally:
         srv.stop()

@@ -8,12 +8,20 @@ function has a test in ``tests/test_glue.py``; when aiocoap changes, only this m
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
+import ipaddress
 import socket
 import struct
+from collections.abc import Callable
+from typing import Protocol
 
 import aiocoap
 import aiocoap.meta
-from aiocoap import Context, Message
+from aiocoap import ACK, CON, EMPTY, NON, RST, Context, Message
+from aiocoap.error import UnparsableMessage
+from aiocoap.message import Direction
 from aiocoap.messagemanager import MessageManager
 from aiocoap.tokenmanager import TokenManager
 from aiocoap.transports.oscore import OSCOREAddress
@@ -94,6 +102,14 @@ def acknowledge_now(request: Message) -> bool:
 def is_oscore_protected(message: Message) -> bool:
     """Did this request or response come over (unicast) OSCORE, unprotected by aiocoap (RFC 8613)?"""
     return isinstance(message.remote, OSCOREAddress)
+
+
+def authenticated_claims(message: Message) -> tuple[object, ...]:
+    """The claims of the security context an OSCORE request came from (aiocoap: credentials entry names)."""
+    remote = message.remote
+    if not isinstance(remote, OSCOREAddress):
+        return ()
+    return tuple(getattr(remote.security_context, "authenticated_claims", None) or ())
 
 
 def oscore_site(site: aiocoap.interfaces.Resource, server_credentials: object) -> aiocoap.interfaces.Resource:
@@ -179,3 +195,163 @@ def incoming(message: Message, remote: UDP6EndpointAddress | None = None) -> Mes
     if remote is not None:
         message.remote = remote
     return message
+
+
+class DatagramHooks(Protocol):
+    """What :func:`install_datagram_hooks` asks about every unicast datagram of a server context."""
+
+    def on_datagram(self, source: str, size: int) -> None:
+        """A datagram of ``size`` bytes (UDP payload) arrived from ``source`` (an IP address)."""
+
+    def on_dropped(self, source: str, reason: str) -> None:
+        """A datagram was dropped (unparsable, undecodable option, unfit type/code, failed processing)."""
+
+    def on_message(self, source: str, message: Message) -> bool:
+        """A decoded message; False drops it before aiocoap sees it."""
+
+    def on_send(self, source: str, message: Message, size: int) -> Message | None:
+        """A unicast message of ``size`` bytes is about to go to ``source``: send it, another, or None."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_multicast(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_multicast
+
+
+#: The (type, code class) pairs aiocoap's MessageManager handles (RFC 7252 §4.2, §4.3); the rest is dropped.
+def _fits(message: Message) -> bool:
+    code, mtype = message.code, message.mtype
+    if code == EMPTY:
+        return mtype in (CON, ACK, RST)
+    if code.is_request():
+        return mtype in (CON, NON)
+    if code.is_response():
+        return mtype in (CON, NON, ACK)
+    return False
+
+
+def install_datagram_hooks(ctx: Context, hooks: DatagramHooks) -> None:
+    """Put ``hooks`` between the server context's UDP socket and aiocoap (receive and send).
+
+    Replaces, on this context's ``MessageInterfaceUDP6`` instance only, ``datagram_msg_received`` (the
+    transport's callback) and ``send`` with copies of aiocoap 0.4.17's code that (a) never let an
+    exception escape into asyncio's callback (which printed a traceback per bad datagram: a Uri-Path with
+    invalid UTF-8 raises UnicodeDecodeError inside ``Message.decode``), (b) drop what aiocoap would only
+    warn about (unfit type/code pairs), and (c) let the hooks count and bound what goes back to
+    each source. Datagrams to multicast destinations (notifications) pass untouched.
+    """
+    mif = udp_message_manager(ctx).message_interface
+    transport = mif.transport
+
+    def datagram_msg_received(
+        data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int, address: tuple
+    ) -> None:
+        source = address[0]
+        hooks.on_datagram(source, len(data))
+        pktinfo = None
+        for level, kind, cdata in ancdata:
+            if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+                pktinfo = cdata
+        try:
+            message = Message.decode(data, UDP6EndpointAddress(address, mif, pktinfo=pktinfo))
+        except UnparsableMessage:
+            hooks.on_dropped(source, "unparsable CoAP message")
+            return
+        except Exception:  # aiocoap decodes options eagerly: e.g. UnicodeDecodeError for a bad Uri-Path
+            hooks.on_dropped(source, "undecodable option")
+            return
+        message.direction = Direction.INCOMING
+        if not _fits(message):
+            hooks.on_dropped(source, "type and code do not fit (RFC 7252 §4)")
+            return
+        if not hooks.on_message(source, message):
+            return
+        try:
+            mif._ctx.dispatch_message(message)
+        except Exception:
+            hooks.on_dropped(source, "processing failed")
+
+    def send(message: Message) -> None:
+        remote = message.remote
+        data = message.encode()
+        host = remote.sockaddr[0]
+        if not _is_multicast(host):
+            out = hooks.on_send(host, message, len(data))
+            if out is None:
+                return
+            if out is not message:
+                data = out.encode()
+        ancdata = []
+        if remote.pktinfo is not None:
+            ancdata.append((socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, remote.pktinfo))
+        token = mif._remote_being_sent_to.set(remote)  # for aiocoap's ICMP error attribution
+        try:
+            transport.sendmsg(data, ancdata, 0, remote.sockaddr)
+        finally:
+            with contextlib.suppress(ValueError):
+                mif._remote_being_sent_to.reset(token)
+
+    mif.datagram_msg_received = datagram_msg_received  # type: ignore[method-assign]
+    mif.send = send  # type: ignore[method-assign]
+
+
+def udp_source(message: Message) -> str | None:
+    """The IP address a request came from (through OSCORE: the address of the outer message)."""
+    remote = message.remote
+    if isinstance(remote, OSCOREAddress):
+        remote = remote.underlying_address
+    sockaddr = getattr(remote, "sockaddr", None)
+    return sockaddr[0] if sockaddr else None
+
+
+def bound_deduplication(ctx: Context, trusted: Callable[[str], bool], caps: tuple[int, int]) -> None:
+    """Bound aiocoap's message deduplication table (RFC 7252 §4.5) of the server context.
+
+    aiocoap 0.4.17 keeps every request's (remote, MID) and its response for EXCHANGE_LIFETIME (247 s)
+    with one timer handle each: about 1-2 KB per request, unbounded under a flood. This replaces
+    ``MessageManager._deduplicate_message`` on this instance with the same logic over two FIFO queues,
+    one for sources ``trusted`` says are verified and one for the others, holding at most ``caps``
+    = (verified, unverified) entries; the oldest entry goes first (a duplicate of it would then be
+    processed again). Expiry is checked at the queue heads: no timer per message.
+    """
+    mman = udp_message_manager(ctx)
+    recent = mman._recent_messages
+    lifetime = aiocoap.numbers.constants.TransportTuning().EXCHANGE_LIFETIME
+    queues: dict[bool, collections.deque[tuple[float, object]]] = {
+        True: collections.deque(),
+        False: collections.deque(),
+    }
+    limits = {True: caps[0], False: caps[1]}
+    loop_time = mman.loop.time
+
+    def _deduplicate_message(message: Message) -> bool:
+        now = loop_time()
+        for q in queues.values():
+            while q and q[0][0] <= now:
+                recent.pop(q.popleft()[1], None)
+        key = (message.remote, message.mid)
+        if key in recent:
+            stored = recent[key]
+            if message.mtype is CON and stored is not None:
+                mman._send_initially(stored)  # the old response again (aiocoap's behaviour)
+            return True
+        kind = trusted(message.remote.sockaddr[0])
+        q = queues[kind]
+        q.append((now + lifetime, key))
+        recent[key] = None
+        while len(q) > limits[kind]:
+            recent.pop(q.popleft()[1], None)
+        return False
+
+    mman._deduplicate_message = _deduplicate_message  # type: ignore[method-assign]
+
+
+def open_exchanges(ctx: Context) -> int:
+    """Confirmable exchanges of the server context waiting for their ACK (one per remote, NSTART = 1)."""
+    return len(udp_message_manager(ctx)._active_exchanges)

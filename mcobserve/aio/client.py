@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiocoap
-from aiocoap import GET, Message
+from aiocoap import GET, UNAUTHORIZED, Message
 
 from ..constants import DEFAULT_CODE_POINTS, CodePoints
 from ..engine.client import (
@@ -336,6 +336,11 @@ class Observer:
                 pending = self._pending = ctx.request(request)
                 try:
                     response = await pending.response
+                    if _echo_request(response):  # the server verifies our address first (RFC 9175 §2.4)
+                        retry = self._request()  # a new message: new MID and Token
+                        retry.opt.echo = response.opt.echo
+                        pending = ctx.request(retry)
+                        response = await pending.response
                 except _glue.oscore_rejections() as e:
                     # Altered in transit, or not from the server: reject it, register once more (§9).
                     if retries <= 0:
@@ -482,6 +487,13 @@ class Observer:
         pending.response.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await pending.response
+
+
+def _echo_request(response: Message) -> bool:
+    """A plain 4.01 carrying an Echo option: repeat the request with that Echo value (RFC 9175 §2.4)."""
+    if response.code != UNAUTHORIZED or response.opt.echo is None:
+        return False
+    return not _glue.is_oscore_protected(response)  # aiocoap answers an OSCORE Echo itself
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import socket
@@ -29,10 +30,11 @@ from aiocoap import (
     NOT_FOUND,
     SERVICE_UNAVAILABLE,
     UNAUTHORIZED,
+    Code,
     Message,
 )
 
-from ..constants import DEFAULT_CODE_POINTS, CodePoints
+from ..constants import DEFAULT_CODE_POINTS, NO_RESPONSE_5XX, CodePoints
 from ..engine.common import Endpoint, host_address
 from ..engine.server import (
     Action,
@@ -50,8 +52,12 @@ from ..engine.server import (
     SendMulticast,
     ServerEngine,
 )
+from ..errors import AddressInUseError
+from ..wire.feedback import get_feedback_divider
 from . import _glue
+from .authz import Authorize, Policy, refusal
 from .guard import RequestGuard, suppress_response
+from .sourceguard import DropLog, GuardLimits, SourceGuard
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +109,22 @@ class GroupObservableResource(aiocoap.resource.ObservableResource):
             link["gp-obs"] = None
         return link
 
+    def authorize(self, request: Message, method: Code) -> Code | None:
+        """Decide this request: None to serve it, or the error code to answer (see :mod:`.authz`).
+
+        Override it to decide per request; the default asks the server's hook (``authorize=`` of
+        :meth:`GroupServer.create`), and allows everything while the resource is not attached.
+        """
+        if self._mc_server is None:
+            return None
+        return self._mc_server.authorize(request, self._mc_path, method)
+
     async def render_to_pipe(self, pipe: aiocoap.pipe.Pipe) -> None:
         request = pipe.request
+        refused = self.authorize(request, request.code)
+        if refused is not None:  # before anything reaches the resource, its observers or the group
+            pipe.add_response(refusal(refused), is_last=True)
+            return
         if self._mc_server is not None and request.code == GET and request.opt.observe == 1:
             # Deregistration (RFC 7641 §3.6): COUNT - 1; answered as a plain GET (or not: No-Response).
             self._mc_server.engine.on_deregistration(self._mc_path, _observer_key(request))
@@ -116,9 +136,22 @@ class GroupObservableResource(aiocoap.resource.ObservableResource):
 class IntrospectionResource(aiocoap.resource.Resource):
     """``/.well-known/core/mc-sender?token=HEX``: the group observation of a Token (draft App. A.2)."""
 
+    PATH = (".well-known", "core", "mc-sender")
+
     def __init__(self, server: GroupServer) -> None:
         super().__init__()
         self._server = server
+
+    async def render_to_pipe(self, pipe: aiocoap.pipe.Pipe) -> None:
+        refused = self._server.authorize(pipe.request, self.PATH, pipe.request.code)
+        if refused is not None:  # it discloses the phantom request and the latest notification
+            pipe.add_response(refusal(refused), is_last=True)
+            return
+        challenge = self._server.echo_challenge(pipe.request)  # about 25x the request (issue 8)
+        if challenge is not None:
+            pipe.add_response(challenge, is_last=True)
+            return
+        await super().render_to_pipe(pipe)
 
     async def render_get(self, request: Message) -> Message:
         tokens = [q[len("token=") :] for q in request.opt.uri_query if q.startswith("token=")]
@@ -151,8 +184,18 @@ class GroupServer:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         on_event: EventSink | None = None,
+        authorize: Authorize | None = None,
+        guard: SourceGuard | None = None,
     ) -> None:
         self.ctx = ctx
+        #: Source verification and the amplification bound; None on a trusted network (:mod:`.guard`).
+        self.guard = guard
+        #: Rate-limited log of dropped datagrams (:class:`.guard.DropLog`).
+        self.drops = DropLog(log)
+        #: Bounds against load and abuse (:class:`.guard.GuardLimits`).
+        self.limits = guard.limits if guard is not None else GuardLimits()
+        #: The authorisation hook every request to a group-observable resource passes (:mod:`.authz`).
+        self.authorize: Authorize = authorize or Policy()
         self.engine = engine
         self.site = site
         self.code_points = engine.code_points
@@ -170,6 +213,8 @@ class GroupServer:
         self._timer = asyncio.create_task(self._run_timers())
         self._closed = False
         self.datagrams_sent = 0
+        #: Registrations answered with a plain 5.03 because too many CON responses were in flight.
+        self.busy = 0
 
     @classmethod
     async def create(
@@ -190,10 +235,22 @@ class GroupServer:
         server_credentials: aiocoap.credentials.CredentialsMap | None = None,
         congestion: CongestionControl | None = None,
         max_message_size: int | None = None,
+        authorize: Authorize | None = None,
+        trusted_network: bool = False,
+        guard_limits: GuardLimits | None = None,
     ) -> GroupServer:
-        """Bind SRV_ADDR:SRV_PORT and prepare to send to GRP_ADDR:GRP_PORT (draft §4.1)."""
+        """Bind SRV_ADDR:SRV_PORT and prepare to send to GRP_ADDR:GRP_PORT (draft §4.1).
+
+        ``authorize`` decides every request to a group-observable resource (:mod:`.authz`); by default,
+        with ``server_credentials`` only OSCORE-protected requests are served (4.01 otherwise).
+
+        Until a source address is verified (Echo, RFC 9175 §2.4, or OSCORE) the server sends it at most
+        3x the bytes it received (:mod:`.guard`, ``guard_limits``); ``trusted_network`` turns this off
+        for clients that cannot answer Echo. Bad datagrams are dropped with a rate-limited log line.
+        """
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
+        ensure_unserved(bind)  # one server per address and port (aiocoap sets SO_REUSEPORT)
         _glue.install_backlog_fix()  # N informative responses in flight (draft §4.2) must not cost O(N^2)
         engine = ServerEngine(
             bind,
@@ -209,9 +266,14 @@ class GroupServer:
             wkc = aiocoap.resource.WKCResource(site.get_resources_as_linkheader)
             site.add_resource([".well-known", "core"], wkc)
         bind_host = str(bind.host)
+        guard = None if trusted_network else SourceGuard(guard_limits)
         served: Any = RequestGuard(site, code_points)  # 4.02 for unknown critical options (RFC 7252 §5.4.1)
         if server_credentials is not None:  # silent answers stay silent under OSCORE too (draft §8.2)
-            served = RequestGuard(_glue.oscore_site(served, server_credentials), code_points, outer=True)
+            served = RequestGuard(
+                _glue.oscore_site(_VerifyingSite(served, guard, clock), server_credentials),
+                code_points,
+                outer=True,
+            )
         ctx = await aiocoap.Context.create_server_context(
             served,
             bind=(bind_host, bind.port),
@@ -221,8 +283,31 @@ class GroupServer:
         ifindex = socket.if_nametoindex(interface) if interface else 0
         _glue.configure_multicast_sender(ctx, ifindex, hops=hops)
         _glue.set_receive_buffer(ctx, receive_buffer)
-        server = cls(ctx, engine, site, ifindex=ifindex, rng=rng, clock=clock, on_event=on_event)
-        site.add_resource([".well-known", "core", "mc-sender"], IntrospectionResource(server))
+        if authorize is None:
+            authorize = Policy(require_oscore=server_credentials is not None)
+        server = cls(
+            ctx,
+            engine,
+            site,
+            ifindex=ifindex,
+            rng=rng,
+            clock=clock,
+            on_event=on_event,
+            authorize=authorize,
+            guard=guard,
+        )
+        _glue.install_datagram_hooks(ctx, _Hooks(server))
+        limits = guard.limits if guard is not None else (guard_limits or GuardLimits())
+        server.limits = limits
+        if guard is None:
+            _glue.bound_deduplication(ctx, lambda source: True, (limits.dedup_verified, 0))
+        else:
+            _glue.bound_deduplication(
+                ctx,
+                lambda source: guard.verified(source, clock()),
+                (limits.dedup_verified, limits.dedup_unverified),
+            )
+        site.add_resource(IntrospectionResource.PATH, IntrospectionResource(server))
         server._emit("started", server=str(bind), group=str(group))
         return server
 
@@ -275,9 +360,38 @@ class GroupServer:
 
     # -- registrations -------------------------------------------------------------------------
 
+    def echo_challenge(self, request: Message) -> Message | None:
+        """4.01 with an Echo option if ``request`` comes from a source not verified yet (RFC 9175 §2.4).
+
+        OSCORE-protected requests from a known context are verified by then (:class:`_VerifyingSite`).
+        None means: serve the request.
+        """
+        guard = self.guard
+        if guard is None:
+            return None
+        source = _glue.udp_source(request)
+        if source is None:
+            return None
+        now = self.clock()
+        if guard.verified(source, now):
+            return None
+        return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+
     async def _registration(self, resource: GroupObservableResource, pipe: aiocoap.pipe.Pipe) -> None:
         request = pipe.request
         path = resource._mc_path
+        if not _answerless(request, self.code_points):
+            challenge = self.echo_challenge(request)  # the informative response is CON, about 10x the request
+            if challenge is not None:
+                pipe.add_response(challenge, is_last=True)
+                return
+            if _glue.open_exchanges(self.ctx) >= self.limits.max_in_flight:
+                # Too many CON responses wait for their ACK: come back later (RFC 7252 §5.9.3.4).
+                self.busy += 1
+                pipe.add_response(
+                    Message(code=SERVICE_UNAVAILABLE, max_age=self.limits.busy_max_age), is_last=True
+                )
+                return
         key = _observer_key(request)
         # aiocoap's Site strips the matched Uri-Path; the engine compares the request as it was sent.
         as_sent = request.copy(uri_path=path)
@@ -483,6 +597,115 @@ class GroupServer:
                 self.on_event({"event": event, "time": round(self.clock(), 3), **fields})
             except Exception:
                 log.exception("event sink failed")
+
+
+class _VerifyingSite(aiocoap.interfaces.Resource):
+    """Inside aiocoap's OSCORE site wrapper: a request that reaches it was unprotected by a known context,
+    so its source address counts as verified (issue 8, item 1)."""
+
+    def __init__(
+        self, site: aiocoap.interfaces.Resource, guard: SourceGuard | None, clock: Callable[[], float]
+    ):
+        self._site = site
+        self._guard = guard
+        self._clock = clock
+
+    async def render_to_pipe(self, pipe: aiocoap.pipe.Pipe) -> None:
+        if self._guard is not None and _glue.is_oscore_protected(pipe.request):
+            source = _glue.udp_source(pipe.request)
+            if source is not None:
+                self._guard.verify(source, self._clock(), by="oscore")
+        await self._site.render_to_pipe(pipe)
+
+    def get_resources_as_linkheader(self) -> Any:
+        return self._site.get_resources_as_linkheader()
+
+    async def needs_blockwise_assembly(self, request: Message) -> bool:
+        return await self._site.needs_blockwise_assembly(request)
+
+    async def render(self, request: Message) -> Message:
+        return await self._site.render(request)
+
+
+class _Hooks:
+    """The server's answers to :class:`mcobserve.aio._glue.DatagramHooks` (issue 8, items 1 and 4)."""
+
+    def __init__(self, server: GroupServer) -> None:
+        self.server = server
+        self.guard = server.guard
+        self.drops = server.drops
+        self.clock = server.clock
+
+    def on_datagram(self, source: str, size: int) -> None:
+        if self.guard is not None:
+            self.guard.received(source, size, self.clock())
+
+    def on_dropped(self, source: str, reason: str) -> None:
+        self.drops.drop(reason, source, self.clock())
+
+    def on_message(self, source: str, message: Message) -> bool:
+        echo = message.opt.echo
+        if echo is not None and self.guard is not None and message.code.is_request():
+            now = self.clock()
+            if not self.guard.verified(source, now):
+                self.guard.check_echo(source, echo, now)
+        return True
+
+    def on_send(self, source: str, message: Message, size: int) -> Message | None:
+        guard = self.guard
+        if guard is None:
+            return message
+        now = self.clock()
+        if guard.allow(source, size, now):
+            return message
+        if message.code.is_response():
+            # Too large for an unverified source: a small 4.01 with Echo instead (RFC 9175 §2.4).
+            alt = Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+            alt.mtype, alt.mid, alt.token, alt.remote = (
+                message.mtype,
+                message.mid,
+                message.token,
+                message.remote,
+            )
+            if guard.allow(source, len(alt.encode()), now):
+                guard.stats.replaced += 1
+                return alt
+        guard.stats.dropped += 1
+        self.drops.drop("amplification bound: source not verified (RFC 9175 §2.4)", source, now)
+        return None
+
+
+def _answerless(request: Message, code_points: CodePoints) -> bool:
+    """Would the registration get no response at all (a confirmation, or No-Response suppressing 5.03)?"""
+    if get_feedback_divider(request, code_points) == 0:
+        return True
+    return bool((request.opt.no_response or 0) & NO_RESPONSE_5XX)
+
+
+def ensure_unserved(bind: Endpoint) -> None:
+    """Refuse SRV_ADDR:SRV_PORT when another socket already serves it (issue 8, item 3).
+
+    aiocoap sets SO_REUSEPORT, so a second server would start silently and the kernel would split the
+    requests between the two. A probe socket without SO_REUSEPORT cannot bind an address and port that a
+    socket of another process holds (same address, or the wildcard without SO_REUSEADDR); the probe
+    sets SO_REUSEADDR so that observers' group sockets (SO_REUSEADDR, bound to the group) do not count.
+    """
+    if bind.port == 0:
+        return
+    host = str(bind.host) if bind.is_v6 else f"::ffff:{bind.host}"
+    probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind((host, bind.port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise AddressInUseError(
+                f"another process already serves udp {bind}: stop it or choose another port"
+            ) from None
+        raise
+    finally:
+        probe.close()
 
 
 def _path_str(path: Path) -> str:

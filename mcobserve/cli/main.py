@@ -20,6 +20,7 @@ from typing import Any
 from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MIN_INTERVAL, CodePoints
 from ..engine.counting import DEFAULT_LEISURE
 from ..errors import MalformedError, McObserveError
+from .security import SERVER_DEFAULTS, add_server_arguments, server_options
 
 #: Every setting of ``mcobserve server`` with its default; a TOML ``[server]`` table may set any of them.
 _SERVER_DEFAULTS: dict[str, Any] = {
@@ -46,6 +47,7 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "credentials": None,
     "group_oscore": None,
     "key_lifetime": 3600.0,
+    **SERVER_DEFAULTS,
 }
 #: Every setting of ``mcobserve observe`` with its default (TOML ``[observe]``).
 _OBSERVE_DEFAULTS: dict[str, Any] = {
@@ -150,6 +152,7 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="lifetime of self-managed keying material, 'exi' (default 3600)",
     )
+    add_server_arguments(s)
     c = p.add_argument_group("rough counting of observers (draft §8, Appendix B)")
     c.add_argument(
         "--confirmations", type=int, metavar="M", help="confirmations wanted per round (default 8)"
@@ -273,6 +276,7 @@ async def _serve(
             security=security,
             server_credentials=server_credentials,
             congestion=CongestionControl(interval=args.min_interval),  # per group (draft §4.4)
+            **server_options(args),
         )
     except (OSError, ValueError) as e:
         _reason(f"cannot serve on {bind} for group {group}: {e}")
