@@ -40,3 +40,13 @@ class CodePoints:
 
 
 DEFAULT_CODE_POINTS = CodePoints()
+
+# -- draft-ietf-core-coap-pubsub (-21) ---------------------------------------------------------------
+
+#: Content-Format of ``application/core-pubsub+cbor`` ("TBD606" in the draft; 606 is its suggestion and
+#: what the draft editor's broker uses). Configurable with ``mcobserve broker --pubsub-content-format``.
+CONTENT_FORMAT_PUBSUB = 606
+#: Topic property that carries the group observation of the topic-data resource (observe-multicast
+#: draft Appendix A.1): a CBOR map with 'tp_info' 0, 'ph_req' 1, 'last_notif' 2, 'ending' 4. Taken from
+#: the "Private Use" range (< -65536) of the CoAP Pubsub Topic Properties registry (pub-sub §7.4).
+TOPIC_PROPERTY_GROUP_OBSERVATION = -65537

@@ -566,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     _inspect_parser(sub)
     _publish_parser(sub)
     from .bench import add_parser as add_bench
+    from .broker import add_parser as add_broker
     from .credentials import add_parser as add_credentials
     from .demo import add_parser as add_demo
     from .simulate import add_parser as add_simulate
@@ -574,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate(sub)
     add_credentials(sub)
     add_bench(sub)
+    add_broker(sub)
     return parser
 
 

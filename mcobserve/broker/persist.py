@@ -1,0 +1,206 @@
+"""Group observations that survive a crash: kept in the store, resumed on the same Token T.
+
+What is stored per group observation (draft §4.1): Token T, SRV_ADDR:SRV_PORT, GRP_ADDR:GRP_PORT, an
+Observe *ceiling*, the count estimate, start, 'ending' and the Appendix A commitment. The Observe number
+follows the pattern of RFC 8613 Appendix B.1.1 for sequence numbers: the store holds a ceiling at least
+:data:`OBSERVE_LEAD` above every Observe number used, written ahead of use; a resumed observation
+continues from the ceiling, which is above anything a subscriber saw and less than 2^23 ahead of it, so
+the next notification is fresh (RFC 7641 §3.4). The phantom request of an unsecured group observation is
+a function of the path and T (draft §4.1 step 1), so it is rebuilt, not stored.
+
+The engine is used through its public API only: :meth:`ServerEngine.start` with a random source that
+draws T, then :meth:`ServerEngine.rendered` for the new INIT_NOTIF.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Final
+
+from aiocoap import Message
+
+from ..engine.common import OBSERVE_MODULUS
+from ..engine.server import GroupObservation, RenderReason
+from ..errors import McObserveError, StoreError
+from ..store import ObservationRecord, Store
+
+if TYPE_CHECKING:
+    from ..aio.server import GroupServer
+
+#: Observe numbers reserved per write of the ceiling.
+OBSERVE_LEAD: Final = 1024
+#: Commitments (Appendix A) are written when they grow by more than this many seconds.
+COMMIT_SLACK: Final = 60.0
+
+
+class _FixedToken(random.Random):
+    """A random source whose first draw is the Token T to resume (TokenSpace.allocate draws T)."""
+
+    def __init__(self, token: bytes) -> None:
+        super().__init__(0)
+        self._token = token
+        self._used = False
+
+    def getrandbits(self, k: int) -> int:
+        if not self._used and k == 8 * len(self._token):
+            self._used = True
+            return int.from_bytes(self._token, "big")
+        return super().getrandbits(k)
+
+
+def start_observation(
+    server: GroupServer,
+    path: tuple[str, ...],
+    init_notif: Message,
+    now: float,
+    rng: random.Random,
+) -> GroupObservation:
+    """Start a group observation of ``path`` without a registration (draft Appendix A) and store the
+    rendered INIT_NOTIF; returns it ready for informative responses and topic metadata."""
+    engine = server.engine
+    obs, _shifted = engine.start(path, now, rng)
+    if obs.rendering is RenderReason.INIT or obs.latest is None:
+        obs.rendering = RenderReason.INIT
+        engine.rendered(obs, init_notif, now)
+    return obs
+
+
+def _key(server: GroupServer, path: str) -> tuple[str, str]:
+    return (str(server.engine.group), path)
+
+
+def _path_str(path: tuple[str, ...]) -> str:
+    return "/" + "/".join(path)
+
+
+class ObservationKeeper:
+    """Writes group observation state to the store as the broker's GroupServers report it."""
+
+    def __init__(self, store: Store | None) -> None:
+        self.store = store
+        self._ceiling: dict[tuple[str, str], int] = {}
+        self._committed: dict[tuple[str, str], float] = {}
+
+    def _record(self, server: GroupServer, obs: GroupObservation, ceiling: int) -> ObservationRecord:
+        return ObservationRecord(
+            scope=str(server.engine.group),
+            path=_path_str(obs.path),
+            token=obs.token,
+            server=str(obs.server),
+            group=str(obs.group),
+            observe_ceiling=ceiling,
+            count=float(obs.count),
+            started_at=obs.started_at,
+            ending=obs.ending,
+            committed_until=obs.committed_until,
+        )
+
+    def started(self, server: GroupServer, obs: GroupObservation) -> None:
+        """A group observation started: store it with an Observe ceiling ahead of its numbers."""
+        if self.store is None:
+            return
+        ceiling = (obs.observe + OBSERVE_LEAD) % OBSERVE_MODULUS
+        key = _key(server, _path_str(obs.path))
+        try:
+            self.store.put_observation(self._record(server, obs, ceiling))
+        except StoreError as e:
+            # Not durable: a restart will not resume it (subscribers re-register). Keep serving.
+            self._ceiling.pop(key, None)
+            raise McObserveError(f"group observation not stored: {e}") from None
+        self._ceiling[key] = ceiling
+
+    def notified(self, server: GroupServer, obs: GroupObservation) -> None:
+        """A notification left: move the Observe ceiling ahead once half of the lead is used."""
+        if self.store is None:
+            return
+        key = _key(server, _path_str(obs.path))
+        ceiling = self._ceiling.get(key)
+        if ceiling is None:
+            return
+        ahead = (ceiling - obs.observe) % OBSERVE_MODULUS
+        if ahead > OBSERVE_LEAD // 2 and ahead <= OBSERVE_LEAD:
+            return
+        ceiling = (obs.observe + OBSERVE_LEAD) % OBSERVE_MODULUS
+        self.store.update_observation(key[0], key[1], observe_ceiling=ceiling)
+        self._ceiling[key] = ceiling
+
+    def counted(self, server: GroupServer, obs: GroupObservation) -> None:
+        if self.store is None or _key(server, _path_str(obs.path)) not in self._ceiling:
+            return
+        self.store.update_observation(str(server.engine.group), _path_str(obs.path), count=float(obs.count))
+
+    def committed(self, server: GroupServer, obs: GroupObservation) -> None:
+        """The Appendix A commitment grew (topic metadata was handed out): keep it across restarts."""
+        if self.store is None or obs.committed_until is None:
+            return
+        key = _key(server, _path_str(obs.path))
+        if key not in self._ceiling:
+            return
+        if obs.committed_until - self._committed.get(key, 0.0) > COMMIT_SLACK:
+            self.store.update_observation(key[0], key[1], committed_until=obs.committed_until)
+            self._committed[key] = obs.committed_until
+
+    def ended(self, server: GroupServer, path: str) -> None:
+        key = _key(server, path)
+        self._ceiling.pop(key, None)
+        self._committed.pop(key, None)
+        if self.store is not None:
+            self.store.delete_observation(key[0], key[1])
+
+    # -- restart -------------------------------------------------------------------------------
+
+    def pending(self, servers: dict[str, GroupServer]) -> Iterator[tuple[ObservationRecord, GroupServer]]:
+        """Stored group observations whose group is served again; others are forgotten."""
+        if self.store is None:
+            return
+        for rec in self.store.load_observations():
+            server = servers.get(rec.scope)
+            if server is None or str(server.engine.server) != rec.server:
+                self.store.delete_observation(rec.scope, rec.path)
+                continue
+            yield rec, server
+
+    def resume(
+        self, rec: ObservationRecord, server: GroupServer, init_notif: Message | None, now: float
+    ) -> GroupObservation | None:
+        """Resume ``rec`` on its Token T with the Observe number at its ceiling; None if it cannot be."""
+        assert self.store is not None
+        path = tuple(p for p in rec.path.split("/") if p)
+        engine = server.engine
+        if (
+            init_notif is None
+            or not engine.is_group_observable(path)
+            or engine.observation(path) is not None
+            or rec.token in engine.tokens
+            or (rec.ending is not None and rec.ending <= now)
+            or engine.security is not None  # a protected phantom request is not rebuilt (documented)
+        ):
+            self.store.delete_observation(rec.scope, rec.path)
+            return None
+        try:
+            obs, _shifted = engine.start(path, now, _FixedToken(rec.token))
+        except McObserveError:
+            self.store.delete_observation(rec.scope, rec.path)
+            return None
+        if obs.token != rec.token:  # the engine drew T differently: cannot resume
+            engine.cancel(obs, now, "resume failed")
+            engine.tokens.release(obs.token)
+            self.store.delete_observation(rec.scope, rec.path)
+            return None
+        obs.observe = rec.observe_ceiling
+        obs.count = round(rec.count)
+        obs.started_at = rec.started_at
+        obs.ending = rec.ending
+        obs.committed_until = rec.committed_until
+        ceiling = (obs.observe + 1 + OBSERVE_LEAD) % OBSERVE_MODULUS
+        key = _key(server, rec.path)
+        self.store.put_observation(self._record(server, obs, ceiling))  # the new ceiling before use
+        self._ceiling[key] = ceiling
+        obs.rendering = RenderReason.INIT
+        engine.rendered(obs, init_notif, now)  # INIT_NOTIF with Observe ceiling + 1, stored, not sent
+        return obs
+
+
+def _unused(*_: Any) -> None:  # pragma: no cover
+    pass
