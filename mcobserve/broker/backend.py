@@ -101,6 +101,8 @@ class LocalBackend:
             sink.apply_topic(rec.topic_id, props)
             if rec.payload is not None and rec.content_format is not None:
                 sink.apply_publication(rec.topic_id, rec.payload, rec.content_format)
+            elif rec.content_format == DATA_DELETED:  # deleted after "initialize": stays HALF CREATED
+                sink.apply_publication(rec.topic_id, b"", DATA_DELETED)
 
     async def put_topic(self, topic_id: str, props: dict[int, Any]) -> None:
         if self.store is not None:
@@ -122,7 +124,7 @@ class LocalBackend:
         if self.store is not None:
             try:
                 if content_format == DATA_DELETED:
-                    self.store.put_publication(topic_id, None, None, None)
+                    self.store.put_publication(topic_id, None, DATA_DELETED, None)
                 else:
                     self.store.put_publication(topic_id, payload, content_format, self._clock())
             except StoreError as e:
