@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
+import time
+
+from mcobserve.wire.cbor import cbor_decode
 
 from .livekit import GROUP6, PY, Proc, notifications, start
 
@@ -162,3 +166,57 @@ def test_per_topic_groups_keep_other_topics_out(lan, tmp_path):
         assert len(sent_b) == 2  # B's datagrams did leave, to B's group
     finally:
         b.stop()
+
+
+GET_HEX = r"""
+import asyncio, sys, aiocoap
+async def main():
+    ctx = await aiocoap.Context.create_client_context()
+    r = await ctx.request(aiocoap.Message(code=aiocoap.GET, uri=sys.argv[1])).response
+    print(r.code.dotted, int(r.opt.content_format or 0), r.payload.hex() or "-")
+    await ctx.shutdown()
+asyncio.run(main())
+"""
+
+
+def test_topic_metadata_announces_the_group_observation_and_a_client_joins_from_it(onehost, tmp_path):
+    h = onehost
+    base = f"coap://[{h.addr6}]"
+    b = broker(h, str(tmp_path / "b.sqlite"), "--group", GROUP6, "--announce")
+    try:
+        t = cli(h, "topic", "create", base, "meta", "--json")
+        publish(h, base + t["topic_data"], ["m0"])
+        started = b.wait_event(lambda e: e.get("event") == "group_observation_started")
+        assert started.get("announced") is True
+        got = cli(h, "topic", "get", base, "meta", "--json")
+        meta = got["properties"]["-65537"]
+        assert set(meta) == {"0", "1", "2", "4"}  # tp_info, ph_req, last_notif, ending (App. A.1)
+        assert meta["0"][2] == started["token"]  # tpi_token
+        assert meta["4"] > time.time()  # the broker commits to keep it until 'ending'
+        # Introspection answers for the topic's Token (App. A.2), with the same data.
+        res = h.run(
+            [sys.executable, "-c", GET_HEX, f"{base}/.well-known/core/mc-sender?token={started['token']}"], 30
+        )
+        assert res.returncode == 0, res.stderr
+        code, cf, payload = res.stdout.split()
+        assert (code, cf) == ("2.05", "65000")
+        intro = cbor_decode(bytes.fromhex(payload))
+        assert intro[0][2].hex() == started["token"] and intro[1].hex() == meta["1"]
+        sub = start(h, "sub", ["subscribe", base, "meta", "--json", "--count", "3", "--interface", h.ifname])
+        topic_line = sub.wait_event(lambda e: e.get("event") == "topic", timeout=20)
+        assert topic_line["join"] == "metadata"
+        sub.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        b.wait_event(lambda e: e.get("event") == "registration")
+        publish(h, base + t["topic_data"], ["m1", "m2"])
+        sub.collect(30)
+        got = notifications(sub)
+        assert [(n["via"], n["payload"]) for n in got] == [
+            ("last_notif", "m0"),
+            ("multicast", "m1"),
+            ("multicast", "m2"),
+        ]
+        assert {n["token"] for n in got} == {started["token"]}
+    finally:
+        events = b.stop()
+    regs = [e for e in events if e.get("event") == "registration"]
+    assert [r["kind"] for r in regs] == ["silent"]  # counted (No-Response 16), never answered (§5.1)
