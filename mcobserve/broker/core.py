@@ -34,6 +34,7 @@ from aiocoap import (
     DELETED,
     FETCH,
     GET,
+    NON,
     NOT_FOUND,
     SERVICE_UNAVAILABLE,
     UNSUPPORTED_CONTENT_FORMAT,
@@ -322,17 +323,17 @@ class TopicDataResource(GroupObservableResource):
         if response is None and self._observations and topic is not None and topic.fully_created:
             now = time.monotonic()
             for o in list(self._observations):
-                last = self._last_con.get(o)
-                if last is None:
+                # NON mostly, CON at least every 'observer-check' seconds (pub-sub §4.2.3, RFC 7641 §4.5)
+                m = _sync_render(self, topic)
+                last = self._last_con.setdefault(o, now)
+                if now - last >= check:
                     self._last_con[o] = now
-                    o.trigger(None)
-                elif now - last >= check:
-                    self._last_con[o] = now
-                    m = _sync_render(self, topic)
                     m.mtype = CON
-                    o.trigger(m)
                 else:
-                    o.trigger(None)
+                    m.mtype = NON
+                o.trigger(m)
+            if len(self._last_con) > 2 * len(self._observations) + 8:  # forget ended subscribers
+                self._last_con = {o: t for o, t in self._last_con.items() if o in self._observations}
             if self._mc_server is not None:
                 self._mc_server._changed(self._mc_path)
             return
