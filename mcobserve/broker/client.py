@@ -123,10 +123,18 @@ class PubSubClient:
 
     async def by_name(self, name: str) -> str:
         """The topic resource path of the topic named ``name``."""
-        found = await self.find({P.TOPIC_NAME: name})
-        if not found:
-            raise McObserveError(f"no topic named {name!r} at {self.base}")
-        return found[0]
+        try:
+            found = await self.find({P.TOPIC_NAME: name})
+        except PubSubError:
+            found = []
+        if found:
+            return found[0]
+        # A broker whose FETCH filter differs (e.g. one of an earlier draft): read every topic.
+        for href in await self.list():
+            with contextlib.suppress(PubSubError, McObserveError):
+                if (await self.get(href)).get(P.TOPIC_NAME) == name:
+                    return href
+        raise McObserveError(f"no topic named {name!r} at {self.base}")
 
     async def get(self, topic: str) -> dict[int, Any]:
         """GET a topic (§3.2.1)."""
