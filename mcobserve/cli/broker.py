@@ -29,9 +29,12 @@ EXIT_STORE = 65
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``broker``, ``topic`` and ``subscribe``."""
+    from ..broker.bench import add_parser as add_bench_broker
+
     _broker_parser(sub)
     _topic_parser(sub)
     _subscribe_parser(sub)
+    add_bench_broker(sub)
 
 
 def _reason(text: str) -> None:
