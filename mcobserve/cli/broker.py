@@ -41,6 +41,22 @@ def _reason(text: str) -> None:
     print(f"mcobserve: {text}", file=sys.stderr, flush=True)
 
 
+def _usage_guard(fn: Any) -> Any:
+    """Usage errors become one line and exit 64, also when run as ``python -m mcobserve.cli.main``
+    (where ``main.UsageError`` exists twice, as ``__main__`` and as ``mcobserve.cli.main``)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args) or 0)
+        except Exception as e:
+            if type(e).__name__ != "UsageError":
+                raise
+            _reason(str(e))
+            return 64
+
+    return run
+
+
 # -- broker ------------------------------------------------------------------------------------------
 
 
@@ -123,7 +139,7 @@ def _broker_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-for", type=float, help="shut down (cancelling group observations) after SECONDS")
     p.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
     p.add_argument("-v", "--verbose", action="count", default=0)
-    p.set_defaults(func=_cmd_broker)
+    p.set_defaults(func=_usage_guard(_cmd_broker))
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -306,7 +322,7 @@ def _topic_parser(sub: argparse._SubParsersAction) -> None:
             "--pubsub-content-format", type=int, default=CONTENT_FORMAT_PUBSUB, help="core-pubsub+cbor number"
         )
         q.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the broker")
-    p.set_defaults(func=_cmd_topic)
+    p.set_defaults(func=_usage_guard(_cmd_topic))
 
 
 def _props_from(args: argparse.Namespace, *, create: bool) -> dict[int, Any]:
@@ -399,6 +415,8 @@ async def _client_call(args: argparse.Namespace, fn: Any) -> int:
         _reason(f"network error: {e}")
         return 1
     except Exception as e:  # aiocoap's errors (resolution, timeouts) have many types
+        if type(e).__name__ == "UsageError":
+            raise
         _reason(f"{type(e).__name__}: {e}")
         return 1
     finally:
@@ -499,7 +517,7 @@ def _subscribe_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="one JSON object per notification")
     p.add_argument("-v", "--verbose", action="count", default=0)
-    p.set_defaults(func=_cmd_subscribe)
+    p.set_defaults(func=_usage_guard(_cmd_subscribe))
 
 
 def _cmd_subscribe(args: argparse.Namespace) -> int:
