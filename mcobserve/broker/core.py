@@ -859,6 +859,22 @@ class Broker:
     # -- events --------------------------------------------------------------------------------
 
     def _server_event(self, event: dict[str, Any]) -> None:
+        try:
+            self._keep(event)
+        except McObserveError as e:  # the store failed: keep serving, say so
+            log.error("store: %s", e)
+            self._emit("store_error", error=str(e))
+        if self.on_event is not None:
+            tid = self._by_data.get(str(event.get("resource")))
+            if tid is not None:
+                event = {**event, "topic": tid}
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("event sink failed")
+
+    def _keep(self, event: dict[str, Any]) -> None:
+        """Mirror the group observations into the store (and the Token index for introspection)."""
         kind = event.get("event")
         if kind == "group_observation_started":
             token = bytes.fromhex(event["token"])
@@ -886,14 +902,6 @@ class Broker:
                 obs = server.engine.by_token(bytes.fromhex(event["token"]))
                 if obs is not None:
                     self._keeper.counted(server, obs)
-        if self.on_event is not None:
-            tid = self._by_data.get(str(event.get("resource")))
-            if tid is not None:
-                event = {**event, "topic": tid}
-            try:
-                self.on_event(event)
-            except Exception:
-                log.exception("event sink failed")
 
     def _server_of(self, event: dict[str, Any]) -> GroupServer | None:
         tid = self._by_data.get(str(event.get("resource")))

@@ -204,3 +204,103 @@ class ObservationKeeper:
 
 def _unused(*_: Any) -> None:  # pragma: no cover
     pass
+
+
+class ServerPersistence:
+    """``mcobserve server --store``: the group observations of one GroupServer, kept and resumed.
+
+    It takes the server's event sink (and forwards every event to ``forward``); after the resources are
+    added, :meth:`resume` restarts the stored group observations on their Token T (see the module).
+    """
+
+    def __init__(self, server: GroupServer, store: Store, forward: Any = None) -> None:
+        self.server = server
+        self.keeper = ObservationKeeper(store)
+        self.forward = forward
+        server.on_event = self.on_event
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        token_hex = event.get("token")
+        obs = None
+        if isinstance(token_hex, str) and kind in ("group_observation_started", "notification_sent", "count"):
+            try:
+                obs = self.server.engine.by_token(bytes.fromhex(token_hex))
+            except ValueError:
+                obs = None
+        try:
+            if kind == "group_observation_started" and obs is not None:
+                self.keeper.started(self.server, obs)
+            elif kind == "notification_sent" and obs is not None:
+                self.keeper.notified(self.server, obs)
+            elif kind == "count" and obs is not None:
+                self.keeper.counted(self.server, obs)
+            elif kind == "cancelled" and isinstance(event.get("resource"), str):
+                self.keeper.ended(self.server, event["resource"])
+        except McObserveError as e:  # the store failed: keep serving, say so
+            if self.forward is not None:
+                self.forward({"event": "store_error", "time": event.get("time"), "error": str(e)})
+        if self.forward is not None:
+            self.forward(event)
+
+    async def resume(self, render: Any, now: float) -> list[GroupObservation]:
+        """Resume every stored group observation of this server; ``render(path)`` gives INIT_NOTIF."""
+        resumed = []
+        scope = str(self.server.engine.group)
+        for rec, server in list(self.keeper.pending({scope: self.server})):
+            path = tuple(p for p in rec.path.split("/") if p)
+            init = None
+            if server.engine.is_group_observable(path):
+                try:
+                    init = await render(path)
+                except Exception:  # the application's render failed: do not resume
+                    init = None
+            if init is not None and not init.code.is_successful():
+                init = None
+            obs = self.keeper.resume(rec, server, init, now)
+            if obs is not None:
+                resumed.append(obs)
+                server._wake.set()  # private: let its timer loop see the resumed deadlines
+                if self.forward is not None:
+                    self.forward(
+                        {
+                            "event": "group_observation_resumed",
+                            "time": round(now, 3),
+                            "resource": rec.path,
+                            "token": obs.token.hex(),
+                            "observe": obs.observe,
+                            "group": str(obs.group),
+                        }
+                    )
+        return resumed
+
+
+async def open_server_store(server: GroupServer, path: str, forward: Any, resources: dict[Any, Any]) -> bool:
+    """``mcobserve server --store PATH``: keep and resume ``server``'s group observations.
+
+    False (after one line ``mcobserve: ...`` on stderr) when the store is not usable.
+    """
+    import sys
+    import time
+
+    from aiocoap import GET
+
+    try:
+        store = Store.open(path)
+    except StoreError as e:
+        print(f"mcobserve: {e}", file=sys.stderr, flush=True)
+        return False
+    persistence = ServerPersistence(server, store, forward)
+
+    async def render(p: tuple[str, ...]) -> Message | None:
+        from ..aio import _glue  # a locally built request is marked incoming, as for the phantom request
+
+        resource = resources.get(tuple(p))
+        if resource is None:
+            return None
+        return await resource.render(
+            _glue.incoming(Message(code=GET, uri_path=p), getattr(server, "_remote", None))
+        )
+
+    await persistence.resume(render, server.clock() if hasattr(server, "clock") else time.time())
+    return True
