@@ -22,8 +22,9 @@ from aiocoap import Message
 
 from ..engine.common import OBSERVE_MODULUS
 from ..engine.server import GroupObservation, RenderReason
-from ..errors import McObserveError, StoreError
+from ..errors import MalformedError, McObserveError, StoreError
 from ..store import ObservationRecord, Store
+from ..wire.cbor import cbor_decode, cbor_encode
 
 if TYPE_CHECKING:
     from ..aio.server import GroupServer
@@ -94,6 +95,7 @@ class ObservationKeeper:
             started_at=obs.started_at,
             ending=obs.ending,
             committed_until=obs.committed_until,
+            binding=_binding_blob(obs),
         )
 
     def started(self, server: GroupServer, obs: GroupObservation) -> None:
@@ -174,18 +176,27 @@ class ObservationKeeper:
             or engine.observation(path) is not None
             or rec.token in engine.tokens
             or (rec.ending is not None and rec.ending <= now)
-            or engine.security is not None  # a protected phantom request is not rebuilt (documented)
         ):
             self.store.delete_observation(rec.scope, rec.path)
             return None
+        original = engine.security
+        if original is not None:
+            resumed_security = _resumed_security(original, rec.binding)
+            if resumed_security is None:  # not a group we can resume on (see _resumed_security)
+                self.store.delete_observation(rec.scope, rec.path)
+                return None
+            engine.security = resumed_security
         try:
             obs, _shifted = engine.start(path, now, _FixedToken(rec.token))
         except McObserveError:
             self.store.delete_observation(rec.scope, rec.path)
             return None
-        if obs.token != rec.token:  # the engine drew T differently: cannot resume
+        finally:
+            engine.security = original
+        expected = _blob(rec.binding).get(3) if original is not None else None
+        if obs.token != rec.token or (expected is not None and obs.ph_req != expected):
+            # the engine drew T differently, or the protected phantom request does not come back
             engine.cancel(obs, now, "resume failed")
-            engine.tokens.release(obs.token)
             self.store.delete_observation(rec.scope, rec.path)
             return None
         obs.observe = rec.observe_ceiling
@@ -202,8 +213,75 @@ class ObservationKeeper:
         return obs
 
 
-def _unused(*_: Any) -> None:  # pragma: no cover
-    pass
+def _binding_blob(obs: GroupObservation) -> bytes | None:
+    """What a Group OSCORE group observation needs to resume (draft §9.2.1): the protected phantom
+    request's kid, Partial IV and kid context, the Gid of its group and 'ph_req' itself."""
+    b = obs.binding
+    request = getattr(b, "request", None)
+    context = getattr(b, "context", None)
+    if b is None or request is None or context is None:
+        return None
+    try:
+        return cbor_encode(
+            {
+                0: bytes(request.kid),
+                1: bytes(request.piv),
+                2: bytes(request.kid_context),
+                3: obs.ph_req,
+                4: bytes(context.gid),
+            }
+        )
+    except (AttributeError, TypeError, McObserveError):
+        return None
+
+
+def _blob(data: bytes | None) -> dict[int, Any]:
+    if not data:
+        return {}
+    try:
+        item = cbor_decode(data)
+    except MalformedError:
+        return {}
+    return item if isinstance(item, dict) else {}
+
+
+class _ResumingSecurity:
+    """The server's group security, except that the next phantom request is the stored one (§9.2.1):
+    same kid, Partial IV and protected bytes, so 'ph_req' and the external_aad of every notification
+    stay what the subscribers hold. Notifications still get fresh Partial IVs from the persisted SSN."""
+
+    def __init__(self, inner: Any, protected: Message, binding: Any) -> None:
+        self._inner = inner
+        self._protected = protected
+        self._binding = binding
+
+    def protect_phantom(self, phantom: Message, now: float) -> tuple[Message, Any]:
+        return self._protected, self._binding
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _resumed_security(security: Any, data: bytes | None) -> _ResumingSecurity | None:
+    """A pre-arranged group (a fixed Sender Context whose SSN is persisted) whose Gid is still the stored
+    one; a self-managed group's keying material is not kept, so its observations are not resumed."""
+    from ..oscore.groupobs import PreArrangedGroup, SelfManagedGroupSecurity, ServerBinding
+    from ..oscore.protect import RequestBinding
+    from ..wire import parse_message
+
+    blob = _blob(data)
+    if not isinstance(security, PreArrangedGroup) or isinstance(security, SelfManagedGroupSecurity):
+        return None
+    context = security.context
+    if not all(isinstance(blob.get(k), bytes) for k in (0, 1, 2, 3, 4)) or blob[4] != context.gid:
+        return None
+    try:
+        request = RequestBinding(kid=blob[0], piv=blob[1], kid_context=blob[2])
+        protected = parse_message(blob[3])
+    except (McObserveError, ValueError):
+        return None
+    binding = ServerBinding(context, request, None, dict(security.parameters))
+    return _ResumingSecurity(security, protected, binding)
 
 
 class ServerPersistence:
