@@ -220,3 +220,53 @@ def test_topic_metadata_announces_the_group_observation_and_a_client_joins_from_
         events = b.stop()
     regs = [e for e in events if e.get("event") == "registration"]
     assert [r["kind"] for r in regs] == ["silent"]  # counted (No-Response 16), never answered (§5.1)
+
+
+def test_secured_broker_takes_writes_over_oscore_only_and_protects_notifications(onehost, tmp_path):
+    from mcobserve.cli.credentials import write_credentials
+
+    h = onehost
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{h.addr6}]", 2)
+    base = f"coap://[{h.addr6}]"
+    client = ("--credentials", str(creds / "client-1.json"))
+    b = broker(
+        h,
+        str(tmp_path / "b.sqlite"),
+        "--group",
+        GROUP6,
+        "--credentials",
+        str(creds / "server.json"),
+        "--group-oscore",
+        "self-managed",
+        "--no-counting",
+    )
+    try:
+        res = h.run([*PY, "topic", "create", base, "secret"], 30)
+        assert res.returncode == 1 and "4.01" in res.stderr  # unprotected configuration is refused
+        t = cli(h, "topic", "create", base, "secret", "--json", *client)
+        data_uri = base + t["topic_data"]
+        res = h.run([*PY, "publish", data_uri, "--count", "1", "--values", "x"], 30)
+        assert res.returncode != 0  # an unprotected publication is refused too
+        publish_args = ["--credentials", str(creds / "client-2.json")]
+        res = h.run([*PY, "publish", data_uri, "--count", "1", "--values", "s0", *publish_args], 30)
+        assert res.returncode == 0, res.stderr
+        sub = start(
+            h,
+            "sub",
+            ["subscribe", base, "secret", "--json", "--count", "3", "--interface", h.ifname, *client],
+        )
+        sub.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        res = h.run(
+            [*PY, "publish", data_uri, "--count", "2", "--every", "0.3", "--values", "s1,s2", *publish_args],
+            30,
+        )
+        assert res.returncode == 0, res.stderr
+        sub.collect(30)
+        assert [(n["via"], n["payload"]) for n in notifications(sub)] == [
+            ("last_notif", "s0"),
+            ("multicast", "s1"),
+            ("multicast", "s2"),
+        ]
+    finally:
+        b.stop()
