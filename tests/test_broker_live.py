@@ -270,3 +270,50 @@ def test_secured_broker_takes_writes_over_oscore_only_and_protects_notifications
         ]
     finally:
         b.stop()
+
+
+def test_deleting_topic_data_and_topic_cancels_the_group_observation(onehost, tmp_path):
+    """DELETE on topic-data (HALF CREATED) and on the topic end the group observation with the multicast
+    5.03 (draft §4.5); the subscriber's iteration ends; a new publication needs a new registration."""
+    h = onehost
+    base = f"coap://[{h.addr6}]"
+    b = broker(h, str(tmp_path / "b.sqlite"), "--group", GROUP6)
+    try:
+        t = cli(h, "topic", "create", base, "gone", "--json")
+        data_uri = base + t["topic_data"]
+        publish(h, data_uri, ["g0"])
+        sub = subscriber(h, base, "gone", 5, "sub")
+        sub.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        res = h.run([sys.executable, "-c", DELETE, data_uri], 30)
+        assert res.stdout.strip() == "2.02", res.stderr
+        sub.collect(20)
+        assert sub.popen.returncode == 3  # ended before --count: the broker cancelled
+        assert "cancelled" in sub.read_stderr()
+        cancelled = b.wait_event(lambda e: e.get("event") == "cancelled")
+        assert cancelled["reason"] == "topic-data deleted"
+        res = h.run([sys.executable, "-c", GET, data_uri], 30)
+        assert res.stdout.strip() == "4.04"  # HALF CREATED again
+        publish(h, data_uri, ["g1"])
+        sub2 = subscriber(h, base, "gone", 5, "sub2")
+        sub2.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        b.wait_count(lambda e: e.get("event") == "group_observation_started", 2)  # a new one
+        res = h.run([*PY, "topic", "delete", base, "gone"], 30)
+        assert res.returncode == 0, res.stderr
+        sub2.collect(20)
+        assert sub2.popen.returncode == 3
+        reasons = [e["reason"] for e in b.wait_count(lambda e: e.get("event") == "cancelled", 2)]
+        assert reasons == ["topic-data deleted", "resource removed"]
+    finally:
+        b.stop()
+
+
+DELETE = r"""
+import asyncio, sys, aiocoap
+async def main():
+    ctx = await aiocoap.Context.create_client_context()
+    r = await ctx.request(aiocoap.Message(code=aiocoap.DELETE, uri=sys.argv[1])).response
+    print(r.code.dotted)
+    await ctx.shutdown()
+asyncio.run(main())
+"""
+GET = DELETE.replace("aiocoap.DELETE", "aiocoap.GET")
