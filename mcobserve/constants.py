@@ -49,3 +49,14 @@ DEFAULT_GROUP_BURST = 1
 #: Largest CoAP message (header, Token, options, payload) that fits one UDP datagram on a 1280-byte
 #: IPv6 path: 1280 - 40 (IPv6 header) - 8 (UDP header) (draft §4.4, RFC 8200 §5).
 DEFAULT_MAX_MESSAGE_SIZE = 1232
+
+
+# -- draft-ietf-core-coap-pubsub (-21) ---------------------------------------------------------------
+
+#: Content-Format of ``application/core-pubsub+cbor`` ("TBD606" in the draft; 606 is its suggestion and
+#: what the draft editor's broker uses). Configurable with ``mcobserve broker --pubsub-content-format``.
+CONTENT_FORMAT_PUBSUB = 606
+#: Topic property that carries the group observation of the topic-data resource (observe-multicast
+#: draft Appendix A.1): a CBOR map with 'tp_info' 0, 'ph_req' 1, 'last_notif' 2, 'ending' 4. Taken from
+#: the "Private Use" range (< -65536) of the CoAP Pubsub Topic Properties registry (pub-sub §7.4).
+TOPIC_PROPERTY_GROUP_OBSERVATION = -65537

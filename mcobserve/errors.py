@@ -44,3 +44,30 @@ class UnusableAddressError(McObserveError, ValueError):
 
 class AddressInUseError(McObserveError, OSError):
     """Another process already serves SRV_ADDR:SRV_PORT (aiocoap's SO_REUSEPORT would split requests)."""
+
+
+class BackendUnavailable(McObserveError):
+    """The broker's backend cannot accept a write now; the broker answers 5.03 with Max-Age.
+
+    ``retry_after`` (whole seconds) becomes the Max-Age of the 5.03 (RFC 7252 §5.9.3.4).
+    """
+
+    def __init__(self, message: str = "backend unavailable", retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = max(0, int(retry_after))
+
+
+class StoreError(McObserveError):
+    """The durable store cannot be opened or written (mcobserve.store)."""
+
+
+class ForeignStoreError(StoreError):
+    """The file at the store path is not an mcobserve store (or is corrupt); it is never overwritten."""
+
+
+class TopicError(McObserveError):
+    """A topic representation or request that the pub-sub draft does not allow (4.xx to the client)."""
+
+    def __init__(self, message: str, code: str = "4.00") -> None:
+        super().__init__(message)
+        self.code = code

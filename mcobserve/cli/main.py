@@ -48,6 +48,7 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "group_oscore": None,
     "key_lifetime": 3600.0,
     **SERVER_DEFAULTS,
+    "store": None,
 }
 #: Every setting of ``mcobserve observe`` with its default (TOML ``[observe]``).
 _OBSERVE_DEFAULTS: dict[str, Any] = {
@@ -135,6 +136,7 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
         help=f"Content-Format number of informative responses (default {DEFAULT_CODE_POINTS.content_format})",
     )
     p.add_argument("--run-for", type=float, help="shut down (cancelling group observations) after SECONDS")
+    p.add_argument("--store", help="SQLite file: group observations survive a crash (docs/broker.md)")
     s = p.add_argument_group("security (draft §9, Appendix C)")
     s.add_argument(
         "--credentials",
@@ -281,8 +283,15 @@ async def _serve(
     except (OSError, ValueError) as e:
         _reason(f"cannot serve on {bind} for group {group}: {e}")
         return 1
-    for path, text in resources:
-        server.add_resource(path, TextResource(text), policy)
+    added = {path: TextResource(text) for path, text in resources}
+    for path, resource in added.items():
+        server.add_resource(path, resource, policy)
+    if args.store:  # resume stored group observations on their Token T (broker/persist.py)
+        from ..broker.persist import open_server_store
+
+        if not await open_server_store(server, args.store, out, added):
+            await server.shutdown()
+            return 65
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -573,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     _inspect_parser(sub)
     _publish_parser(sub)
     from .bench import add_parser as add_bench
+    from .broker import add_parser as add_broker
     from .credentials import add_parser as add_credentials
     from .demo import add_parser as add_demo
     from .simulate import add_parser as add_simulate
@@ -581,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate(sub)
     add_credentials(sub)
     add_bench(sub)
+    add_broker(sub)
     return parser
 
 
