@@ -32,3 +32,12 @@ class WithdrawnError(GroupObservationError):
 
 class CancelledError(GroupObservationError):
     """The server cancelled the group observation with a multicast 5.03 (draft §4.5, §5.4)."""
+
+
+class ProxyError(McObserveError):
+    """A request the proxy cannot forward; ``code`` is the CoAP response to answer with
+    (RFC 7252 §5.7; draft-ietf-core-multicast-notifications-proxy §4, §6)."""
+
+    def __init__(self, code: object, text: str) -> None:
+        self.code = code
+        super().__init__(text)
