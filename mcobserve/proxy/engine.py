@@ -139,16 +139,19 @@ def check_options(request: Message, code_points: CodePoints = DEFAULT_CODE_POINT
     removes it first); Feedback-Divider is elective and understood (draft-...-proxy §6).
     """
     for option in request.opt.option_list():
-        number = option.number
+        number = OptionNumber(int(option.number))
         if number == code_points.listen_to_multicast_responses:
             raise ProxyError(BAD_OPTION, "Listen-To-Multicast-Responses is not supported here")
         if number.is_critical() and not _known(number):
             raise ProxyError(BAD_OPTION, f"unknown critical option {int(number)}")
 
 
+#: Options aiocoap knows by name (RFC 7252 §5.10 and later registrations).
+_KNOWN = frozenset(int(getattr(OptionNumber, n)) for n in dir(OptionNumber) if n.isupper())
+
+
 def _known(number: OptionNumber) -> bool:
-    """An option aiocoap knows by name (RFC 7252 §5.10 and later registrations)."""
-    return OptionNumber(int(number)).name is not None
+    return int(number) in _KNOWN
 
 
 def max_age_of(message: Message) -> int:
