@@ -132,3 +132,36 @@ def test_legacy_clients_through_the_proxy_one_multicast_per_change(lan, tools, t
     fwd = [e for e in events if e.get("event") == "notification_forwarded" and e["via"] == "multicast"]
     assert [e["clients"] for e in fwd] == [3, 3, 3], fwd
     assert events[-1]["event"] == "stopped" and events[-1]["upstream_registrations"] == 1
+
+
+def test_reverse_proxy_stands_in_for_the_server(lan, tools):
+    """``--reverse coap://SERVER``: clients that believe the proxy is the server (RFC 7252 §5.7.3, proxy
+    draft §10) observe it with plain URIs; one registration reaches the server."""
+    srv_host, prx_host = lan.server, lan.clients[0]
+    srv = server(srv_host, f"[{srv_host.addr6}]", GROUP6)
+    prx = proxy(prx_host, "--reverse", f"coap://[{srv_host.addr6}]")
+    values = ["x", "y"]
+    try:
+        libcoap = lan.clients[1].popen(
+            ["coap-client-notls", "-s", "20", "-B", "20", f"coap://[{prx_host.addr6}]/r"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        prx.wait_event(lambda e: e.get("event") == "client_registered")
+        ours = observer(lan.clients[2], f"coap://[{prx_host.addr6}]/r", count=3, name="ours")
+        ours.wait_event(lambda e: e.get("index") == 1, timeout=15)
+        put(lan.clients[1], f"coap://[{prx_host.addr6}]/r", values, 0.5)  # a PUT through the proxy
+        ours.collect(20)
+        libcoap.terminate()
+        lib_out, lib_err = libcoap.communicate(timeout=10)
+        events = prx.stop()
+    finally:
+        srv_events = srv.stop()
+    assert [n["payload"] for n in notifications(ours)] == ["1234", *values]
+    assert lib_out.strip() == "1234" + "".join(values), (lib_out, lib_err)
+    regs = [e for e in srv_events if e.get("event") == "registration" and e["kind"] != "confirmation"]
+    assert len(regs) == 1 and regs[0]["kind"] == "group", regs
+    assert len([e for e in srv_events if e.get("event") == "notification_sent"]) == len(values)
+    puts = [e for e in events if e.get("event") == "forwarded_request" and e["code"] == "2.04"]
+    assert len(puts) == len(values)
