@@ -428,13 +428,13 @@ async def _observe(args: argparse.Namespace) -> int:
     if getattr(args, "proxy", None):
         from functools import partial
 
-        from ..proxy.client import ProxiedObserver, proxy_hostport
+        from ..proxy.client import ProxiedObserver, SecuredProxiedObserver, proxy_hostport
 
         try:
             proxy_hostport(args.proxy)
         except McObserveError as e:
             raise UsageError(f"--proxy: {e}") from None
-        kind = partial(ProxiedObserver, proxy=args.proxy)
+        kind = partial(SecuredProxiedObserver if args.credentials else ProxiedObserver, proxy=args.proxy)
     observer = kind(
         args.uri,
         interface=args.interface,

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,10 +23,21 @@ import aiocoap.interfaces
 import aiocoap.pipe
 from aiocoap import BAD_GATEWAY, GATEWAY_TIMEOUT, GET, Message
 
+from ..aio import _glue
 from ..aio.client import ListenerPool, Observer, ResponseError
 from ..constants import DEFAULT_CODE_POINTS, CodePoints
 from ..errors import McObserveError, ProxyError
-from ..proxy.engine import ClientKey, Fanout, ProxyEngine, Target, check_options, forward_request, target_of
+from ..proxy.engine import (
+    ClientKey,
+    Fanout,
+    ProxyEngine,
+    Target,
+    Ticket,
+    check_options,
+    forward_request,
+    target_of,
+    ticket_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +92,7 @@ class Proxy:
 
     async def start(self, bind: tuple[str, int]) -> None:
         """Serve on ``bind`` (address, port); the client side uses its own ephemeral port."""
+        _glue.install_backlog_fix()  # N Confirmable notifications in flight must not cost O(N^2)
         self.client_ctx = await aiocoap.Context.create_client_context()
         self.server_ctx = await aiocoap.Context.create_server_context(ProxySite(self), bind=bind)
         self._emit("started", bind=f"[{bind[0]}]:{bind[1]}" if ":" in bind[0] else f"{bind[0]}:{bind[1]}")
@@ -101,17 +114,23 @@ class Proxy:
     async def _handle(self, pipe: aiocoap.pipe.Pipe) -> None:
         request = pipe.request
         try:
-            check_options(request, self.code_points)
+            ticket = ticket_of(request, self.code_points)
+            if ticket is None:
+                check_options(request, self.code_points)
             target = target_of(request, self.reverse)
         except ProxyError as e:
             pipe.add_response(Message(code=e.code, payload=str(e).encode()[:200]), is_last=True)
             return
-        if request.code == GET and request.opt.observe == 0:
+        if ticket is not None:
+            await self._observe(pipe, ticket)  # never forwarded to the server (proxy draft §5.2)
+        elif request.opt.oscore is not None:
+            await self._relay(pipe, request, target)  # protected end to end: one exchange each
+        elif request.code == GET and request.opt.observe == 0:
             await self._observe(pipe, target)
         else:
             await self._forward(pipe, request, target)
 
-    async def _observe(self, pipe: aiocoap.pipe.Pipe, target: Target) -> None:
+    async def _observe(self, pipe: aiocoap.pipe.Pipe, target: Target | Ticket) -> None:
         """Add the client to the observers of ``target`` (RFC 7641 §5, proxy draft §4)."""
         request = pipe.request
         key: ClientKey = (request.remote, request.token)
@@ -121,14 +140,23 @@ class Proxy:
         self._pipes[key] = entry
         self._emit(
             "client_registered",
-            target=target.uri(),
+            target=_name(target),
             remote=str(request.remote.hostinfo),
             token=request.token.hex(),
             clients=self.engine.clients(target),
             from_cache=reg.answer is not None,
         )
         if reg.register_upstream:
-            self._start_upstream(target)
+            if isinstance(target, Ticket):
+                self._upstreams[target] = asyncio.create_task(self._listen(target))  # type: ignore[index]
+                self._emit(
+                    "ticket_listening",
+                    target=_name(target),
+                    group=str(target.group),
+                    token=target.token.hex(),
+                )
+            else:
+                self._start_upstream(target)
         if reg.answer is not None:
             pipe.add_response(reg.answer, is_last=False)
         try:
@@ -137,7 +165,7 @@ class Proxy:
             if self._pipes.get(key) is entry:
                 del self._pipes[key]
                 gone = self.engine.deregister(key)
-                self._emit("client_left", target=target.uri(), remote=str(request.remote.hostinfo))
+                self._emit("client_left", target=_name(target), remote=str(request.remote.hostinfo))
                 if gone is not None:
                     self._stop_upstream(gone)
 
@@ -166,12 +194,60 @@ class Proxy:
     def _start_upstream(self, target: Target) -> None:
         self._upstreams[target] = asyncio.create_task(self._upstream(target))
 
-    def _stop_upstream(self, target: Target) -> None:
-        task = self._upstreams.pop(target, None)
-        self._observers.pop(target, None)
+    def _stop_upstream(self, target: Target | Ticket) -> None:
+        task = self._upstreams.pop(target, None)  # type: ignore[arg-type]
+        self._observers.pop(target, None)  # type: ignore[arg-type]
         if task is not None:
             task.cancel()
-            self._emit("upstream_stopped", target=target.uri())
+            self._emit("upstream_stopped", target=_name(target))
+
+    async def _relay(self, pipe: aiocoap.pipe.Pipe, request: Message, target: Target) -> None:
+        """An OSCORE-protected request: forwarded as it is, every response returned as it is.
+
+        The proxy cannot read it (RFC 8613 §4.1.3); an informative response inside looks like a 2.05
+        to it (proxy draft §5), so each client has its own exchange with the server.
+        """
+        assert self.client_ctx is not None
+        out = forward_request(request, target)
+        pending = self.client_ctx.request(out, handle_blockwise=False)
+        self._emit("relayed_request", target=target.uri(), observe=request.opt.observe)
+        try:
+            response = await asyncio.wait_for(pending.response, FORWARD_TIMEOUT)
+            observing = request.opt.observe == 0 and response.opt.observe is not None
+            pipe.add_response(_copy(response), is_last=not observing)
+            if observing:
+                async for m in pending.observation:
+                    pipe.add_response(_copy(m), is_last=False)
+                pipe.add_response(Message(code=BAD_GATEWAY, payload=b"observation ended"), is_last=True)
+        except TimeoutError:
+            pipe.add_response(Message(code=GATEWAY_TIMEOUT), is_last=True)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                pending.observation.cancel()
+            raise
+        except Exception as e:  # aiocoap raises many types for network errors
+            pipe.add_response(Message(code=BAD_GATEWAY, payload=str(e).encode()[:200]), is_last=True)
+
+    async def _listen(self, ticket: Ticket) -> None:
+        """Listen to the group of a ticket request and forward protected notifications (§5.2)."""
+        ifindex = socket.if_nametoindex(self.interface) if self.interface else 0
+        listener = await self.pool.acquire(ticket.group, ifindex)
+        queue = listener.subscribe(ticket.token)
+        try:
+            while True:
+                message, source, now = await queue.get()
+                fan = self.engine.on_protected(ticket, message, source, now)
+                if fan is None:
+                    log.info("dropped a datagram on %s for ticket %s", ticket.group, ticket.token.hex())
+                    continue
+                self._deliver(ticket, self.tamper(fan), "multicast", message.opt.observe)
+        finally:
+            listener.unsubscribe(ticket.token, queue)
+            self.pool.release(listener)
+
+    def tamper(self, fan: Fanout) -> Fanout:
+        """Identity. A test subclass alters notifications here to show that clients detect it."""
+        return fan
 
     async def _upstream(self, target: Target) -> None:
         """Observe ``target`` once for all clients, following the server into the group (proxy §4)."""
@@ -224,7 +300,7 @@ class Proxy:
         if fan is not None:
             self._deliver(target, fan, "error", None)
 
-    def _deliver(self, target: Target, fan: Fanout, via: str, upstream_observe: int | None) -> None:
+    def _deliver(self, target: Target | Ticket, fan: Fanout, via: str, upstream_observe: int | None) -> None:
         """Send the notification to each client with its own Token (the pipe's exchange sets it)."""
         message = fan.message
         sent = 0
@@ -242,7 +318,7 @@ class Proxy:
         if self.on_event is not None:
             self._emit(
                 "notification_forwarded",
-                target=target.uri(),
+                target=_name(target),
                 via=via,
                 code=message.code.dotted,
                 upstream_observe=upstream_observe,
@@ -254,3 +330,18 @@ class Proxy:
     def _emit(self, event: str, **fields: Any) -> None:
         if self.on_event is not None:
             self.on_event({"event": event, "time": round(self.clock(), 3), **fields})
+
+
+def _name(target: Target | Ticket) -> str:
+    """How events name a target: its URI, or the group and Token of a ticket request."""
+    if isinstance(target, Ticket):
+        return f"ticket:{target.group}/{target.token.hex()}"
+    return target.uri()
+
+
+def _copy(message: Message) -> Message:
+    """A response as received, to be sent on another exchange (new Token and MID, same options)."""
+    out = Message(code=message.code, payload=message.payload)
+    for option in message.opt.option_list():
+        out.opt.add_option(option)
+    return out

@@ -8,6 +8,7 @@ decides; :mod:`mcobserve.proxy.aio` moves the bytes. Time comes in as ``now``; n
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import urllib.parse
 from collections.abc import Hashable, Iterable
@@ -17,14 +18,18 @@ from aiocoap import (
     BAD_GATEWAY,
     BAD_OPTION,
     BAD_REQUEST,
+    NON,
     NOT_FOUND,
     PROXYING_NOT_SUPPORTED,
     Message,
 )
 from aiocoap.numbers.optionnumbers import OptionNumber
+from aiocoap.optiontypes import OpaqueOption
 
 from ..constants import COAP_PORT, DEFAULT_CODE_POINTS, DEFAULT_MAX_AGE, CodePoints
-from ..errors import ProxyError
+from ..engine.common import Endpoint, observe_is_fresh
+from ..errors import MalformedError, ProxyError
+from ..wire import TpInfo, cbor_decode, cbor_encode, serialize_message
 
 #: Observe numbers are 24-bit (RFC 7641 §4.4).
 OBSERVE_MODULO = 1 << 24
@@ -192,6 +197,9 @@ class _Upstream:
     cached: Message | None = None
     cached_at: float = 0.0
     forwarded: int = 0
+    #: Protected notifications of a ticket request: forwarded unchanged (proxy draft §5.2).
+    unchanged: bool = False
+    last_observe: tuple[int, float] | None = None
 
 
 class ProxyEngine:
@@ -205,7 +213,7 @@ class ProxyEngine:
 
     # -- clients ------------------------------------------------------------------------------
 
-    def register(self, target: Target, client: ClientKey, now: float) -> Registered:
+    def register(self, target: Hashable, client: ClientKey, now: float) -> Registered:
         """A client asks to observe ``target`` (RFC 7641 §5; proxy draft §4).
 
         The first client makes the proxy register at the server; later ones are only added to the
@@ -217,13 +225,15 @@ class ProxyEngine:
         up = self._up.get(target)
         start = up is None
         if up is None:
-            up = _Upstream(observe=self.rng.randrange(OBSERVE_MODULO // 2))
+            up = _Upstream(
+                observe=self.rng.randrange(OBSERVE_MODULO // 2), unchanged=isinstance(target, Ticket)
+            )
             self._up[target] = up
         up.clients[client] = None
         self._client_target[client] = target
         return Registered(start, self._from_cache(up, now))
 
-    def deregister(self, client: ClientKey) -> Target | None:
+    def deregister(self, client: ClientKey) -> Hashable | None:
         """The client lost interest. Returns the target when no client is left: the proxy then
         forgets its own participation (proxy draft §6, as a client would, observe draft §5.4)."""
         target = self._client_target.pop(client, None)
@@ -238,7 +248,7 @@ class ProxyEngine:
         del self._up[target]
         return target
 
-    def clients(self, target: Target) -> int:
+    def clients(self, target: Hashable) -> int:
         up = self._up.get(target)
         return 0 if up is None else len(up.clients)
 
@@ -254,6 +264,8 @@ class ProxyEngine:
         if up.cached is None:
             return None
         message = _shallow(up.cached)
+        if up.unchanged:
+            return message  # protected end to end: forwarded as it is (proxy draft §5.2)
         age = max(0, int(now - up.cached_at))
         message.opt.max_age = max(0, max_age_of(up.cached) - age)
         return message
@@ -289,7 +301,33 @@ class ProxyEngine:
             del self._up[target]
         return Fanout(message, clients, last)
 
-    def on_upstream_failed(self, target: Target, response: Message | None, reason: str) -> Fanout | None:
+    def on_protected(self, ticket: Ticket, message: Message, source: Endpoint, now: float) -> Fanout | None:
+        """A datagram heard on the group of a ticket request (proxy draft §5.2).
+
+        The proxy cannot read it (Group OSCORE): it checks only what the client engine checks before
+        decryption (Token T, source SRV_ADDR:SRV_PORT, a NON response, a fresh outer Observe, RFC 7641
+        §3.4) and forwards it unchanged but for the Token; the client verifies it end to end.
+        """
+        up = self._up.get(ticket)
+        if up is None:
+            return None
+        if message.token != ticket.token or source != ticket.server:
+            return None
+        if not message.code.is_response() or message.mtype != NON:
+            return None
+        observe = message.opt.observe
+        if observe is not None:
+            if up.last_observe is not None and not observe_is_fresh(
+                up.last_observe[0], up.last_observe[1], observe, now
+            ):
+                return None
+            up.last_observe = (observe, now)
+        out = _shallow(message)
+        up.cached, up.cached_at = out, now
+        up.forwarded += 1
+        return Fanout(out, tuple(up.clients), False)
+
+    def on_upstream_failed(self, target: Hashable, response: Message | None, reason: str) -> Fanout | None:
         """The proxy's own observation failed or ended: every client gets the error, or 5.02 (RFC 7252
         §5.7.1; proxy draft §6 for an option the proxy cannot handle)."""
         up = self._up.pop(target, None)
@@ -301,6 +339,93 @@ class ProxyEngine:
         for c in clients:
             self._client_target.pop(c, None)
         return Fanout(_shallow(response, observe=False), clients, True)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A ticket request reduced to what the proxy adjacent to the server needs (proxy draft §5.2).
+
+    Equal for every client of one group observation: the key under which the proxy serves them all.
+    """
+
+    #: The rebuilt phantom request (outer code, outer options, protected payload) without Token.
+    phantom: bytes
+    #: The serialized 'tp_info' from Listen-To-Multicast-Responses.
+    tp_info: bytes
+    token: bytes
+    server: Endpoint
+    group: Endpoint
+
+
+def ticket_of(request: Message, code_points: CodePoints = DEFAULT_CODE_POINTS) -> Ticket | None:
+    """The ticket request carried by ``request``, if it has Listen-To-Multicast-Responses (§5.1, §5.2).
+
+    The proxy removes Proxy-Uri / Proxy-Scheme (and the Uri-Host / Uri-Port that went with it) and the
+    option itself, and rebuilds the phantom request from what is left. Raises :class:`ProxyError`
+    (4.02 / 4.00) for a malformed option or a request that is not an Observe registration.
+    """
+    values = request.opt.get_option(code_points.listen_to_multicast_responses)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ProxyError(BAD_OPTION, "Listen-To-Multicast-Responses is not repeatable")
+    raw = bytes(values[0].value)
+    if not 3 <= len(raw) <= 1024:
+        raise ProxyError(BAD_OPTION, f"Listen-To-Multicast-Responses of {len(raw)} bytes (3-1024)")
+    try:
+        tp = TpInfo.from_cbor_obj(cbor_decode(raw))
+    except MalformedError as e:
+        raise ProxyError(BAD_OPTION, f"Listen-To-Multicast-Responses: {e}") from None
+    if tp.tpi_client is None or tp.tpi_token is None:
+        raise ProxyError(BAD_OPTION, "Listen-To-Multicast-Responses lacks tpi_details (draft §4.2.1.1)")
+    if (
+        tp.tpi_server.scheme_id != -1
+        or not isinstance(tp.tpi_server.host, ipaddress.IPv4Address | ipaddress.IPv6Address)
+        or not isinstance(tp.tpi_client.host, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    ):
+        raise ProxyError(BAD_OPTION, "Listen-To-Multicast-Responses: only coap over UDP with IP addresses")
+    group = Endpoint.of(tp.tpi_client.host, tp.tpi_client.effective_port())
+    if not group.host.is_multicast:
+        raise ProxyError(BAD_OPTION, "Listen-To-Multicast-Responses: tpi_client is not a multicast address")
+    if request.opt.observe != 0:
+        raise ProxyError(BAD_REQUEST, "a ticket request is an Observe registration (Observe 0)")
+    phantom = Message(code=request.code, payload=request.payload)
+    for option in request.opt.option_list():
+        if option.number in _TARGET_OPTIONS or option.number == code_points.listen_to_multicast_responses:
+            continue
+        phantom.opt.add_option(option)
+    return Ticket(
+        serialize_message(phantom),
+        cbor_encode(tp.to_cbor_obj()),
+        tp.tpi_token,
+        Endpoint.of(tp.tpi_server.host, tp.tpi_server.effective_port()),
+        group,
+    )
+
+
+def ticket_request(
+    phantom: Message, tp_info: TpInfo, target: Target, code_points: CodePoints = DEFAULT_CODE_POINTS
+) -> Message:
+    """The ticket request a client builds from a verified informative response (proxy draft §5.2).
+
+    Outer code, outer options and protected payload of the phantom request, outer Observe 0,
+    Proxy-Scheme + Uri-Host (+ Uri-Port) for the original target, and Listen-To-Multicast-Responses
+    with the serialized 'tp_info'. The Token is the client's own.
+    """
+    out = Message(code=phantom.code, payload=phantom.payload)
+    for option in phantom.opt.option_list():
+        if option.number in _TARGET_OPTIONS:
+            continue
+        out.opt.add_option(option)
+    out.opt.observe = 0
+    out.opt.proxy_scheme = target.scheme
+    out.opt.uri_host = target.host
+    if target.port is not None:
+        out.opt.uri_port = target.port
+    out.opt.add_option(
+        OpaqueOption(code_points.listen_to_multicast_responses, cbor_encode(tp_info.to_cbor_obj()))
+    )
+    return out
 
 
 def _shallow(message: Message, observe: bool = True) -> Message:
@@ -323,9 +448,12 @@ __all__ = [
     "ProxyEngine",
     "Registered",
     "Target",
+    "Ticket",
     "check_options",
     "forward_request",
     "parse_uri",
     "per_client",
     "target_of",
+    "ticket_of",
+    "ticket_request",
 ]
