@@ -257,3 +257,102 @@ def test_target_of_accepts_or_raises_our_error(proxy_uri, scheme, host, path, re
         return
     assert t.scheme == "coap"
     assert isinstance(t.uri(), str)
+
+
+# -- ticket requests (proxy draft §5.1, §5.2) ------------------------------------------------------
+
+from aiocoap import FETCH, NON  # noqa: E402
+
+from mcobserve.engine.common import Endpoint  # noqa: E402
+from mcobserve.proxy.engine import ticket_of, ticket_request  # noqa: E402
+from mcobserve.wire import CRI, TpInfo, cbor_encode, serialize_message  # noqa: E402
+
+TP = TpInfo(
+    CRI.from_uri("coap://[fd00:db8::1]"), CRI.from_uri("coap://[ff35:30:2001:db8::23]:61616"), b"\x7b"
+)
+
+
+def protected_phantom() -> Message:
+    m = Message(code=FETCH, observe=0, payload=b"\x01\x02ciphertext+signature")
+    m.opt.oscore = b"\x39\x01\x05"
+    return m
+
+
+def test_ticket_request_round_trip():
+    """What the client builds, the proxy reduces to the phantom request and 'tp_info' (§5.2)."""
+    ph = protected_phantom()
+    ticket = ticket_request(ph, TP, R)
+    assert ticket.opt.proxy_scheme == "coap" and ticket.opt.uri_host == "fd00:db8::1"
+    assert ticket.opt.observe == 0 and ticket.opt.oscore == ph.opt.oscore and ticket.payload == ph.payload
+    raw = ticket.opt.get_option(DEFAULT_CODE_POINTS.listen_to_multicast_responses)[0].value
+    assert bytes(raw) == cbor_encode(TP.to_cbor_obj())
+    ticket.token = b"\x99"
+    t = ticket_of(ticket)
+    assert t is not None
+    assert t.phantom == serialize_message(ph)
+    assert t.token == b"\x7b" and t.server == Endpoint.parse("[fd00:db8::1]")
+    assert t.group == Endpoint.parse("[ff35:30:2001:db8::23]:61616")
+    other = ticket_request(ph, TP, R)
+    other.token = b"\x01\x02"
+    assert ticket_of(other) == t  # every client builds the same ticket: one listener for all
+    # the option number is configurable
+    cp = CodePoints(listen_to_multicast_responses=65047)
+    assert ticket_of(ticket_request(ph, TP, R, cp), cp) == t
+    assert ticket_of(ticket_request(ph, TP, R, cp)) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\x80\x80",
+        cbor_encode([1, 2, 3]),
+        cbor_encode(TpInfo(CRI.from_uri("coap://[fd00:db8::1]")).to_cbor_obj()),
+    ],
+)
+def test_malformed_ltmr_is_bad_option(value):
+    m = protected_phantom()
+    m.opt.add_option(OpaqueOption(DEFAULT_CODE_POINTS.listen_to_multicast_responses, value))
+    with pytest.raises(ProxyError) as e:
+        ticket_of(m)
+    assert e.value.code == BAD_OPTION
+
+
+def test_ticket_without_observe_is_refused():
+    m = ticket_request(protected_phantom(), TP, R)
+    m.opt.observe = None
+    with pytest.raises(ProxyError) as e:
+        ticket_of(m)
+    assert e.value.code == BAD_REQUEST
+
+
+def _heard(token: bytes = b"\x7b", observe: int | None = 5, mtype=NON) -> Message:
+    m = Message(code=CONTENT, observe=observe, payload=b"ct")
+    m.opt.oscore = b"\x29\x07"
+    m.token, m.mtype = token, mtype
+    return m
+
+
+def test_protected_notifications_forwarded_unchanged_and_cached():
+    """Only Token, source, type and outer Observe are checked; the bytes go on as they are (§5.2)."""
+    t = ticket_of(ticket_request(protected_phantom(), TP, R))
+    e = engine()
+    assert e.register(t, "c1", 0.0).register_upstream
+    srv = Endpoint.parse("[fd00:db8::1]")
+    fan = e.on_protected(t, _heard(), srv, 1.0)
+    assert fan is not None and fan.clients == ("c1",)
+    assert (
+        fan.message.opt.oscore == b"\x29\x07"
+        and fan.message.opt.observe == 5
+        and fan.message.payload == b"ct"
+    )
+    assert e.on_protected(t, _heard(token=b"\x01"), srv, 1.0) is None
+    assert e.on_protected(t, _heard(observe=6), Endpoint.parse("[fd00:db8::9]"), 1.0) is None
+    assert e.on_protected(t, _heard(observe=6, mtype=0), srv, 1.0) is None  # CON
+    assert e.on_protected(t, _heard(observe=4), srv, 2.0) is None  # older (RFC 7641 §3.4)
+    later = e.register(t, "c2", 3.0)
+    assert (
+        not later.register_upstream
+        and later.answer.opt.observe == 5
+        and later.answer.opt.oscore == b"\x29\x07"
+    )
+    assert later.answer.opt.max_age is None  # not touched: the proxy cannot read it
