@@ -71,3 +71,12 @@ class TopicError(McObserveError):
     def __init__(self, message: str, code: str = "4.00") -> None:
         super().__init__(message)
         self.code = code
+
+
+class ProxyError(McObserveError):
+    """A request the proxy cannot forward; ``code`` is the CoAP response to answer with
+    (RFC 7252 §5.7; draft-ietf-core-multicast-notifications-proxy §4, §6)."""
+
+    def __init__(self, code: object, text: str) -> None:
+        self.code = code
+        super().__init__(text)

@@ -378,6 +378,7 @@ def _observe_parser(sub: argparse._SubParsersAction) -> None:
         "observe for SECONDS and exit 0)",
     )
     p.add_argument("--interface", help="interface to listen for multicast notifications on")
+    p.add_argument("--proxy", metavar="coap://PROXY", help="send the registration through this forward proxy")
     p.add_argument(
         "--credentials", metavar="FILE.json", help="aiocoap credentials (OSCORE) for the registration"
     )
@@ -439,7 +440,18 @@ async def _observe(args: argparse.Namespace) -> int:
             group_security = ClientGroupSecurity(load_group(args.group_oscore, server=False).context)
         except GroupConfigError as e:
             raise UsageError(str(e)) from None
-    observer = Observer(
+    kind: Any = Observer
+    if getattr(args, "proxy", None):
+        from functools import partial
+
+        from ..proxy.client import ProxiedObserver, SecuredProxiedObserver, proxy_hostport
+
+        try:
+            proxy_hostport(args.proxy)
+        except McObserveError as e:
+            raise UsageError(f"--proxy: {e}") from None
+        kind = partial(SecuredProxiedObserver if args.credentials else ProxiedObserver, proxy=args.proxy)
+    observer = kind(
         args.uri,
         interface=args.interface,
         code_points=CodePoints(content_format=args.content_format),
@@ -585,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .broker import add_parser as add_broker
     from .credentials import add_parser as add_credentials
     from .demo import add_parser as add_demo
+    from .proxy import add_parser as add_proxy
     from .simulate import add_parser as add_simulate
 
     add_demo(sub)
@@ -592,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_credentials(sub)
     add_bench(sub)
     add_broker(sub)
+    add_proxy(sub)
     return parser
 
 

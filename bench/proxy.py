@@ -1,0 +1,294 @@
+"""Benchmark section ``proxy``: N legacy clients behind one ``mcobserve proxy`` against the same N
+clients observing the server directly with traditional observe (RFC 7641).
+
+draft-ietf-core-multicast-notifications-proxy §4: per change the server sends one multicast datagram
+and the proxy one unicast notification per client. Measured per change, in a private namespace
+(:class:`mcobserve.netlab.OneHost`), with the real ``mcobserve server`` and ``mcobserve proxy``
+processes: server CPU and datagrams, proxy CPU per forwarded notification, and, for the baseline,
+the server's (aiocoap's own ObservableResource) CPU per observer notification. CPU is user + system
+time of each process from ``/proc/PID/stat``.
+
+``python -m bench.proxy [--observers 10,100,500] [--updates 20] [--out DIR]`` (root). The clients are
+plain sockets in one process (``python -m bench.proxy clients ...``), each registering with its own
+Token and acknowledging every Confirmable notification at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PY = [sys.executable, "-m", "mcobserve.cli.main"]
+GROUP = "[ff35:30:2001:db8::23]:61616"
+SERVER_PORT = 5683
+PROXY_PORT = 5690
+TICK = os.sysconf("SC_CLK_TCK")
+SERVER_ARGS = ("--resource", "r=0", "--min-interval", "0", "--no-counting", "--json")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (``/proc/PID/stat`` fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+# -- the client process ----------------------------------------------------------------------------
+
+
+def run_clients(args: argparse.Namespace) -> int:
+    """N sockets register (through the proxy or directly), then K PUTs; one JSON line per phase."""
+    from aiocoap import ACK, CON, EMPTY, GET, PUT, Message
+
+    sel = selectors.DefaultSelector()
+    socks = []
+    target = f"coap://[{args.server}]/r"
+    dest = (args.proxy or args.server, args.port)
+    for i in range(args.n):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.connect((dest[0], dest[1], 0, 0))
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+        socks.append(s)
+    got: list[str] = [""] * args.n
+    received = 0
+
+    def pump(until: float, want: str | None) -> None:
+        nonlocal received
+        while time.monotonic() < until:
+            if want is not None and all(g == want for g in got):
+                return
+            for key, _ in sel.select(0.05):
+                s = key.fileobj
+                try:
+                    data = s.recv(2048)  # type: ignore[union-attr]
+                except BlockingIOError:
+                    continue
+                try:
+                    m = Message.decode(data)
+                except Exception:
+                    continue
+                if m.mtype == CON:
+                    ack = Message(mtype=ACK, code=EMPTY, mid=m.mid)
+                    s.send(ack.encode())  # type: ignore[union-attr]
+                if m.code.is_response() and m.payload:
+                    got[key.data] = m.payload.decode()
+                    received += 1
+
+    for i, s in enumerate(socks):
+        req = Message(mtype=CON, code=GET, observe=0, mid=i + 1, token=i.to_bytes(4, "big"))
+        if args.proxy:
+            req.opt.proxy_uri = target
+        else:
+            req.opt.uri_path = ("r",)
+        s.send(req.encode())
+        if i % 50 == 49:
+            pump(time.monotonic() + 0.05, None)
+    pump(time.monotonic() + 10, "0")
+    print(json.dumps({"ev": "registered", "ok": sum(g == "0" for g in got)}), flush=True)
+    sys.stdin.readline()
+    received = 0  # from here on: notifications of the changes only
+    putter = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    putter.connect((args.server, SERVER_PORT, 0, 0))
+    putter.settimeout(5)
+    complete = 0
+    t0 = time.monotonic()
+    for seq in range(1, args.updates + 1):
+        put = Message(mtype=CON, code=PUT, mid=60000 + seq, token=b"p", payload=str(seq).encode())
+        put.opt.uri_path = ("r",)
+        putter.send(put.encode())
+        pump(time.monotonic() + 10, str(seq))
+        complete += all(g == str(seq) for g in got)
+        time.sleep(args.gap)
+    print(
+        json.dumps(
+            {"ev": "done", "complete": complete, "received": received, "seconds": time.monotonic() - t0}
+        ),
+        flush=True,
+    )
+    return 0
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+def _json_lines(proc: subprocess.Popen[str], pred: Any, timeout: float) -> dict[str, Any]:
+    assert proc.stdout is not None
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if pred(item):
+            return item
+    raise RuntimeError(f"no expected line from {proc.args}")
+
+
+def _case(lab: Any, mode: str, n: int, updates: int, gap: float) -> dict[str, Any]:
+    """One measurement: ``proxy`` (N clients behind the proxy) or ``direct`` (traditional observe)."""
+    host = lab
+    group_after = "1" if mode == "proxy" else str(n + 10)
+    srv = host.popen(
+        [
+            *PY,
+            "server",
+            "--bind",
+            f"[{host.addr6}]",
+            "--group",
+            GROUP,
+            "--interface",
+            host.ifname,
+            *SERVER_ARGS,
+            "--group-after",
+            group_after,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    procs = [srv]
+    try:
+        _json_lines(srv, lambda e: e.get("event") == "started", 20)
+        prx = None
+        if mode == "proxy":
+            prx = host.popen(
+                [*PY, "proxy", "--bind", f"[{host.addr6}]:{PROXY_PORT}", "--interface", host.ifname],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            procs.append(prx)
+            time.sleep(1.5)
+        argv = [sys.executable, "-m", "bench.proxy", "clients", "--server", host.addr6, "-n", str(n)]
+        argv += ["--updates", str(updates), "--gap", str(gap)]
+        if prx is not None:
+            argv += ["--proxy", host.addr6, "--port", str(PROXY_PORT)]
+        else:
+            argv += ["--port", str(SERVER_PORT)]
+        cli = host.popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        procs.append(cli)
+        reg = _json_lines(cli, lambda e: e.get("ev") == "registered", 60)
+        time.sleep(0.5)
+        before = {"server": cpu_seconds(srv.pid), "proxy": cpu_seconds(prx.pid) if prx else 0.0}
+        assert cli.stdin is not None
+        cli.stdin.write("go\n")
+        cli.stdin.flush()
+        done = _json_lines(cli, lambda e: e.get("ev") == "done", 30 + updates * 12)
+        after = {"server": cpu_seconds(srv.pid), "proxy": cpu_seconds(prx.pid) if prx else 0.0}
+        srv.terminate()
+        stopped = _json_lines(srv, lambda e: e.get("event") == "stopped", 20)
+        # The multicast datagrams (the shutdown's multicast 5.03 is one of them, draft §4.5).
+        multicast = int(stopped.get("datagrams_sent") or 0)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    server_ms = (after["server"] - before["server"]) * 1000 / updates
+    proxy_ms = (after["proxy"] - before["proxy"]) * 1000 / updates
+    return {
+        "mode": mode,
+        "n": n,
+        "updates": updates,
+        "registered": reg["ok"],
+        "complete_updates": done["complete"],
+        "server_cpu_ms_per_change": round(server_ms, 3),
+        # Per change: one multicast datagram (proxy mode), or one unicast notification per observer.
+        "server_datagrams_per_change": round(
+            (multicast - 1) / updates if mode == "proxy" else done["received"] / updates, 2
+        ),
+        "client_notifications_per_change": round(done["received"] / updates, 2),
+        "proxy_cpu_ms_per_change": round(proxy_ms, 3),
+        "cpu_us_per_client_notification": round(1000 * (proxy_ms if mode == "proxy" else server_ms) / n, 1),
+    }
+
+
+def run(observers: list[int], updates: int, gap: float, out: Path) -> list[dict[str, Any]]:
+    from mcobserve.netlab import OneHost
+
+    rows: list[dict[str, Any]] = []
+    with OneHost() as lab:
+        for n in observers:
+            for mode in ("proxy", "direct"):
+                row = _case(lab, mode, n, updates, gap)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "proxy.json").write_text(json.dumps(rows, indent=1))
+    (out / "proxy.md").write_text(report(rows))
+    return rows
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Benchmark section `proxy`",
+        "",
+        "N legacy clients behind `mcobserve proxy` (one registration at the server, one multicast per "
+        "change) against the same N clients observing the server directly (aiocoap's RFC 7641 "
+        "ObservableResource, CON notifications). CPU per change from /proc (10 ms ticks, averaged).",
+        "",
+        "| N | mode | server CPU ms/change | proxy CPU ms/change | µs per client notification | "
+        "changes complete | server datagrams/change | notifications received/change |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['n']} | {r['mode']} | {r['server_cpu_ms_per_change']} | {r['proxy_cpu_ms_per_change']} | "
+            f"{r['cpu_us_per_client_notification']} | {r['complete_updates']}/{r['updates']} | "
+            f"{r['server_datagrams_per_change']} | {r['client_notifications_per_change']} |"
+        )
+    by = {(r["n"], r["mode"]): r for r in rows}
+    lines.append("")
+    for n in sorted({r["n"] for r in rows}):
+        p, d = by.get((n, "proxy")), by.get((n, "direct"))
+        if p and d and d["cpu_us_per_client_notification"]:
+            ratio = p["cpu_us_per_client_notification"] / d["cpu_us_per_client_notification"]
+            lines.append(
+                f"* N={n}: proxy per-client forwarding / aiocoap per-observer notification = {ratio:.2f}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd")
+    c = sub.add_parser("clients")
+    c.add_argument("--server", required=True)
+    c.add_argument("--proxy")
+    c.add_argument("--port", type=int, default=SERVER_PORT)
+    c.add_argument("-n", type=int, required=True)
+    c.add_argument("--updates", type=int, default=20)
+    c.add_argument("--gap", type=float, default=0.05)
+    p.add_argument("--observers", default="10,100,500")
+    p.add_argument("--updates", type=int, default=20)
+    p.add_argument("--gap", type=float, default=0.05)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = p.parse_args(argv)
+    if args.cmd == "clients":
+        return run_clients(args)
+    observers = [int(x) for x in args.observers.split(",") if x.strip()]
+    run(observers, args.updates, args.gap, Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""The proxy on aiocoap: a CoAP forward (or reverse) proxy that takes part in group observations.
+
+draft-ietf-core-multicast-notifications-proxy §4, §6: toward the server the proxy is an
+:class:`~mcobserve.aio.client.Observer` (one per target resource, following the server into the group
+observation and answering rough counting itself); toward its clients it is an RFC 7641 server whose
+notifications carry each client's own Token. What to forward to whom is decided by
+:class:`~mcobserve.proxy.engine.ProxyEngine`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiocoap
+import aiocoap.interfaces
+import aiocoap.pipe
+from aiocoap import BAD_GATEWAY, GATEWAY_TIMEOUT, GET, Message
+
+from ..aio import _glue
+from ..aio.client import ListenerPool, Observer, ResponseError
+from ..constants import DEFAULT_CODE_POINTS, CodePoints
+from ..errors import McObserveError, ProxyError
+from ..proxy.engine import (
+    ClientKey,
+    Fanout,
+    ProxyEngine,
+    Target,
+    Ticket,
+    check_options,
+    forward_request,
+    target_of,
+    ticket_of,
+)
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[dict[str, Any]], None]
+
+#: How long a forwarded non-Observe request may take before the proxy answers 5.04 (RFC 7252 §5.9.2.5).
+FORWARD_TIMEOUT = 60.0
+
+
+class ProxySite(aiocoap.interfaces.Resource):
+    """The proxy's whole resource tree: every request is for a target elsewhere (RFC 7252 §5.7)."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    async def needs_blockwise_assembly(self, request: Message) -> bool:
+        return False
+
+    async def render(self, request: Message) -> Message:  # pragma: no cover - render_to_pipe is used
+        raise NotImplementedError
+
+    async def render_to_pipe(self, pipe: aiocoap.pipe.Pipe) -> None:
+        await self.proxy._handle(pipe)
+
+
+class Proxy:
+    """``mcobserve proxy``: serve clients that observe through us with one registration per target."""
+
+    def __init__(
+        self,
+        *,
+        reverse: Target | None = None,
+        interface: str | None = None,
+        code_points: CodePoints = DEFAULT_CODE_POINTS,
+        on_event: EventSink | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.reverse = reverse
+        self.interface = interface
+        self.code_points = code_points
+        self.on_event = on_event
+        self.clock = clock
+        self.engine = ProxyEngine(rng or random.SystemRandom(), code_points)
+        self.pool = ListenerPool(clock)
+        self.server_ctx: aiocoap.Context | None = None
+        self.client_ctx: aiocoap.Context | None = None
+        self._pipes: dict[ClientKey, tuple[aiocoap.pipe.Pipe, asyncio.Future[None]]] = {}
+        self._upstreams: dict[Target, asyncio.Task[None]] = {}
+        self._observers: dict[Target, Observer] = {}
+        self.upstream_registrations = 0
+
+    async def start(self, bind: tuple[str, int]) -> None:
+        """Serve on ``bind`` (address, port); the client side uses its own ephemeral port."""
+        _glue.install_backlog_fix()  # N Confirmable notifications in flight must not cost O(N^2)
+        self.client_ctx = await aiocoap.Context.create_client_context()
+        self.server_ctx = await aiocoap.Context.create_server_context(ProxySite(self), bind=bind)
+        self._emit("started", bind=f"[{bind[0]}]:{bind[1]}" if ":" in bind[0] else f"{bind[0]}:{bind[1]}")
+
+    async def shutdown(self) -> None:
+        for task in list(self._upstreams.values()):
+            task.cancel()
+        for task in list(self._upstreams.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.pool.close()
+        for ctx in (self.server_ctx, self.client_ctx):
+            if ctx is not None:
+                await ctx.shutdown()
+        self.server_ctx = self.client_ctx = None
+
+    # -- requests from clients ----------------------------------------------------------------
+
+    async def _handle(self, pipe: aiocoap.pipe.Pipe) -> None:
+        request = pipe.request
+        try:
+            ticket = ticket_of(request, self.code_points)
+            if ticket is None:
+                check_options(request, self.code_points)
+            target = target_of(request, self.reverse)
+        except ProxyError as e:
+            pipe.add_response(Message(code=e.code, payload=str(e).encode()[:200]), is_last=True)
+            return
+        if ticket is not None:
+            await self._observe(pipe, ticket)  # never forwarded to the server (proxy draft §5.2)
+        elif request.opt.oscore is not None:
+            await self._relay(pipe, request, target)  # protected end to end: one exchange each
+        elif request.code == GET and request.opt.observe == 0:
+            await self._observe(pipe, target)
+        else:
+            await self._forward(pipe, request, target)
+
+    async def _observe(self, pipe: aiocoap.pipe.Pipe, target: Target | Ticket) -> None:
+        """Add the client to the observers of ``target`` (RFC 7641 §5, proxy draft §4)."""
+        request = pipe.request
+        key: ClientKey = (request.remote, request.token)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        reg = self.engine.register(target, key, self.clock())
+        entry = (pipe, done)
+        self._pipes[key] = entry
+        self._emit(
+            "client_registered",
+            target=_name(target),
+            remote=str(request.remote.hostinfo),
+            token=request.token.hex(),
+            clients=self.engine.clients(target),
+            from_cache=reg.answer is not None,
+        )
+        if reg.register_upstream:
+            if isinstance(target, Ticket):
+                self._upstreams[target] = asyncio.create_task(self._listen(target))  # type: ignore[index]
+                self._emit(
+                    "ticket_listening",
+                    target=_name(target),
+                    group=str(target.group),
+                    token=target.token.hex(),
+                )
+            else:
+                self._start_upstream(target)
+        if reg.answer is not None:
+            pipe.add_response(reg.answer, is_last=False)
+        try:
+            await done  # ended by the last response, or cancelled when the client loses interest
+        finally:
+            if self._pipes.get(key) is entry:
+                del self._pipes[key]
+                gone = self.engine.deregister(key)
+                self._emit("client_left", target=_name(target), remote=str(request.remote.hostinfo))
+                if gone is not None:
+                    self._stop_upstream(gone)
+
+    async def _forward(self, pipe: aiocoap.pipe.Pipe, request: Message, target: Target) -> None:
+        """A non-Observe request: forward it and answer with the response (RFC 7252 §5.7.2)."""
+        assert self.client_ctx is not None
+        out = forward_request(request, target)
+        if out.opt.observe is not None:
+            out.opt.observe = None  # a deregistration (Observe 1) is a plain GET upstream (RFC 7641 §3.6)
+        try:
+            response = await asyncio.wait_for(self.client_ctx.request(out).response, FORWARD_TIMEOUT)
+        except TimeoutError:
+            pipe.add_response(Message(code=GATEWAY_TIMEOUT), is_last=True)
+            return
+        except Exception as e:  # aiocoap raises many types for network errors
+            pipe.add_response(Message(code=BAD_GATEWAY, payload=str(e).encode()[:200]), is_last=True)
+            return
+        answer = Message(code=response.code, payload=response.payload)
+        for option in response.opt.option_list():
+            answer.opt.add_option(option)
+        self._emit("forwarded_request", target=target.uri(), code=response.code.dotted)
+        pipe.add_response(answer, is_last=True)
+
+    # -- the proxy's own observation at the server -------------------------------------------
+
+    def _start_upstream(self, target: Target) -> None:
+        self._upstreams[target] = asyncio.create_task(self._upstream(target))
+
+    def _stop_upstream(self, target: Target | Ticket) -> None:
+        task = self._upstreams.pop(target, None)  # type: ignore[arg-type]
+        self._observers.pop(target, None)  # type: ignore[arg-type]
+        if task is not None:
+            task.cancel()
+            self._emit("upstream_stopped", target=_name(target))
+
+    async def _relay(self, pipe: aiocoap.pipe.Pipe, request: Message, target: Target) -> None:
+        """An OSCORE-protected request: forwarded as it is, every response returned as it is.
+
+        The proxy cannot read it (RFC 8613 §4.1.3); an informative response inside looks like a 2.05
+        to it (proxy draft §5), so each client has its own exchange with the server.
+        """
+        assert self.client_ctx is not None
+        out = forward_request(request, target)
+        pending = self.client_ctx.request(out, handle_blockwise=False)
+        self._emit("relayed_request", target=target.uri(), observe=request.opt.observe)
+        try:
+            response = await asyncio.wait_for(pending.response, FORWARD_TIMEOUT)
+            observing = request.opt.observe == 0 and response.opt.observe is not None
+            pipe.add_response(_copy(response), is_last=not observing)
+            if observing:
+                async for m in pending.observation:
+                    pipe.add_response(_copy(m), is_last=False)
+                pipe.add_response(Message(code=BAD_GATEWAY, payload=b"observation ended"), is_last=True)
+        except TimeoutError:
+            pipe.add_response(Message(code=GATEWAY_TIMEOUT), is_last=True)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                pending.observation.cancel()
+            raise
+        except Exception as e:  # aiocoap raises many types for network errors
+            pipe.add_response(Message(code=BAD_GATEWAY, payload=str(e).encode()[:200]), is_last=True)
+
+    async def _listen(self, ticket: Ticket) -> None:
+        """Listen to the group of a ticket request and forward protected notifications (§5.2)."""
+        ifindex = socket.if_nametoindex(self.interface) if self.interface else 0
+        listener = await self.pool.acquire(ticket.group, ifindex)
+        queue = listener.subscribe(ticket.token)
+        try:
+            while True:
+                message, source, now = await queue.get()
+                fan = self.engine.on_protected(ticket, message, source, now)
+                if fan is None:
+                    log.info("dropped a datagram on %s for ticket %s", ticket.group, ticket.token.hex())
+                    continue
+                self._deliver(ticket, self.tamper(fan), "multicast", message.opt.observe)
+        finally:
+            listener.unsubscribe(ticket.token, queue)
+            self.pool.release(listener)
+
+    def tamper(self, fan: Fanout) -> Fanout:
+        """Identity. A test subclass alters notifications here to show that clients detect it."""
+        return fan
+
+    async def _upstream(self, target: Target) -> None:
+        """Observe ``target`` once for all clients, following the server into the group (proxy §4)."""
+        observer = Observer(
+            target.uri(),
+            context=self.client_ctx,
+            interface=self.interface,
+            pool=self.pool,
+            code_points=self.code_points,
+            clock=self.clock,
+        )
+        self._observers[target] = observer
+        self.upstream_registrations += 1
+        self._emit("upstream_registered", target=target.uri())
+        reported_group = False
+        fan: Fanout | None = None
+        try:
+            async for n in observer:
+                if not reported_group and observer.group_client is not None:
+                    reported_group = True
+                    g = observer.group_client
+                    self._emit(
+                        "upstream_group_joined",
+                        target=target.uri(),
+                        group=str(g.group),
+                        token=(g.token or b"").hex(),
+                        server=str(g.server),
+                    )
+                fan = self.engine.on_upstream(target, n.message, self.clock())
+                if fan is not None:
+                    self._deliver(target, fan, n.via.value, n.observe)
+                    if fan.last:
+                        return
+            fan = self.engine.on_upstream_failed(
+                target, observer.ended_by_server, "the server ended the observation"
+            )
+        except asyncio.CancelledError:
+            raise
+        except ResponseError as e:
+            fan = self.engine.on_upstream_failed(target, e.response, str(e))
+        except McObserveError as e:
+            fan = self.engine.on_upstream_failed(target, None, str(e))
+        except Exception as e:  # network errors from aiocoap
+            log.warning("observation of %s failed: %s", target.uri(), e)
+            fan = self.engine.on_upstream_failed(target, None, f"{type(e).__name__}: {e}")
+        finally:
+            if self._upstreams.get(target) is asyncio.current_task():
+                del self._upstreams[target]
+                self._observers.pop(target, None)
+        if fan is not None:
+            self._deliver(target, fan, "error", None)
+
+    def _deliver(self, target: Target | Ticket, fan: Fanout, via: str, upstream_observe: int | None) -> None:
+        """Send the notification to each client with its own Token (the pipe's exchange sets it)."""
+        message = fan.message
+        sent = 0
+        for key in fan.clients:
+            entry = self._pipes.get(key)
+            if entry is None:
+                continue
+            pipe, done = entry
+            out = Message(code=message.code, payload=message.payload)
+            out.opt = message.opt  # read-only from here on; aiocoap sets Token, MID and type per send
+            pipe.add_response(out, is_last=fan.last)
+            sent += 1
+            if fan.last and not done.done():
+                done.set_result(None)
+        if self.on_event is not None:
+            self._emit(
+                "notification_forwarded",
+                target=_name(target),
+                via=via,
+                code=message.code.dotted,
+                upstream_observe=upstream_observe,
+                observe=message.opt.observe,
+                clients=sent,
+                last=fan.last,
+            )
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        if self.on_event is not None:
+            self.on_event({"event": event, "time": round(self.clock(), 3), **fields})
+
+
+def _name(target: Target | Ticket) -> str:
+    """How events name a target: its URI, or the group and Token of a ticket request."""
+    if isinstance(target, Ticket):
+        return f"ticket:{target.group}/{target.token.hex()}"
+    return target.uri()
+
+
+def _copy(message: Message) -> Message:
+    """A response as received, to be sent on another exchange (new Token and MID, same options)."""
+    out = Message(code=message.code, payload=message.payload)
+    for option in message.opt.option_list():
+        out.opt.add_option(option)
+    return out
