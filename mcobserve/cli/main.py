@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
-import logging
 import math
 import os
 import signal
@@ -15,11 +15,19 @@ import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MIN_INTERVAL, CodePoints
 from ..engine.counting import DEFAULT_LEISURE
 from ..errors import MalformedError, McObserveError
+from .common import (
+    EXIT_SOFTWARE,
+    EXIT_USAGE,
+    UsageError,
+    configure_logging,
+    describe_os_error,
+    reason,
+)
 
 #: Every setting of ``mcobserve server`` with its default; a TOML ``[server]`` table may set any of them.
 _SERVER_DEFAULTS: dict[str, Any] = {
@@ -60,10 +68,6 @@ _OBSERVE_DEFAULTS: dict[str, Any] = {
     "group_oscore": None,
 }
 _CONFIG_KEYS = {"server": set(_SERVER_DEFAULTS), "observe": set(_OBSERVE_DEFAULTS)}
-
-
-class UsageError(McObserveError):
-    """Bad command line or configuration."""
 
 
 def _load_config(path: str | None, command: str) -> dict[str, Any]:
@@ -476,8 +480,7 @@ async def _observe(args: argparse.Namespace) -> int:
         await it.aclose()
 
 
-def _reason(text: str) -> None:
-    print(f"mcobserve: {text}", file=sys.stderr, flush=True)
+_reason = reason
 
 
 # -- inspect -----------------------------------------------------------------------------------
@@ -553,42 +556,73 @@ async def _publish(args: argparse.Namespace) -> int:
 
 # -- main --------------------------------------------------------------------------------------
 
+#: Subcommands defined in this module, in the order of ``mcobserve --help``.
+_BUILTIN = (_server_parser, _observe_parser, _inspect_parser, _publish_parser)
+
+#: Subcommands in their own module of ``mcobserve.cli``. Each module has ``add_parser(subparsers)``,
+#: which sets ``func`` on its parser (``set_defaults(func=...)``), or a ``run(args) -> int`` used
+#: instead. A new subcommand is one more line here.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "demo",
+    "simulate",
+    "credentials",
+    "bench",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit code 64 (EX_USAGE) for usage errors, as documented."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"mcobserve: {message} (see: {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mcobserve",
         description="Observe notifications as CoAP multicast responses "
         "(draft-ietf-core-observe-multicast-notifications)",
+        epilog="Exit codes: 0 success, 1 runtime error (network, security, server), 2 timeout, "
+        "3 observation ended by the server, 64 usage error, 70 internal error, 130 interrupted.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    _server_parser(sub)
-    _observe_parser(sub)
-    _inspect_parser(sub)
-    _publish_parser(sub)
-    from .bench import add_parser as add_bench
-    from .credentials import add_parser as add_credentials
-    from .demo import add_parser as add_demo
-    from .simulate import add_parser as add_simulate
-
-    add_demo(sub)
-    add_simulate(sub)
-    add_credentials(sub)
-    add_bench(sub)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in _BUILTIN:
+        add(sub)
+    for name in SUBCOMMAND_MODULES:
+        module = importlib.import_module(f"{__package__}.{name}")
+        before = set(sub.choices)
+        module.add_parser(sub)
+        run = getattr(module, "run", None)
+        for new in set(sub.choices) - before:
+            if run is not None and sub.choices[new].get_default("func") is None:
+                sub.choices[new].set_defaults(func=run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(getattr(args, "verbose", 0) or 0, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    verbose = getattr(args, "verbose", 0) or 0
+    configure_logging(verbose)
     try:
         return int(args.func(args) or 0)
     except UsageError as e:
         _reason(str(e))
-        return 64
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except McObserveError as e:
+        _reason(str(e))
+        return 1
+    except OSError as e:
+        _reason(describe_os_error(e))
+        return 1
+    except Exception as e:  # a bug: one line unless -v asked for the traceback
+        if verbose:
+            raise
+        _reason(f"internal error: {type(e).__name__}: {e} (run with -v for the traceback and report it)")
+        return EXIT_SOFTWARE
 
 
 if __name__ == "__main__":  # pragma: no cover
