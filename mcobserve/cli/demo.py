@@ -21,6 +21,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from .common import UsageError
+
 COLOURS = ["cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan", "bright_magenta"]
 
 
@@ -55,7 +57,11 @@ def _reader(name: str, proc: subprocess.Popen[str], out: queue.Queue[tuple[str, 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ..netlab import Lan, can_use_netns
 
-    console = Console(highlight=False)
+    if not 1 <= args.observers <= 50:
+        raise UsageError("--observers must be within 1..50")
+    if args.updates < 1 or not args.every > 0:
+        raise UsageError("--updates must be at least 1 and --every a positive number of seconds")
+    console = Console(highlight=False, soft_wrap=True)
     ok, reason = can_use_netns()
     if not ok:
         console.print(
@@ -63,9 +69,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"root or unprivileged user namespaces.\n{escape(reason)}"
         )
         return 2
-    if not 1 <= args.observers <= 50:
-        console.print("--observers must be within 1..50")
-        return 64
     py = [sys.executable, "-m", "mcobserve.cli.main"]
     with Lan(clients=args.observers + 1) as lan:
         srv, sensor, observers = lan.server, lan.clients[-1], lan.clients[:-1]

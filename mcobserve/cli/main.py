@@ -21,10 +21,15 @@ from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MIN_INTERVAL, CodePoints
 from ..engine.counting import DEFAULT_LEISURE
 from ..errors import MalformedError, McObserveError
 from .common import (
+    EXIT_ENDED,
+    EXIT_FAILURE,
+    EXIT_OK,
     EXIT_SOFTWARE,
+    EXIT_TIMEOUT,
     EXIT_USAGE,
     UsageError,
     configure_logging,
+    describe_network_error,
     describe_os_error,
     reason,
 )
@@ -68,17 +73,65 @@ _OBSERVE_DEFAULTS: dict[str, Any] = {
     "group_oscore": None,
 }
 _CONFIG_KEYS = {"server": set(_SERVER_DEFAULTS), "observe": set(_OBSERVE_DEFAULTS)}
+#: The type each command-line option converts to, per command (filled when the parser is built):
+#: a TOML value must have it too.
+_CONFIG_TYPES: dict[str, dict[str, Any]] = {}
+
+
+def _record_types(command: str, parser: argparse.ArgumentParser) -> None:
+    types: dict[str, Any] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._StoreTrueAction):
+            types[action.dest] = bool
+        elif isinstance(action, argparse._AppendAction):
+            types[action.dest] = list
+        elif action.dest not in ("help", "verbose", "config"):
+            types[action.dest] = action.type or str
+    _CONFIG_TYPES[command] = types
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
+
+
+def _typed(key: str, value: Any, kind: Any, where: str) -> Any:
+    """``value`` from a TOML file, checked against the option's type (one line when it is wrong)."""
+    ok = True
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind is list:
+        value = [value] if isinstance(value, str) else value
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif kind is str:
+        ok = isinstance(value, str)
+    elif callable(kind):
+        try:
+            value = kind(value if isinstance(value, str) else str(value))
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            ok = False
+    if not ok:
+        what = _TYPE_WORDS.get(kind, "a valid value")
+        raise UsageError(f"{key} in {where} must be {what}, not {value!r} (fix the file)")
+    return value
 
 
 def _load_config(path: str | None, command: str) -> dict[str, Any]:
     """The ``[command]`` table of a TOML file (or its top level), keys normalised to underscores."""
     if not path:
         return {}
+    if command not in _CONFIG_TYPES:
+        build_parser()
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"cannot read configuration {path}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read configuration {path}: {describe_os_error(e)}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"configuration {path} is not valid TOML: {e}") from None
     table = data.get(command, data)
     if not isinstance(table, dict):
         raise UsageError(f"[{command}] in {path} is not a table")
@@ -89,7 +142,8 @@ def _load_config(path: str | None, command: str) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name not in _CONFIG_KEYS[command]:
             raise UsageError(f"unknown setting {key!r} in [{command}] of {path}")
-        out[name] = value
+        kind = _CONFIG_TYPES.get(command, {}).get(name)
+        out[name] = value if kind is None else _typed(key, value, kind, f"[{command}] of {path}")
     if "code_points" in data and isinstance(data["code_points"], dict):
         out.setdefault("content_format", data["code_points"].get("content_format"))
     return out
@@ -189,6 +243,7 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML file with the same settings ([server] table)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=_cmd_server)
+    _record_types("server", p)
 
 
 def _parse_resource(spec: str) -> tuple[tuple[str, ...], str]:
@@ -209,6 +264,11 @@ def _cmd_server(args: argparse.Namespace) -> int:
         raise UsageError("--bind and --group are required (or set them in --config)")
     if not args.resource:
         raise UsageError("give at least one --resource PATH[=TEXT]")
+    if not 0 <= args.hops <= 255:
+        raise UsageError("--hops must be within 0..255 (the multicast hop limit)")
+    if not 1 <= args.token_length <= 8:
+        raise UsageError("--token-length must be within 1..8 bytes")
+    check_interface(args.interface)
     try:
         bind = Endpoint.parse(args.bind)
         group = Endpoint.parse(args.group)
@@ -275,9 +335,12 @@ async def _serve(
             security=security,
             server_credentials=server_credentials,
         )
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        _reason(f"cannot serve on {bind} for group {group}: {describe_os_error(e)}")
+        return EXIT_FAILURE
+    except ValueError as e:
         _reason(f"cannot serve on {bind} for group {group}: {e}")
-        return 1
+        return EXIT_FAILURE
     for path, text in resources:
         server.add_resource(path, TextResource(text), policy)
     stop = asyncio.Event()
@@ -304,8 +367,10 @@ def load_credentials(path: str) -> dict[str, Any]:
     try:
         with open(path) as f:
             data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"cannot read credentials {path}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read credentials {path}: {describe_os_error(e)}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"credentials {path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise UsageError(f"credentials {path}: a JSON object expected")
     base = Path(path).resolve().parent
@@ -384,15 +449,53 @@ def _observe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML file with the same settings ([observe] table)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=_cmd_observe)
+    _record_types("observe", p)
 
 
 def _cmd_observe(args: argparse.Namespace) -> int:
     _merge(args, _load_config(args.config, "observe"), _OBSERVE_DEFAULTS)
     if not args.uri:
-        raise UsageError("give the URI to observe")
+        raise UsageError("give the URI to observe, e.g. mcobserve observe 'coap://[fd00:db8::1]/temperature'")
+    check_uri(args.uri)
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError("--timeout must be a positive number of seconds")
+    if args.leisure is not None and not (math.isfinite(args.leisure) and args.leisure >= 0):
+        raise UsageError("--leisure must be a number of seconds >= 0")
+    check_interface(args.interface)
     return asyncio.run(_observe(args))
+
+
+def check_uri(uri: str) -> None:
+    """A ``coap://HOST[:PORT]/PATH`` URI, or a UsageError saying what is wrong."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as e:
+        raise UsageError(f"{uri!r} is not a valid URI ({e}); use coap://HOST[:PORT]/PATH") from None
+    if parts.scheme != "coap":
+        what = f"is a {parts.scheme}:// URI" if parts.scheme else "has no scheme"
+        raise UsageError(f"{uri!r} {what}; mcobserve speaks CoAP over UDP: use coap://HOST[:PORT]/PATH")
+    if not parts.hostname:
+        raise UsageError(f"{uri!r} names no host; use coap://HOST[:PORT]/PATH")
+    if port == 0:
+        raise UsageError(f"{uri!r}: port 0 cannot be reached; leave it out for 5683")
+
+
+def check_interface(name: str | None) -> None:
+    """An interface this host has, or a UsageError naming the ones it has."""
+    if not name:
+        return
+    import socket
+
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        have = ", ".join(n for _, n in socket.if_nameindex())
+        raise UsageError(f"no interface {name!r} on this host (it has: {have}); see `ip link`") from None
 
 
 def _notification_json(n: Any, index: int) -> dict[str, Any]:
@@ -416,7 +519,7 @@ def _notification_json(n: Any, index: int) -> dict[str, Any]:
 
 
 async def _observe(args: argparse.Namespace) -> int:
-    from ..aio.client import Observer
+    from ..aio.client import Observer, ResponseError
 
     group_security = None
     if args.group_oscore:
@@ -437,7 +540,8 @@ async def _observe(args: argparse.Namespace) -> int:
     )
     received = 0
     loop = asyncio.get_running_loop()
-    deadline = None if args.timeout is None else loop.time() + args.timeout
+    started = loop.time()
+    deadline = None if args.timeout is None else started + args.timeout
     it = observer.__aiter__()
     try:
         while args.count is None or received < args.count:
@@ -445,39 +549,44 @@ async def _observe(args: argparse.Namespace) -> int:
             try:
                 n = await asyncio.wait_for(it.__anext__(), remaining)
             except StopAsyncIteration:
+                # The server ended it: a cancellation 5.03 (§4.5) or a resource that is not observable.
                 why = (
-                    "server cancelled the group observation"
+                    "the server cancelled the group observation"
                     if observer.ended_by_server is not None
-                    else "observation ended"
+                    else "the server ended the observation"
                 )
-                if args.count is None:
-                    _reason(f"{why} after {received} notifications")
-                    return 0 if observer.ended_by_server is not None else 1
-                _reason(f"{why} after {received} of {args.count} notifications")
-                return 3
+                of = "" if args.count is None else f" of {args.count}"
+                _reason(f"{why} after {received}{of} notifications")
+                return EXIT_ENDED
             except TimeoutError:
+                if received == 0:
+                    _reason(
+                        f"nothing received from {args.uri} within {args.timeout:g} s (no answer: is the "
+                        "server running at that address and port? -v shows more)"
+                    )
+                    return EXIT_TIMEOUT
                 if args.count is None:
-                    return 0
-                _reason(f"timeout after {args.timeout} s: {received} of {args.count} notifications")
-                return 2
+                    return EXIT_OK
+                _reason(f"timeout after {args.timeout:g} s: {received} of {args.count} notifications")
+                return EXIT_TIMEOUT
             received += 1
             if args.json:
                 print(json.dumps(_notification_json(n, received)), flush=True)
             else:
                 text = n.payload.decode("utf-8", "replace")
                 print(f"{n.code} observe={n.observe} via={n.via.value}: {text}", flush=True)
-        return 0
-    except McObserveError as e:
-        _reason(str(e))
-        return 1
-    except OSError as e:
-        _reason(f"network error: {e}")
-        return 1
-    except Exception as e:  # aiocoap errors (timeouts, resolution) have many types
-        _reason(f"{type(e).__name__}: {e}")
-        return 1
+        return EXIT_OK
+    except UsageError:
+        raise
+    except Exception as e:  # aiocoap's errors (network, timeouts, OSCORE) have many types
+        if isinstance(e, ResponseError):
+            _reason(f"{args.uri}: {e} (check the path and what the server serves)")
+        else:
+            _reason(describe_network_error(e, args.uri, loop.time() - started))
+        return EXIT_FAILURE
     finally:
-        await it.aclose()
+        with contextlib.suppress(Exception):
+            await it.aclose()
 
 
 _reason = reason
@@ -525,6 +634,13 @@ def _publish_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
+    check_uri(args.uri)
+    if args.count < 1:
+        raise UsageError("--count must be at least 1")
+    if not (math.isfinite(args.every) and args.every >= 0):
+        raise UsageError("--every must be a number of seconds >= 0")
+    if args.values is not None and not args.values.strip(","):
+        raise UsageError("--values needs at least one value, e.g. --values on,off")
     return asyncio.run(_publish(args))
 
 
@@ -547,8 +663,8 @@ async def _publish(args: argparse.Namespace) -> int:
             if i + 1 < args.count:
                 await asyncio.sleep(args.every)
     except Exception as e:  # aiocoap's network errors have many types
-        _reason(f"PUT to {args.uri} failed: {type(e).__name__}: {e}")
-        return 1
+        _reason(f"PUT failed: {describe_network_error(e, args.uri)}")
+        return EXIT_FAILURE
     finally:
         await ctx.shutdown()
     return 0
@@ -574,7 +690,6 @@ class _Parser(argparse.ArgumentParser):
     """argparse with exit code 64 (EX_USAGE) for usage errors, as documented."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"mcobserve: {message} (see: {self.prog} --help)\n")
 
 
