@@ -168,8 +168,8 @@ class GroupServer:
     @classmethod
     async def create(
         cls,
-        bind: Endpoint,
-        group: Endpoint,
+        bind: Endpoint | str | tuple[Any, ...],
+        group: Endpoint | str | tuple[Any, ...],
         *,
         interface: str | None = None,
         site: aiocoap.resource.Site | None = None,
@@ -184,6 +184,7 @@ class GroupServer:
         server_credentials: aiocoap.credentials.CredentialsMap | None = None,
     ) -> GroupServer:
         """Bind SRV_ADDR:SRV_PORT and prepare to send to GRP_ADDR:GRP_PORT (draft §4.1)."""
+        bind, group = Endpoint.coerce(bind), Endpoint.coerce(group)  # or "[fd00::1]:5683", (host, port)
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
         _glue.install_backlog_fix()  # N informative responses in flight (draft §4.2) must not cost O(N^2)

@@ -170,10 +170,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         sent = [e for e in events if e.get("event") == "notification_sent"]
         cancels = [e for e in events if e.get("event") == "cancelled"]
         registrations = [e for e in events if e.get("event") == "registration"]
+        joined = [e for e in registrations if e.get("kind") == "group"]
+        confirmations = sum(e.get("kind") == "confirmation" for e in registrations)
         k = len(observers)
         updates = len(sent)
+        confirmed = f"; {confirmations} confirmations for rough counting (§8)" if confirmations else ""
         console.print(
-            f"\n[bold]Done.[/] {len(registrations)} registrations answered with informative responses; "
+            f"\n[bold]Done.[/] {len(joined)} registrations answered with informative responses{confirmed}; "
             f"observers received {', '.join(str(v) for v in received.values())} notifications."
         )
         console.print(

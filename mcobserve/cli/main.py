@@ -630,6 +630,7 @@ def _publish_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=10, help="number of updates (default 10)")
     p.add_argument("--values", help="comma-separated values to cycle through (default: a temperature walk)")
     p.add_argument("--credentials", metavar="FILE.json", help="aiocoap credentials (OSCORE) for the PUTs")
+    p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=_cmd_publish)
 
 
@@ -683,6 +684,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "simulate",
     "credentials",
     "bench",
+    "lab",
 )
 
 
@@ -701,6 +703,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 success, 1 runtime error (network, security, server), 2 timeout, "
         "3 observation ended by the server, 64 usage error, 70 internal error, 130 interrupted.",
     )
+    parser.add_argument(
+        "-v", "--verbose", dest="verbose_global", action="count", default=0,
+        help="more output: -v shows INFO lines and third-party warnings, -vv debugging",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in _BUILTIN:
         add(sub)
@@ -718,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    verbose = getattr(args, "verbose", 0) or 0
+    verbose = (getattr(args, "verbose", 0) or 0) + args.verbose_global
     configure_logging(verbose)
     try:
         return int(args.func(args) or 0)
