@@ -99,6 +99,13 @@ CASES: list[tuple[str, int | None, str]] = [
     ("bench --modes bogus", USAGE, "unknown mode"),
     ("bench --updates 0", USAGE, "updates"),
     ("bench --out {d}/file", USAGE, "not a folder"),
+    # lab
+    ("lab", USAGE, "required"),
+    ("lab up --observers 0", USAGE, "--observers"),
+    ("lab --name BAD! up", USAGE, "lab name"),
+    ("lab exec server", USAGE, "give the command"),
+    ("lab --name zzqnone exec server -- true", FAILURE, "no lab 'zzqnone' is up"),
+    ("lab --name zzqnone status", FAILURE, "mcobserve lab up"),
 ]
 
 
