@@ -247,9 +247,14 @@ class Host:
 class _Lab(abc.ABC):
     """Common lifecycle: unique names, idempotent teardown, context manager, atexit safety."""
 
-    def __init__(self) -> None:
-        """Reserve a unique tag; nothing is created before :meth:`start`."""
-        self.tag = _next_tag()
+    def __init__(self, tag: str | None = None, keep: bool = False) -> None:
+        """Reserve a unique tag (or use ``tag``); nothing is created before :meth:`start`.
+
+        ``keep``: the lab outlives this process (``mcobserve lab up``); it is not closed at exit and
+        :func:`remove_kept` removes it later.
+        """
+        self.tag = tag or _next_tag()
+        self.keep = keep
         self.owner_pid = os.getpid()
         self.namespaces: list[str] = []
         self.hosts: list[Host] = []
@@ -273,7 +278,8 @@ class _Lab(abc.ABC):
         if self._started:
             return self
         self._started = True
-        _live_labs.add(self)
+        if not self.keep:
+            _live_labs.add(self)
         t0 = time.monotonic()
         try:
             self._build()
@@ -321,12 +327,23 @@ class _Lab(abc.ABC):
 class Lan(_Lab):
     """Bridge LAN: ``server`` + ``clients`` namespaces, each ``eth0`` on bridge ``br0`` in ``bridge_ns``."""
 
-    def __init__(self, clients: int = 3) -> None:
-        """Describe a LAN with ``clients`` client hosts (1..1000)."""
+    def __init__(
+        self,
+        clients: int = 3,
+        *,
+        roles: Sequence[str] | None = None,
+        tag: str | None = None,
+        keep: bool = False,
+    ) -> None:
+        """Describe a LAN with ``clients`` client hosts (1..1000); ``roles`` names the server and the
+        clients (default ``srv``, ``c1``...); ``tag`` and ``keep`` as for the base class."""
         if not 1 <= clients <= MAX_CLIENTS:
             raise ValueError(f"clients must be within 1..{MAX_CLIENTS}")
-        super().__init__()
+        if roles is not None and len(roles) != clients + 1:
+            raise ValueError("roles names the server and every client")
+        super().__init__(tag, keep)
         self.n_clients = clients
+        self.roles = list(roles) if roles else ["srv"] + [f"c{k}" for k in range(1, clients + 1)]
         self.bridge_ns = f"{self.tag}-br"
         self.server: Host
         self.clients: list[Host] = []
@@ -342,7 +359,7 @@ class Lan(_Lab):
         from pyroute2 import IPRoute
 
         self._new_ns("br")
-        roles = ["srv"] + [f"c{k}" for k in range(1, self.n_clients + 1)]
+        roles = self.roles
         brfd = os.open(os.path.join(NETNS_DIR, self.bridge_ns), os.O_RDONLY)
         try:
             with IPRoute(netns=self.bridge_ns) as bipr:
@@ -494,6 +511,38 @@ def _probe() -> tuple[bool, str]:
         with contextlib.suppress(Exception):
             _remove_ns(name)
     return True, "root, network namespaces, veth and bridge work"
+
+
+def processes_in(name: str) -> list[int]:
+    """Process ids running in namespace ``name`` (``ip netns pids``)."""
+    res = subprocess.run(
+        ["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10, check=False
+    )
+    return [int(x) for x in res.stdout.split() if x.isdigit()]
+
+
+def remove_kept(names: Sequence[str], timeout: float = PROC_STOP_TIMEOUT) -> list[str]:
+    """Stop the processes in the namespaces ``names`` (SIGTERM, then SIGKILL) and delete them.
+
+    For a lab made with ``keep=True`` by another process; returns the names removed.
+    """
+    pids = [pid for name in names for pid in processes_in(name) if pid != os.getpid()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _pid_alive(pid)]
+        time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    removed = []
+    for name in names:
+        if os.path.exists(os.path.join(NETNS_DIR, name)):
+            _remove_ns(name)
+            removed.append(name)
+    return removed
 
 
 def can_use_netns() -> tuple[bool, str]:

@@ -1,4 +1,4 @@
-"""The benchmark (``bench/``, ``mcobserve bench``): a tiny real run, plus its pure helpers."""
+"""The benchmark (``mcobserve.bench``, ``mcobserve bench``): a tiny real run, plus its pure helpers."""
 
 from __future__ import annotations
 
@@ -6,17 +6,13 @@ import argparse
 import json
 import socket
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench import clients, harness, report, secured  # noqa: E402
-from mcobserve.cli import bench as cli  # noqa: E402
+from mcobserve.bench import clients, harness, report, secured
+from mcobserve.bench.sections import observe as cli
+from mcobserve.cli import bench as bench_cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -128,20 +124,20 @@ def test_secured_credentials_and_client_context(tmp_path):
 def test_cli_options_map_to_a_config():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    cli.add_parser(sub)
+    bench_cli.add_parser(sub)
     args = parser.parse_args(["bench", "--quick", "--modes", "group,traditional-con", "--no-pin"])
-    cfg = cli._config(args, harness)
+    cfg = cli._config(args)
     assert cfg.observers == list(harness.QUICK_OBSERVERS) and cfg.updates == harness.QUICK_UPDATES
     assert cfg.modes == ["group", "traditional-con"] and not cfg.pin
     args = parser.parse_args(["bench", "--observers", "2,3", "--updates", "4"])
-    cfg = cli._config(args, harness)
+    cfg = cli._config(args)
     assert (cfg.observers, cfg.updates, cfg.modes) == ([2, 3], 4, list(harness.DEFAULT_MODES))
     args = parser.parse_args(["bench", "--modes", "group-oscore,traditional-oscore"])
-    assert cli._config(args, harness).modes == ["group-oscore", "traditional-oscore"]
+    assert cli._config(args).modes == ["group-oscore", "traditional-oscore"]
     with pytest.raises(ValueError):
-        cli._config(parser.parse_args(["bench", "--modes", "multicast"]), harness)
+        cli._config(parser.parse_args(["bench", "--modes", "multicast"]))
     with pytest.raises(ValueError):
-        cli._config(parser.parse_args(["bench", "--observers", "0"]), harness)
+        cli._config(parser.parse_args(["bench", "--observers", "0"]))
 
 
 def test_client_wire_helpers():
@@ -157,3 +153,53 @@ def test_client_wire_helpers():
     ts = struct.pack("@qq", 1_700_000_000, 500_000_000)
     assert clients.kernel_time([(socket.SOL_SOCKET, clients.SO_TIMESTAMPNS, ts)]) == 1_700_000_000.5
     assert clients.kernel_time([]) is None
+
+
+def test_output_goes_to_a_fresh_folder_and_never_over_existing_files(tmp_path):
+    from mcobserve.cli.common import UsageError
+
+    a = bench_cli.fresh_out(None, False, "observe")
+    b = bench_cli.fresh_out(None, False, "observe")
+    try:
+        assert a != b and a.is_dir() and not any(a.iterdir())
+        assert a.name.startswith("mcobserve-bench-observe-")
+        assert Path(__file__).resolve().parents[1] not in a.resolve().parents  # never the checkout
+    finally:
+        a.rmdir()
+        b.rmdir()
+    assert bench_cli.fresh_out(str(tmp_path / "new" / "deep"), False, "observe").is_dir()
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "results.md").write_text("committed")
+    with pytest.raises(UsageError, match="--overwrite"):
+        bench_cli.fresh_out(str(tmp_path / "used"), False, "observe")
+    assert bench_cli.fresh_out(str(tmp_path / "used"), True, "observe") == tmp_path / "used"
+    assert (tmp_path / "used" / "results.md").read_text() == "committed"
+
+
+def test_a_section_is_a_module(tmp_path, monkeypatch):
+    """Adding a module to mcobserve.bench.sections adds ``mcobserve bench NAME``."""
+    from mcobserve.bench import sections
+    from mcobserve.cli.main import main
+
+    extra = tmp_path / "sections"
+    extra.mkdir()
+    (extra / "toy_section.py").write_text(
+        'HELP = "a toy"\n'
+        "def add_arguments(p):\n    p.add_argument('--size', type=int, default=1)\n"
+        "def run(args, out):\n"
+        "    (out / 'toy.txt').write_text(str(args.size * (3 if args.quick else 1)))\n"
+        "    print('toy headline', args.size)\n    return 0\n"
+    )
+    monkeypatch.setattr(sections, "__path__", [*sections.__path__, str(extra)])
+    assert "toy_section" in sections.names() and sections.names()[0] == "observe"
+    out = tmp_path / "out"
+    assert main(["bench", "toy-section", "--quick", "--size", "2", "--out", str(out)]) == 0
+    assert (out / "toy.txt").read_text() == "6"
+
+
+def test_the_benchmark_is_in_the_package():
+    import importlib.resources
+
+    files = {p.name for p in importlib.resources.files("mcobserve.bench").iterdir()}
+    assert {"harness.py", "server_proc.py", "clients.py", "report.py", "secured.py", "sections"} <= files
+    assert harness.PACKAGE_ROOT == Path(harness.__file__).resolve().parents[2]

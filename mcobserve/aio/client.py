@@ -481,9 +481,15 @@ class Observer:
             code=GET, uri=self.uri, observe=0, no_response=26, transport_tuning=aiocoap.Unreliable
         )
         set_feedback_divider(request, 0, self.code_points)
+        # Resolve first, so aiocoap's send task hands the message over without waiting; withdrawing
+        # interest before that made aiocoap warn "on_interest_end callback ... added after ... ended".
+        await ctx.find_remote_and_interface(request)
         pending = ctx.request(request, handle_blockwise=False)
         self.confirmations_sent += 1
-        await asyncio.sleep(0)  # let it leave; no response is expected
+        for _ in range(100):  # it has left once it has a Token; no response is expected
+            await asyncio.sleep(0)
+            if request.token:
+                break
         pending.response.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await pending.response

@@ -219,8 +219,8 @@ class GroupServer:
     @classmethod
     async def create(
         cls,
-        bind: Endpoint,
-        group: Endpoint,
+        bind: Endpoint | str | tuple[Any, ...],
+        group: Endpoint | str | tuple[Any, ...],
         *,
         interface: str | None = None,
         site: aiocoap.resource.Site | None = None,
@@ -245,9 +245,10 @@ class GroupServer:
         with ``server_credentials`` only OSCORE-protected requests are served (4.01 otherwise).
 
         Until a source address is verified (Echo, RFC 9175 §2.4, or OSCORE) the server sends it at most
-        3x the bytes it received (:mod:`.guard`, ``guard_limits``); ``trusted_network`` turns this off
+        3x the bytes it received (:mod:`.sourceguard`, ``guard_limits``); ``trusted_network`` turns this off
         for clients that cannot answer Echo. Bad datagrams are dropped with a rate-limited log line.
         """
+        bind, group = Endpoint.coerce(bind), Endpoint.coerce(group)  # or "[fd00::1]:5683", (host, port)
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
         ensure_unserved(bind)  # one server per address and port (aiocoap sets SO_REUSEPORT)

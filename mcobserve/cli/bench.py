@@ -1,207 +1,95 @@
-"""``mcobserve bench``: group observation against RFC 7641 observation, measured in a private namespace.
+"""``mcobserve bench [SECTION]``: the benchmarks shipped in the package (:mod:`mcobserve.bench`).
 
-The benchmark itself lives in the source checkout's ``bench/`` package (harness, server and client
-processes, report); this module is its command line. See ``bench/README.md``.
+Each section is a module of :mod:`mcobserve.bench.sections`; without a section the default one
+(``observe``: group observation against RFC 7641 observation) runs. Results go to a fresh folder
+(``--out DIR``, default a new ``mcobserve-bench-*`` folder in the system's temporary folder); an
+existing non-empty folder is only written with ``--overwrite``, so a run never replaces committed
+results by accident. See ``bench/README.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
-_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_OUT = _ROOT / "bench" / "results"
+from ..bench import sections
+from .common import UsageError, reason
 
 
-def _bench_module(name: str) -> ModuleType:
-    """``bench.<name>`` from the checkout this mcobserve runs from (it is not part of the wheel)."""
-    if (_ROOT / "bench" / "harness.py").exists() and str(_ROOT) not in sys.path:
-        sys.path.insert(0, str(_ROOT))
-    try:
-        return importlib.import_module(f"bench.{name}")
-    except ImportError as e:
-        raise SystemExit(
-            f"mcobserve: the benchmark needs the source checkout's bench/ package ({e}); "
-            "run it from a git checkout of mcobserve"
-        ) from None
-
-
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--observers",
-        metavar="N,N,...",
-        help="observer counts (default 1,10,100,1000,5000; with --quick 1,20,200)",
-    )
-    p.add_argument("--updates", type=int, metavar="K", help="updates per case (default 20; --quick 5)")
+def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a small run that finishes within a minute")
-    p.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument(
-        "--modes",
-        metavar="MODE,...",
-        help="any of group, traditional-non, traditional-con, group-oscore, traditional-oscore, "
-        "traditional-oscore-con (default: the first three; the secured ones: Group OSCORE against OSCORE)",
+        "--out",
+        metavar="DIR",
+        help="output folder (default: a fresh mcobserve-bench-* folder in the temporary folder)",
     )
-    p.add_argument(
-        "--listener",
-        choices=("observer", "process"),
-        default="observer",
-        help="group sockets: one per observer (SO_REUSEPORT copies, default) or one per client process",
-    )
-    p.add_argument("--processes", type=int, default=4, help="client processes per case (default 4)")
-    p.add_argument("--no-pin", action="store_true", help="do not give the server a CPU of its own")
-    p.add_argument("--no-rps", action="store_true", help="leave receive processing on the sending CPU")
-    p.add_argument("--gap", type=float, default=0.02, help="idle seconds between two updates (default 0.02)")
-    p.add_argument(
-        "--case-budget",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="seconds of updates per case; slower cases stop early, after at least 3 (default 60)",
-    )
-    x = p.add_argument_group("experiments (change the server; not the default comparison)")
-    x.add_argument(
-        "--aiocoap-backlog-fix",
-        action="store_true",
-        help="replace aiocoap 0.4.17's O(open CON exchanges) scan after every ACK with an O(1) check",
-    )
-    x.add_argument(
-        "--gc-threshold", type=int, default=0, metavar="N", help="gc.set_threshold(N) in the server"
-    )
-    x.add_argument(
-        "--tracemalloc", action="store_true", help="also report the Python heap per observer (slower server)"
-    )
+    p.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
+    p.add_argument("-v", "--verbose", action="count", default=0)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``bench``."""
+    """Register ``bench`` with the default section's options and one sub-command per section."""
+    default = sections.load(sections.DEFAULT)
     p = sub.add_parser(
         "bench",
-        help="benchmark group observation against RFC 7641 observation (root, private namespace)",
-        description="For each N: N simulated observers against a GroupServer (one multicast notification "
-        "per change) and against aiocoap's ObservableResource with NON and CON notifications. Measures "
-        "server CPU, datagrams and bytes per update, latency to the last observer, memory per observer "
-        "and registration throughput; writes results.md, results.json, machine.md and plot.png.",
-        epilog="Runs inside a network namespace it creates and removes (needs root). The last line is "
-        "the server-CPU ratio traditional-non/group at the largest N.",
+        help="benchmarks in a private namespace (root); default: group vs RFC 7641 observation",
+        description="Runs a benchmark section in a private network namespace it creates and removes "
+        f"(needs root). Without SECTION: '{sections.DEFAULT}' ({default.HELP}).",
+        epilog="The last line on stdout is the section's headline; for the default section the "
+        "server-CPU ratio traditional-non/group at the largest N.",
     )
-    _add_arguments(p)
-    p.set_defaults(func=_cmd_bench)
+    default.add_arguments(p)
+    _common(p)
+    p.set_defaults(func=_cmd_bench, section=sections.DEFAULT)
+    secs = p.add_subparsers(dest="section", metavar="SECTION", parser_class=type(p))
+    for name in sections.names():
+        module = sections.load(name)
+        s = secs.add_parser(name.replace("_", "-"), help=module.HELP, description=module.HELP)
+        module.add_arguments(s)
+        _common(s)
 
 
-def _config(args: argparse.Namespace, harness: ModuleType) -> Any:
-    kw: dict[str, Any] = {
-        "listener": args.listener,
-        "processes": args.processes,
-        "pin": not args.no_pin,
-        "rps": not args.no_rps,
-        "gap": args.gap,
-        "case_budget": args.case_budget,
-        "fix_backlog": args.aiocoap_backlog_fix,
-        "gc_threshold": args.gc_threshold,
-        "tracemalloc": args.tracemalloc,
-    }
-    if args.observers:
-        try:
-            kw["observers"] = [int(x) for x in args.observers.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(
-                f"--observers must be comma-separated integers, not {args.observers!r}"
-            ) from None
-    if args.updates is not None:
-        kw["updates"] = args.updates
-    if args.modes:
-        kw["modes"] = [m.strip() for m in args.modes.split(",") if m.strip()]
-    cfg = harness.BenchConfig.quick(**kw) if args.quick else harness.BenchConfig(**kw)
-    cfg.validate()
-    return cfg
+def fresh_out(given: str | None, overwrite: bool, section: str) -> Path:
+    """The output folder: ``given`` (created; refused when it holds files, unless ``overwrite``) or a
+    new folder in the temporary folder."""
+    if not given:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        return Path(tempfile.mkdtemp(prefix=f"mcobserve-bench-{section}-{stamp}-"))
+    out = Path(given)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {given} is not a folder; give a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(
+            f"--out {given} already holds files; give a new folder, or add --overwrite to replace them"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {given}: {e.strerror}") from None
+    return out
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    harness = _bench_module("harness")
-    report = _bench_module("report")
-    err = Console(stderr=True, highlight=False)
+    section = args.section or sections.DEFAULT
+    module = sections.load(section)
+    out = fresh_out(args.out, args.overwrite, section)
     try:
-        cfg = _config(args, harness)
-    except ValueError as e:
-        err.print(f"mcobserve: {e}")
-        return 64
-    out = Path(args.out) if args.out else DEFAULT_OUT
-    total_cases = len(cfg.observers) * len(cfg.modes)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as progress:
-        cases = progress.add_task("cases", total=total_cases)
-        steps = progress.add_task("", total=cfg.updates)
-
-        def on_progress(kind: str, info: dict[str, Any]) -> None:
-            label = f"{info['mode']} N={info['n']}"
-            if kind == "case":
-                progress.update(cases, completed=info["index"], description=f"cases ({label})")
-                progress.reset(steps, total=cfg.updates, description=f"{label}: starting")
-            elif kind == "registering":
-                progress.update(steps, description=f"{label}: registering")
-            elif kind == "registered":
-                progress.update(steps, description=f"{label}: updates")
-            elif kind == "update":
-                progress.update(steps, completed=info["seq"])
-
-        try:
-            result = harness.run_bench(cfg, on_progress, on_case=lambda partial: report.write(partial, out))
-        except harness.BenchError as e:
-            err.print(f"mcobserve: benchmark failed: {e}")
-            return 1
-        except KeyboardInterrupt:
-            err.print(f"mcobserve: interrupted; results of the finished cases are in {out}")
-            return 130
-        progress.update(cases, completed=total_cases)
-    paths = report.write(result, out)
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-    _print_summary(console, result)
-    console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    line = report.headline(result)
-    if line is not None:
-        print(line, flush=True)
-    return 0
-
-
-def _print_summary(console: Any, result: Any) -> None:
-    from rich.table import Table
-
-    table = Table(title="per update (p50)", show_lines=False)
-    for col in ("mode", "N", "CPU ms", "µs/obs", "datagrams", "bytes", "last obs ms", "reg/s", "all got all"):
-        table.add_column(col, justify="left" if col == "mode" else "right")
-    for c in result.cases:
-        s = c.summary()
-        lat = s["latency_kernel_ms_p50"]
-        table.add_row(
-            c.mode,
-            str(c.n),
-            f"{s['cpu_ms_p50']:.3f}",
-            f"{s['cpu_us_per_observer']:.1f}",
-            f"{s['datagrams_p50']:.0f}",
-            f"{s['bytes_p50']:.0f}",
-            "–" if lat is None else f"{lat:.2f}",
-            f"{s['registrations_per_second']:.0f}",
-            "yes" if s["delivered_all"] else "NO",
-        )
-    console.print(table)
+        rc = int(module.run(args, out) or 0)
+    except BaseException:
+        if not args.out and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    if rc == 0:
+        reason(f"results in {out}")
+    return rc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bench``: the same command without the ``mcobserve`` front end."""
-    p = argparse.ArgumentParser(prog="python -m bench", description=add_parser.__doc__)
-    _add_arguments(p)
-    return _cmd_bench(p.parse_args(argv))
+    """``python -m mcobserve.bench``: ``mcobserve bench`` without the rest of the command line."""
+    from .main import main as mcobserve_main
+
+    return mcobserve_main(["bench", *(sys.argv[1:] if argv is None else argv)])

@@ -21,6 +21,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from .common import UsageError
+
 COLOURS = ["cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan", "bright_magenta"]
 
 
@@ -55,7 +57,11 @@ def _reader(name: str, proc: subprocess.Popen[str], out: queue.Queue[tuple[str, 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ..netlab import Lan, can_use_netns
 
-    console = Console(highlight=False)
+    if not 1 <= args.observers <= 50:
+        raise UsageError("--observers must be within 1..50")
+    if args.updates < 1 or not args.every > 0:
+        raise UsageError("--updates must be at least 1 and --every a positive number of seconds")
+    console = Console(highlight=False, soft_wrap=True)
     ok, reason = can_use_netns()
     if not ok:
         console.print(
@@ -63,9 +69,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"root or unprivileged user namespaces.\n{escape(reason)}"
         )
         return 2
-    if not 1 <= args.observers <= 50:
-        console.print("--observers must be within 1..50")
-        return 64
     py = [sys.executable, "-m", "mcobserve.cli.main"]
     with Lan(clients=args.observers + 1) as lan:
         srv, sensor, observers = lan.server, lan.clients[-1], lan.clients[:-1]
@@ -167,10 +170,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         sent = [e for e in events if e.get("event") == "notification_sent"]
         cancels = [e for e in events if e.get("event") == "cancelled"]
         registrations = [e for e in events if e.get("event") == "registration"]
+        joined = [e for e in registrations if e.get("kind") == "group"]
+        confirmations = sum(e.get("kind") == "confirmation" for e in registrations)
         k = len(observers)
         updates = len(sent)
+        confirmed = f"; {confirmations} confirmations for rough counting (§8)" if confirmations else ""
         console.print(
-            f"\n[bold]Done.[/] {len(registrations)} registrations answered with informative responses; "
+            f"\n[bold]Done.[/] {len(joined)} registrations answered with informative responses{confirmed}; "
             f"observers received {', '.join(str(v) for v in received.values())} notifications."
         )
         console.print(

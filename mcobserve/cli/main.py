@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
-import logging
 import math
 import os
 import signal
@@ -15,12 +15,25 @@ import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MIN_INTERVAL, CodePoints
 from ..engine.counting import DEFAULT_LEISURE
 from ..errors import MalformedError, McObserveError
 from .security import SERVER_DEFAULTS, add_server_arguments, server_options
+from .common import (
+    EXIT_ENDED,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    UsageError,
+    configure_logging,
+    describe_network_error,
+    describe_os_error,
+    reason,
+)
 
 #: Every setting of ``mcobserve server`` with its default; a TOML ``[server]`` table may set any of them.
 _SERVER_DEFAULTS: dict[str, Any] = {
@@ -63,21 +76,65 @@ _OBSERVE_DEFAULTS: dict[str, Any] = {
     "group_oscore": None,
 }
 _CONFIG_KEYS = {"server": set(_SERVER_DEFAULTS), "observe": set(_OBSERVE_DEFAULTS)}
+#: The type each command-line option converts to, per command (filled when the parser is built):
+#: a TOML value must have it too.
+_CONFIG_TYPES: dict[str, dict[str, Any]] = {}
 
 
-class UsageError(McObserveError):
-    """Bad command line or configuration."""
+def _record_types(command: str, parser: argparse.ArgumentParser) -> None:
+    types: dict[str, Any] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._StoreTrueAction):
+            types[action.dest] = bool
+        elif isinstance(action, argparse._AppendAction):
+            types[action.dest] = list
+        elif action.dest not in ("help", "verbose", "config"):
+            types[action.dest] = action.type or str
+    _CONFIG_TYPES[command] = types
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
+
+
+def _typed(key: str, value: Any, kind: Any, where: str) -> Any:
+    """``value`` from a TOML file, checked against the option's type (one line when it is wrong)."""
+    ok = True
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind is list:
+        value = [value] if isinstance(value, str) else value
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif kind is str:
+        ok = isinstance(value, str)
+    elif callable(kind):
+        try:
+            value = kind(value if isinstance(value, str) else str(value))
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            ok = False
+    if not ok:
+        what = _TYPE_WORDS.get(kind, "a valid value")
+        raise UsageError(f"{key} in {where} must be {what}, not {value!r} (fix the file)")
+    return value
 
 
 def _load_config(path: str | None, command: str) -> dict[str, Any]:
     """The ``[command]`` table of a TOML file (or its top level), keys normalised to underscores."""
     if not path:
         return {}
+    if command not in _CONFIG_TYPES:
+        build_parser()
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"cannot read configuration {path}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read configuration {path}: {describe_os_error(e)}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"configuration {path} is not valid TOML: {e}") from None
     table = data.get(command, data)
     if not isinstance(table, dict):
         raise UsageError(f"[{command}] in {path} is not a table")
@@ -88,7 +145,8 @@ def _load_config(path: str | None, command: str) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name not in _CONFIG_KEYS[command]:
             raise UsageError(f"unknown setting {key!r} in [{command}] of {path}")
-        out[name] = value
+        kind = _CONFIG_TYPES.get(command, {}).get(name)
+        out[name] = value if kind is None else _typed(key, value, kind, f"[{command}] of {path}")
     if "code_points" in data and isinstance(data["code_points"], dict):
         out.setdefault("content_format", data["code_points"].get("content_format"))
     return out
@@ -191,6 +249,7 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML file with the same settings ([server] table)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=_cmd_server)
+    _record_types("server", p)
 
 
 def _parse_resource(spec: str) -> tuple[tuple[str, ...], str]:
@@ -211,6 +270,11 @@ def _cmd_server(args: argparse.Namespace) -> int:
         raise UsageError("--bind and --group are required (or set them in --config)")
     if not args.resource:
         raise UsageError("give at least one --resource PATH[=TEXT]")
+    if not 0 <= args.hops <= 255:
+        raise UsageError("--hops must be within 0..255 (the multicast hop limit)")
+    if not 1 <= args.token_length <= 8:
+        raise UsageError("--token-length must be within 1..8 bytes")
+    check_interface(args.interface)
     try:
         bind = Endpoint.parse(args.bind)
         group = Endpoint.parse(args.group)
@@ -280,9 +344,12 @@ async def _serve(
             congestion=CongestionControl(interval=args.min_interval),  # per group (draft §4.4)
             **server_options(args),
         )
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        _reason(f"cannot serve on {bind} for group {group}: {describe_os_error(e)}")
+        return EXIT_FAILURE
+    except ValueError as e:
         _reason(f"cannot serve on {bind} for group {group}: {e}")
-        return 1
+        return EXIT_FAILURE
     added = {path: TextResource(text) for path, text in resources}
     for path, resource in added.items():
         server.add_resource(path, resource, policy)
@@ -316,8 +383,10 @@ def load_credentials(path: str) -> dict[str, Any]:
     try:
         with open(path) as f:
             data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"cannot read credentials {path}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read credentials {path}: {describe_os_error(e)}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"credentials {path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise UsageError(f"credentials {path}: a JSON object expected")
     base = Path(path).resolve().parent
@@ -397,15 +466,53 @@ def _observe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML file with the same settings ([observe] table)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=_cmd_observe)
+    _record_types("observe", p)
 
 
 def _cmd_observe(args: argparse.Namespace) -> int:
     _merge(args, _load_config(args.config, "observe"), _OBSERVE_DEFAULTS)
     if not args.uri:
-        raise UsageError("give the URI to observe")
+        raise UsageError("give the URI to observe, e.g. mcobserve observe 'coap://[fd00:db8::1]/temperature'")
+    check_uri(args.uri)
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError("--timeout must be a positive number of seconds")
+    if args.leisure is not None and not (math.isfinite(args.leisure) and args.leisure >= 0):
+        raise UsageError("--leisure must be a number of seconds >= 0")
+    check_interface(args.interface)
     return asyncio.run(_observe(args))
+
+
+def check_uri(uri: str) -> None:
+    """A ``coap://HOST[:PORT]/PATH`` URI, or a UsageError saying what is wrong."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as e:
+        raise UsageError(f"{uri!r} is not a valid URI ({e}); use coap://HOST[:PORT]/PATH") from None
+    if parts.scheme != "coap":
+        what = f"is a {parts.scheme}:// URI" if parts.scheme else "has no scheme"
+        raise UsageError(f"{uri!r} {what}; mcobserve speaks CoAP over UDP: use coap://HOST[:PORT]/PATH")
+    if not parts.hostname:
+        raise UsageError(f"{uri!r} names no host; use coap://HOST[:PORT]/PATH")
+    if port == 0:
+        raise UsageError(f"{uri!r}: port 0 cannot be reached; leave it out for 5683")
+
+
+def check_interface(name: str | None) -> None:
+    """An interface this host has, or a UsageError naming the ones it has."""
+    if not name:
+        return
+    import socket
+
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        have = ", ".join(n for _, n in socket.if_nameindex())
+        raise UsageError(f"no interface {name!r} on this host (it has: {have}); see `ip link`") from None
 
 
 def _notification_json(n: Any, index: int) -> dict[str, Any]:
@@ -429,7 +536,7 @@ def _notification_json(n: Any, index: int) -> dict[str, Any]:
 
 
 async def _observe(args: argparse.Namespace) -> int:
-    from ..aio.client import Observer
+    from ..aio.client import Observer, ResponseError
 
     group_security = None
     if args.group_oscore:
@@ -461,7 +568,8 @@ async def _observe(args: argparse.Namespace) -> int:
     )
     received = 0
     loop = asyncio.get_running_loop()
-    deadline = None if args.timeout is None else loop.time() + args.timeout
+    started = loop.time()
+    deadline = None if args.timeout is None else started + args.timeout
     it = observer.__aiter__()
     try:
         while args.count is None or received < args.count:
@@ -469,43 +577,47 @@ async def _observe(args: argparse.Namespace) -> int:
             try:
                 n = await asyncio.wait_for(it.__anext__(), remaining)
             except StopAsyncIteration:
+                # The server ended it: a cancellation 5.03 (§4.5) or a resource that is not observable.
                 why = (
-                    "server cancelled the group observation"
+                    "the server cancelled the group observation"
                     if observer.ended_by_server is not None
-                    else "observation ended"
+                    else "the server ended the observation"
                 )
-                if args.count is None:
-                    _reason(f"{why} after {received} notifications")
-                    return 0 if observer.ended_by_server is not None else 1
-                _reason(f"{why} after {received} of {args.count} notifications")
-                return 3
+                of = "" if args.count is None else f" of {args.count}"
+                _reason(f"{why} after {received}{of} notifications")
+                return EXIT_ENDED
             except TimeoutError:
+                if received == 0:
+                    _reason(
+                        f"nothing received from {args.uri} within {args.timeout:g} s (no answer: is the "
+                        "server running at that address and port? -v shows more)"
+                    )
+                    return EXIT_TIMEOUT
                 if args.count is None:
-                    return 0
-                _reason(f"timeout after {args.timeout} s: {received} of {args.count} notifications")
-                return 2
+                    return EXIT_OK
+                _reason(f"timeout after {args.timeout:g} s: {received} of {args.count} notifications")
+                return EXIT_TIMEOUT
             received += 1
             if args.json:
                 print(json.dumps(_notification_json(n, received)), flush=True)
             else:
                 text = n.payload.decode("utf-8", "replace")
                 print(f"{n.code} observe={n.observe} via={n.via.value}: {text}", flush=True)
-        return 0
-    except McObserveError as e:
-        _reason(str(e))
-        return 1
-    except OSError as e:
-        _reason(f"network error: {e}")
-        return 1
-    except Exception as e:  # aiocoap errors (timeouts, resolution) have many types
-        _reason(f"{type(e).__name__}: {e}")
-        return 1
+        return EXIT_OK
+    except UsageError:
+        raise
+    except Exception as e:  # aiocoap's errors (network, timeouts, OSCORE) have many types
+        if isinstance(e, ResponseError):
+            _reason(f"{args.uri}: {e} (check the path and what the server serves)")
+        else:
+            _reason(describe_network_error(e, args.uri, loop.time() - started))
+        return EXIT_FAILURE
     finally:
-        await it.aclose()
+        with contextlib.suppress(Exception):
+            await it.aclose()
 
 
-def _reason(text: str) -> None:
-    print(f"mcobserve: {text}", file=sys.stderr, flush=True)
+_reason = reason
 
 
 # -- inspect -----------------------------------------------------------------------------------
@@ -546,10 +658,18 @@ def _publish_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=10, help="number of updates (default 10)")
     p.add_argument("--values", help="comma-separated values to cycle through (default: a temperature walk)")
     p.add_argument("--credentials", metavar="FILE.json", help="aiocoap credentials (OSCORE) for the PUTs")
+    p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=_cmd_publish)
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
+    check_uri(args.uri)
+    if args.count < 1:
+        raise UsageError("--count must be at least 1")
+    if not (math.isfinite(args.every) and args.every >= 0):
+        raise UsageError("--every must be a number of seconds >= 0")
+    if args.values is not None and not args.values.strip(","):
+        raise UsageError("--values needs at least one value, e.g. --values on,off")
     return asyncio.run(_publish(args))
 
 
@@ -572,8 +692,8 @@ async def _publish(args: argparse.Namespace) -> int:
             if i + 1 < args.count:
                 await asyncio.sleep(args.every)
     except Exception as e:  # aiocoap's network errors have many types
-        _reason(f"PUT to {args.uri} failed: {type(e).__name__}: {e}")
-        return 1
+        _reason(f"PUT failed: {describe_network_error(e, args.uri)}")
+        return EXIT_FAILURE
     finally:
         await ctx.shutdown()
     return 0
@@ -581,46 +701,79 @@ async def _publish(args: argparse.Namespace) -> int:
 
 # -- main --------------------------------------------------------------------------------------
 
+#: Subcommands defined in this module, in the order of ``mcobserve --help``.
+_BUILTIN = (_server_parser, _observe_parser, _inspect_parser, _publish_parser)
+
+#: Subcommands in their own module of ``mcobserve.cli``. Each module has ``add_parser(subparsers)``,
+#: which sets ``func`` on its parser (``set_defaults(func=...)``), or a ``run(args) -> int`` used
+#: instead. A new subcommand is one more line here.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "demo",
+    "simulate",
+    "credentials",
+    "bench",
+    "lab",
+    "broker",
+    "proxy",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit code 64 (EX_USAGE) for usage errors, as documented."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"mcobserve: {message} (see: {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mcobserve",
         description="Observe notifications as CoAP multicast responses "
         "(draft-ietf-core-observe-multicast-notifications)",
+        epilog="Exit codes: 0 success, 1 runtime error (network, security, server), 2 timeout, "
+        "3 observation ended by the server, 64 usage error, 70 internal error, 130 interrupted.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    _server_parser(sub)
-    _observe_parser(sub)
-    _inspect_parser(sub)
-    _publish_parser(sub)
-    from .bench import add_parser as add_bench
-    from .broker import add_parser as add_broker
-    from .credentials import add_parser as add_credentials
-    from .demo import add_parser as add_demo
-    from .proxy import add_parser as add_proxy
-    from .simulate import add_parser as add_simulate
-
-    add_demo(sub)
-    add_simulate(sub)
-    add_credentials(sub)
-    add_bench(sub)
-    add_broker(sub)
-    add_proxy(sub)
+    parser.add_argument(
+        "-v", "--verbose", dest="verbose_global", action="count", default=0,
+        help="more output: -v shows INFO lines and third-party warnings, -vv debugging",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in _BUILTIN:
+        add(sub)
+    for name in SUBCOMMAND_MODULES:
+        module = importlib.import_module(f"{__package__}.{name}")
+        before = set(sub.choices)
+        module.add_parser(sub)
+        run = getattr(module, "run", None)
+        for new in set(sub.choices) - before:
+            if run is not None and sub.choices[new].get_default("func") is None:
+                sub.choices[new].set_defaults(func=run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(getattr(args, "verbose", 0) or 0, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    verbose = (getattr(args, "verbose", 0) or 0) + args.verbose_global
+    configure_logging(verbose)
     try:
         return int(args.func(args) or 0)
     except UsageError as e:
         _reason(str(e))
-        return 64
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except McObserveError as e:
+        _reason(str(e))
+        return 1
+    except OSError as e:
+        _reason(describe_os_error(e))
+        return 1
+    except Exception as e:  # a bug: one line unless -v asked for the traceback
+        if verbose:
+            raise
+        _reason(f"internal error: {type(e).__name__}: {e} (run with -v for the traceback and report it)")
+        return EXIT_SOFTWARE
 
 
 if __name__ == "__main__":  # pragma: no cover

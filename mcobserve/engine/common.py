@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
 from aiocoap import BAD_OPTION, CON, Message
 
@@ -55,6 +56,23 @@ class Endpoint:
         else:
             host, port = text, default_port
         return cls.of(host, port)
+
+    @classmethod
+    def coerce(
+        cls, value: Endpoint | str | tuple[Any, ...] | IPAddress, default_port: int = COAP_PORT
+    ) -> Endpoint:
+        """What aiocoap users pass: an Endpoint, ``"[fd00::1]:5683"``, ``("fd00::1", 5683)`` or an address."""
+        if isinstance(value, Endpoint):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value, default_port)
+        if isinstance(value, tuple) and 1 <= len(value) <= 4:  # (host, port[, flowinfo, scope_id])
+            port = value[1] if len(value) > 1 and value[1] is not None else default_port
+            host = value[0].strip("[]") if isinstance(value[0], str) else value[0]
+            return cls.of(host, int(port))
+        if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            return cls.of(value, default_port)
+        raise TypeError(f"an endpoint is a string, a (host, port) tuple or an Endpoint, not {value!r}")
 
     @property
     def is_v6(self) -> bool:

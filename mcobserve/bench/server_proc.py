@@ -7,7 +7,7 @@ counting=None)``; ``traditional-non`` / ``traditional-con`` serve the same text 
 or CON (aiocoap's default for a CON registration) notifications. Every mode gets the same enlarged
 receive buffer (``--rcvbuf``, via SO_RCVBUFFORCE) so ACK bursts are not dropped.
 
-Secured modes (``--credentials DIR``, written by :func:`bench.secured.write_credentials`): the server
+Secured modes (``--credentials DIR``, by :func:`mcobserve.bench.secured.write_credentials`): the server
 loads one aiocoap OSCORE context per observer (``server.json``). ``group-oscore`` is the ``group``
 server with ``server_credentials`` and a self-managed Group OSCORE group
 (:class:`~mcobserve.oscore.groupobs.SelfManagedGroupSecurity`, draft App. C): registrations and the
@@ -438,7 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fix-backlog", action="store_true", help="experiment: O(1) aiocoap backlog check")
     p.add_argument("--gc-threshold", type=int, default=0, help="experiment: gc.set_threshold(N) (0: default)")
     p.add_argument("--tracemalloc", action="store_true", help="experiment: stats report traced memory")
-    p.add_argument("--credentials", default="", help="folder of bench.secured.write_credentials (*-oscore)")
+    p.add_argument(
+        "--credentials", default="", help="folder of mcobserve.bench.secured.write_credentials (*-oscore)"
+    )
     args = p.parse_args(argv)
     if args.tracemalloc:
         tracemalloc.start()

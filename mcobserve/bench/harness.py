@@ -10,7 +10,7 @@ Per case: start the server and ``min(processes, N)`` client processes; register 
 once; measure a few empty ("null") updates for the measuring overhead; then K updates, each waited for
 until the server has sent its datagrams (and, for CON, got its ACKs) and every observer has it.
 Secured modes first write one OSCORE context per observer into a temporary folder
-(:func:`bench.secured.write_credentials`), removed with the case.
+(:func:`mcobserve.bench.secured.write_credentials`), removed with the case.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import numpy as np
 
 from . import CON_MODES, DEFAULT_MODES, GROUP_MODES, MODES, SECURED_MODES
 
-REPO = Path(__file__).resolve().parents[1]
+#: The folder holding the ``mcobserve`` package (a checkout or site-packages), for the children.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 GROUP = "[ff35:30:2001:db8::23]:61616"
 SERVER_PORT = 5683
 NULL_UPDATES = 5
@@ -357,7 +358,7 @@ class Child:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
     return env
 
@@ -372,7 +373,6 @@ def _spawn(lab: Any, name: str, module: str, args: Sequence[str]) -> Child:
         text=True,
         bufsize=1,
         env=_env(),
-        cwd=str(REPO),
     )
     return Child(name, popen, stderr)
 
@@ -493,7 +493,7 @@ def run_case(lab: Any, cfg: BenchConfig, mode: str, n: int, progress: ProgressFn
         server = _spawn(
             lab,
             f"server-{mode}-{n}",
-            "bench.server_proc",
+            "mcobserve.bench.server_proc",
             [
                 "--mode", mode, "--bind", bind, "--group", GROUP, "--ifname", lab.ifname,
                 "--rcvbuf", str(cfg.rcvbuf), "--cpus", server_cpus,
@@ -510,7 +510,7 @@ def run_case(lab: Any, cfg: BenchConfig, mode: str, n: int, progress: ProgressFn
             c = _spawn(
                 lab,
                 f"clients{i}-{mode}-{n}",
-                "bench.clients",
+                "mcobserve.bench.clients",
                 [
                     "--mode", mode, "--server", lab.addr6, "--port", str(SERVER_PORT), "--group", GROUP,
                     "--ifname", lab.ifname, "--observers", str(size), "--first-id", str(first),

@@ -1,6 +1,6 @@
 """Profile the server under registration load and under update load (py-spy), and summarise the stacks.
 
-``python -m bench.profile --mode group --observers 1000 --updates 2000 --out DIR`` runs one case with
+``python -m mcobserve.bench.profile --mode group --observers 1000 --updates 2000 --out DIR`` runs a case
 ``py-spy record --format raw`` attached to the server process for each phase, then prints the
 functions with the largest inclusive and self shares of the samples. ``--summarise FILE...`` only
 summarises existing collapsed-stack files.
@@ -80,12 +80,12 @@ def summarise(path: Path, top: int = 25, focus: str | None = None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mcobserve.bench.profile", description=__doc__.split("\n")[0])
     p.add_argument("--mode", default="group")
     p.add_argument("--observers", type=int, default=1000)
     p.add_argument("--updates", type=int, default=2000)
     p.add_argument("--rate", type=int, default=2000, help="py-spy samples per second")
-    p.add_argument("--out", default="bench/results/profiles")
+    p.add_argument("--out", help="output folder (default: a fresh one in the temporary folder)")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--summarise", nargs="*", metavar="FILE", help="only summarise these raw files")
     p.add_argument("--focus", help="only stacks with a frame containing this text")
@@ -101,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(summarise(Path(f), args.top, args.focus), end="\n\n")
         return 0
     from .harness import BenchConfig, run_bench
+
+    if not args.out:
+        import tempfile
+
+        args.out = tempfile.mkdtemp(prefix="mcobserve-profile-")
 
     cfg = BenchConfig(
         observers=[args.observers],

@@ -12,7 +12,7 @@ Arrival times are read twice: the kernel receive timestamp (SO_TIMESTAMPNS, take
 entered the receive path, so it does not depend on how busy the client processes are) and the
 ``time.time()`` at which this process read the datagram. Both use CLOCK_REALTIME, as the server does.
 
-Secured modes (``--credentials DIR``, see :mod:`bench.secured`): every observer has its own OSCORE
+Secured modes (``--credentials DIR``, see :mod:`mcobserve.bench.secured`): every observer has its own OSCORE
 context (in memory) and sends its registration protected (outer FETCH); it unprotects the answer.
 ``traditional-oscore`` observers unprotect every notification with their own context (AEAD, no
 signature). ``group-oscore`` observers check the informative response as above, then verify the phantom
@@ -564,7 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--path", default="r")
     p.add_argument("--cpus", default="", help="comma-separated CPUs to pin this process to")
     p.add_argument("--max-seconds", type=float, default=900.0)
-    p.add_argument("--credentials", default="", help="folder of bench.secured.write_credentials (*-oscore)")
+    p.add_argument(
+        "--credentials", default="", help="folder of mcobserve.bench.secured.write_credentials (*-oscore)"
+    )
     args = p.parse_args(argv)
     if args.cpus:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})

@@ -1,7 +1,0 @@
-"""``python -m bench``: run the benchmark (same options as ``mcobserve bench``)."""
-
-import sys
-
-from mcobserve.cli.bench import main
-
-sys.exit(main())
