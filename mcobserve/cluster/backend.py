@@ -44,10 +44,12 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import (
+    AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
+    RePublish,
     StorageType,
     StreamConfig,
 )
@@ -81,6 +83,12 @@ META_GEN = "cluster.gen."
 MAX_PENDING = 10_000
 #: Latency samples kept for :meth:`NatsBackend.stats` (ring buffer).
 LAG_SAMPLES = 4096
+#: How long the consumer path holds a message back so that the live path (RePublish) applies it
+#: first; the consumer only fills gaps (after a reconnect or a stream leader change).
+CATCH_UP_GRACE = 0.25
+#: The consumer position is written to the store at most this often (and at close); a restart
+#: re-reads at most this much, applied quietly during start (per-topic sequences skip repeats).
+SEQ_SAVE_INTERVAL = 1.0
 #: At most one log line per kind per this many seconds.
 LOG_INTERVAL = 10.0
 
@@ -156,6 +164,134 @@ class ClusterStats:
         return out
 
 
+class _Follower:
+    """An ordered push consumer of one stream, without flow control, that re-creates itself.
+
+    Applies messages strictly in stream order. On a gap in the consumer sequence, a missed idle
+    heartbeat (the consumer or its server is gone) or a reconnect, it re-creates the (ephemeral,
+    in-memory) consumer from the last applied stream sequence + 1, retrying while NATS is away.
+    nats-py's own ordered consumer answers flow control on a 0.25 s poll, which stalls delivery
+    long enough for ``max_msgs_per_subject=1`` to drop publications; this one has no such stall.
+    """
+
+    def __init__(
+        self,
+        backend: NatsBackend,
+        stream: str,
+        subject: str,
+        on_msg: Callable[[Msg], Any],
+        last_seq: Callable[[], int],
+    ) -> None:
+        self.b = backend
+        self.stream = stream
+        self.subject = subject
+        self.on_msg = on_msg
+        self.last_seq = last_seq
+        self.hb = backend.options.heartbeat
+        self._sub: Any = None
+        self._consumer: str | None = None
+        self._cseq = 0
+        self._last_activity = time.monotonic()
+        self._need_reset = False
+        self._watch: asyncio.Task[None] | None = None
+        self.resets = 0
+        self.pending: int | None = None  # from the last delivered message's metadata
+
+    async def start(self) -> None:
+        await self._create()
+        self._watch = asyncio.create_task(self._watchdog(), name=f"mcobserve-follow-{self.stream}")
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch
+            self._watch = None
+        await self._drop()
+
+    async def _drop(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        name, self._consumer = self._consumer, None
+        if name is not None and self.b._nc is not None and self.b._nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self.b._js._jsm.delete_consumer(self.stream, name)
+
+    async def _create(self) -> None:
+        nc, js = self.b._nc, self.b._js
+        await self._drop()
+        inbox = nc.new_inbox()
+        self._cseq = 0
+        self.pending = None
+        self._sub = await nc.subscribe(inbox, cb=self._on, pending_msgs_limit=512 * 1024)
+        start = self.last_seq() + 1
+        cfg = ConsumerConfig(
+            deliver_subject=inbox,
+            filter_subject=self.subject,
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+            opt_start_seq=start if start > 1 else None,
+            idle_heartbeat=self.hb,
+            flow_control=False,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=max(5.0, 10 * self.hb),
+        )
+        info = await js._jsm.add_consumer(self.stream, config=cfg, timeout=self.b.options.write_timeout)
+        self._consumer = info.name
+        self._last_activity = time.monotonic()
+        self._need_reset = False
+
+    async def caught_up(self) -> bool:
+        """True when the consumer has nothing left to deliver and all it delivered is applied."""
+        if self._consumer is None:
+            return False
+        ci = await self.b._js._jsm.consumer_info(self.stream, self._consumer,
+                                                 timeout=self.b.options.write_timeout)
+        return int(ci.num_pending or 0) == 0 and self.last_seq() >= int(ci.delivered.stream_seq or 0)
+
+    async def _on(self, msg: Msg) -> None:
+        self._last_activity = time.monotonic()
+        hdrs = msg.headers or {}
+        status = hdrs.get("Status")
+        if status is not None:
+            last = hdrs.get("Nats-Last-Consumer")
+            if status == "100" and last is not None and int(last) != self._cseq:
+                self._need_reset = True
+            return
+        if self._need_reset:
+            return
+        try:
+            md = msg.metadata
+        except Exception:
+            self.b.stats.malformed += 1
+            return
+        if int(md.sequence.consumer) != self._cseq + 1:
+            self._need_reset = True  # a message was dropped (slow consumer): re-create, lose nothing
+            return
+        self._cseq = int(md.sequence.consumer)
+        self.pending = int(md.num_pending)
+        await self.on_msg(msg)
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(self.hb)
+            stale = time.monotonic() - self._last_activity > 3 * self.hb
+            if not (self._need_reset or stale):
+                continue
+            nc = self.b._nc
+            if nc is None or not nc.is_connected:
+                continue
+            try:
+                await self._create()
+                self.resets += 1
+            except Exception as e:
+                self.b._rl("follow-" + self.stream, logging.WARNING,
+                           "mcobserve: cannot follow NATS stream %s yet (%r); retrying", self.stream, e)
+
+
 class NatsBackend:
     """A broker backend on a NATS JetStream cluster (see the module docstring).
 
@@ -187,7 +323,13 @@ class NatsBackend:
         self._topics: dict[str, int] = {}  # topic id -> generation (KV revision of its creation)
         self._pending: OrderedDict[str, tuple[int, int, bytes, int]] = OrderedDict()
         self._kv_seq = 0
-        self._data_seq = 0
+        self._data_seq = 0  # the consumer's position (saved every SEQ_SAVE_INTERVAL and at close)
+        self._data_seq_saved_at = 0.0
+        self._topic_seq: dict[str, int] = {}  # topic id -> stream sequence of its applied publication
+        self._topic_waiters: dict[str, list[tuple[int, int, asyncio.Future[None]]]] = {}
+        self._backlog: deque[tuple[float, int, Msg]] = deque()
+        self._backlog_task: asyncio.Task[None] | None = None
+        self._live_sub: Any = None
         self._kv_target = 0
         self._data_target = 0
         self._full_kv_replay = False
@@ -260,10 +402,10 @@ class NatsBackend:
             bytes(payload),
             {HDR_CF: str(int(content_format)), HDR_GEN: str(gen)},
         )
-        await self._wait_applied("data", seq)
+        await self._wait_topic(topic_id, seq)
 
     async def close(self) -> None:
-        """Leave NATS (bounded), keep the local copy."""
+        """Leave NATS (bounded), keep the local copy (and where this node stopped reading)."""
         self._closing = True
         self._ready = False
         if self._task is not None:
@@ -271,17 +413,35 @@ class NatsBackend:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
-        for kind in self._waiters:
-            for _, _, fut in self._waiters[kind]:
+        for f in self._subs:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(f.stop(), 2.0)
+        self._subs = []
+        live, self._live_sub = self._live_sub, None
+        if live is not None:
+            with contextlib.suppress(Exception):
+                await live.unsubscribe()
+        if self._backlog_task is not None:
+            self._backlog_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._backlog_task
+            self._backlog_task = None
+        while self._backlog:  # apply what the consumer already brought (in order), then save it
+            _, seq, msg = self._backlog.popleft()
+            self._consumed(seq, msg)
+        if self._data_seq:
+            self._cache("set_meta", META_DATA_SEQ, str(self._data_seq))
+        for heap in [*self._waiters.values(), *self._topic_waiters.values()]:
+            for _, _, fut in heap:
                 if not fut.done():
                     fut.cancel()
-            self._waiters[kind] = []
+        self._waiters = {"kv": [], "data": []}
+        self._topic_waiters = {}
         nc, self._nc = self._nc, None
+        self._sink = None
         if nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 5.0)
-        self._subs = []
-        self._sink = None
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -335,6 +495,18 @@ class NatsBackend:
         except TimeoutError:
             self._rl("slow-apply", logging.WARNING,
                      "mcobserve: a %s write (sequence %d) is accepted but not yet applied here", kind, seq)
+
+    async def _wait_topic(self, topic_id: str, seq: int) -> None:
+        """Wait (bounded) until this node applied publication ``seq`` of the topic, or a later one."""
+        if self._topic_seq.get(topic_id, 0) >= seq:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._topic_waiters.setdefault(topic_id, []), (seq, next(self._wid), fut))
+        try:
+            await asyncio.wait_for(fut, self.options.write_timeout)
+        except TimeoutError:
+            self._rl("slow-apply", logging.WARNING,
+                     "mcobserve: a publication (sequence %d) is accepted but not yet applied here", seq)
 
     def _wake(self, kind: str, seq: int) -> None:
         heap = self._waiters[kind]
@@ -489,6 +661,7 @@ class NatsBackend:
                     storage=StorageType.FILE,
                     discard=DiscardPolicy.OLD,
                     duplicate_window=120.0,
+                    republish=RePublish(src=o.data_subjects, dest=o.live_subjects),
                 )
             )
 
@@ -500,20 +673,25 @@ class NatsBackend:
         self._data_target = int(data_info.state.last_seq)
         self._full_kv_replay = self._kv_seq == 0
         self._replay_seen = set()
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        for f in self._subs:
+            await f.stop()
         self._subs = []
-        self._subs.append(await self._subscribe(f"KV_{o.bucket}", self._kv_prefix + ">", self._kv_seq,
-                                                self._on_kv))
-        await self._wait_target("kv")
+        kv = _Follower(self, f"KV_{o.bucket}", self._kv_prefix + ">", self._on_kv, lambda: self._kv_seq)
+        self._subs.append(kv)
+        await kv.start()
+        await self._wait_target("kv", kv)
         if self._full_kv_replay:
             for topic in [t for t in self._topics if t not in self._replay_seen]:
                 self._apply_delete(topic, 0)
             self._full_kv_replay = False
             self._replay_seen = set()
-        self._subs.append(await self._subscribe(o.stream, o.data_subjects, self._data_seq, self._on_data))
-        await self._wait_target("data")
+        if self._live_sub is None:
+            self._live_sub = await self._nc.subscribe(o.live_subjects, cb=self._on_live,
+                                                      pending_msgs_limit=512 * 1024)
+        data = _Follower(self, o.stream, o.data_subjects, self._on_data, lambda: self._data_seq)
+        self._subs.append(data)
+        await data.start()
+        await self._wait_target("data", data)
         self._ready = True
         self._synced.set()
         log.info("mcobserve: joined NATS (%d topics, kv seq %d, data seq %d)",
@@ -542,30 +720,19 @@ class NatsBackend:
         setattr(self, "_epoch_" + kind, epoch)
         self._cache("set_meta", meta, epoch)
 
-    async def _subscribe(self, stream: str, subject: str, after: int, cb: Callable[[Msg], Any]) -> Any:
-        if after > 0:
-            cfg = ConsumerConfig(opt_start_seq=after + 1)
-            policy = DeliverPolicy.BY_START_SEQUENCE
-        else:
-            cfg = ConsumerConfig()
-            policy = DeliverPolicy.ALL
-        return await self._js.subscribe(
-            subject,
-            stream=stream,
-            cb=cb,
-            ordered_consumer=True,
-            idle_heartbeat=self.options.heartbeat,
-            deliver_policy=policy,
-            config=cfg,
-        )
-
-    async def _wait_target(self, kind: str) -> None:
+    async def _wait_target(self, kind: str, follower: _Follower) -> None:
+        """Wait until the follower applied the stream's last sequence seen at setup, or has nothing
+        pending (the last message may have been purged meanwhile)."""
         target = self._kv_target if kind == "kv" else self._data_target
-        if (self._kv_seq if kind == "kv" else self._data_seq) >= target:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters[kind], (target, next(self._wid), fut))
-        await fut
+        while (self._kv_seq if kind == "kv" else self._data_seq) < target:
+            if follower.pending == 0:
+                return
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiters[kind], (target, next(self._wid), fut))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(fut, 0.5)
+            if not fut.done() and await follower.caught_up():
+                return
 
     async def _on_error(self, e: Exception) -> None:
         self._rl("nats-error", logging.WARNING, "mcobserve: NATS: %r", e)
@@ -589,13 +756,18 @@ class NatsBackend:
         return int(msg.metadata.sequence.stream)
 
     def _lag(self, msg: Msg, into: deque[float]) -> None:
-        t = (msg.headers or {}).get(HDR_TIME)
+        self._lag_hdrs(msg.headers or {}, into)
+
+    def _lag_hdrs(self, hdrs: dict[str, str], into: deque[float]) -> None:
+        t = hdrs.get(HDR_TIME)
         if t is None:
             return
         with contextlib.suppress(ValueError):
             into.append(max(0.0, self._clock() - float(t)))
 
     async def _on_kv(self, msg: Msg) -> None:
+        if self._sink is None:
+            return
         try:
             seq = self._stream_seq(msg)
         except Exception:
@@ -644,14 +816,15 @@ class NatsBackend:
         self._lag(msg, self.stats.topic_lag)
         pending = self._pending.pop(topic, None)
         if pending is not None:
-            pgen, _pseq, payload, cf = pending
+            pgen, pseq, payload, cf = pending
             if pgen in (0, gen):
-                self._apply_publication(topic, payload, cf, None)
+                self._apply_publication(topic, pseq, payload, cf, None)
             else:
                 self.stats.stale_dropped += 1
 
     def _apply_delete(self, topic: str, seq: int) -> None:
         self._pending.pop(topic, None)
+        self._topic_seq.pop(topic, None)
         if topic not in self._topics:
             return
         del self._topics[topic]
@@ -663,39 +836,79 @@ class NatsBackend:
         self.stats.deletes_applied += 1
         del seq
 
+    # Publications reach a node by two paths, both in stream order: the stream's RePublish to
+    # ``<prefix>.live.>`` (every stored message, pushed by the stream leader at once) and an
+    # ordered consumer of the stream (retained messages only: the latest per topic). The live path
+    # carries every publication; the consumer catches up after a start, a reconnect or a leader
+    # change, after a short grace so that it does not overtake the live path. A per-topic sequence
+    # keeps each topic's order and applies every publication once, whichever path brings it first.
+
+    async def _on_live(self, msg: Msg) -> None:
+        if self._sink is None:
+            return
+        hdrs = msg.headers or {}
+        try:
+            seq = int(hdrs["Nats-Sequence"])
+            subject = hdrs["Nats-Subject"]
+        except (KeyError, ValueError):
+            self.stats.malformed += 1
+            return
+        self._apply_data(subject, seq, hdrs, bytes(msg.data))
+
     async def _on_data(self, msg: Msg) -> None:
+        if self._sink is None:
+            return
         try:
             seq = self._stream_seq(msg)
         except Exception:
             self.stats.malformed += 1
             return
-        if seq <= self._data_seq:
-            self.stats.duplicates_skipped += 1
+        if self._synced.is_set():
+            self._backlog.append((time.monotonic() + CATCH_UP_GRACE, seq, msg))
+            if self._backlog_task is None or self._backlog_task.done():
+                self._backlog_task = asyncio.create_task(self._drain_backlog())
             return
-        try:
-            self._apply_data(msg, seq)
-        finally:
-            self._data_seq = seq
-            self._cache("set_meta", META_DATA_SEQ, str(seq))
-            self._wake("data", seq)
+        self._consumed(seq, msg)
 
-    def _apply_data(self, msg: Msg, seq: int) -> None:
-        hdrs = msg.headers or {}
+    async def _drain_backlog(self) -> None:
+        while self._backlog:
+            due, seq, msg = self._backlog[0]
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._backlog.popleft()
+            self._consumed(seq, msg)
+
+    def _consumed(self, seq: int, msg: Msg) -> None:
+        if seq > self._data_seq:
+            self._apply_data(msg.subject, seq, msg.headers or {}, bytes(msg.data))
+            self._data_seq = seq
+            now = time.monotonic()
+            if now - self._data_seq_saved_at >= SEQ_SAVE_INTERVAL:
+                self._data_seq_saved_at = now
+                self._cache("set_meta", META_DATA_SEQ, str(seq))
+        self._wake("data", seq)
+
+    def _apply_data(self, subject: str, seq: int, hdrs: dict[str, str], payload: bytes) -> None:
         try:
-            topic = key_topic(msg.subject[len(self._data_prefix):])
+            topic = key_topic(subject[len(self._data_prefix):])
             cf = int(hdrs[HDR_CF])
             gen = int(hdrs.get(HDR_GEN, "0"))
         except (ClusterError, KeyError, ValueError):
             self.stats.malformed += 1
             self._rl("data", logging.WARNING, "mcobserve: ignoring a publication without mcobserve headers"
-                     " on %s", msg.subject)
+                     " on %s", subject)
+            return
+        if seq <= self._topic_seq.get(topic, 0):
+            self.stats.duplicates_skipped += 1
             return
         known = self._topics.get(topic)
         if known is None:
             # The topic's configuration has not reached this node yet (bucket and stream are not
             # ordered with each other): keep the latest publication until it does.
-            self._pending[topic] = (gen, seq, bytes(msg.data), cf)
-            self._pending.move_to_end(topic)
+            if seq > self._pending.get(topic, (0, 0, b"", 0))[1]:
+                self._pending[topic] = (gen, seq, payload, cf)
+                self._pending.move_to_end(topic)
             while len(self._pending) > MAX_PENDING:
                 self._pending.popitem(last=False)
             return
@@ -703,18 +916,29 @@ class NatsBackend:
             # Published to an earlier incarnation of a topic deleted and created again.
             self.stats.stale_dropped += 1
             return
-        self._apply_publication(topic, bytes(msg.data), cf, msg)
+        self._apply_publication(topic, seq, payload, cf, hdrs)
 
-    def _apply_publication(self, topic: str, payload: bytes, cf: int, msg: Msg | None) -> None:
+    def _apply_publication(
+        self, topic: str, seq: int, payload: bytes, cf: int, hdrs: dict[str, str] | None
+    ) -> None:
+        self._topic_seq[topic] = seq
         if cf == DATA_DELETED:
             self._cache("put_publication", topic, None, None, None)
         else:
             at = self._clock()
-            if msg is not None:
+            if hdrs is not None:
                 with contextlib.suppress(ValueError, TypeError):
-                    at = float((msg.headers or {}).get(HDR_TIME, at))
+                    at = float(hdrs.get(HDR_TIME, at))
             self._cache("put_publication", topic, payload, cf, at)
         self._call_sink("apply_publication", topic, payload, cf)
         self.stats.publications_applied += 1
-        if msg is not None:
-            self._lag(msg, self.stats.data_lag)
+        if hdrs is not None:
+            self._lag_hdrs(hdrs, self.stats.data_lag)
+        waiters = self._topic_waiters.get(topic)
+        if waiters:
+            while waiters and waiters[0][0] <= seq:
+                _, _, fut = heapq.heappop(waiters)
+                if not fut.done():
+                    fut.set_result(None)
+            if not waiters:
+                del self._topic_waiters[topic]

@@ -162,11 +162,15 @@ class NatsCluster:
         finally:
             logf.close()
 
-    def start(self, timeout: float = 20.0) -> NatsCluster:
-        """Start every server and wait until JetStream is healthy on all (bounded)."""
+    def start(self, timeout: float = 30.0, *, wait: bool = True) -> NatsCluster:
+        """Start every server and (``wait``) wait until JetStream is healthy on all (bounded).
+
+        After a full stop, JetStream needs a few seconds to elect leaders again; clients retry.
+        """
         for s in self.servers:
             self.start_server(s)
-        self.wait_healthy(timeout)
+        if wait:
+            self.wait_healthy(timeout)
         return self
 
     def _healthz(self, s: NatsServer) -> bool:

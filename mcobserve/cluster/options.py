@@ -112,6 +112,11 @@ class ClusterOptions:
         """The wildcard of every publication subject."""
         return f"{self.prefix}.data.>"
 
+    @property
+    def live_subjects(self) -> str:
+        """Where the stream re-publishes every stored publication (JetStream RePublish), in order."""
+        return f"{self.prefix}.live.>"
+
 
 def parse_urls(text: str) -> tuple[str, ...]:
     """Split and check ``nats://HOST:PORT[,nats://HOST:PORT...]`` (raises :class:`ClusterError`)."""
