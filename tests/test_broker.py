@@ -349,3 +349,23 @@ async def test_topics_and_data_survive_a_restart(tmp_path):
     finally:
         await e.ctx.shutdown()
         await e.broker.shutdown()
+
+
+async def test_observer_check_makes_a_notification_confirmable(env):
+    _, props = await env.create({0: "oc", 2: "core.ps.data", 7: 1})
+    await env.req(PUT, props[1], b"v1")
+    request = env.ctx.request(Message(code=GET, uri=env.base + props[1], observe=0))
+    await asyncio.wait_for(request.response, 10)
+    it = request.observation.__aiter__()
+    await env.req(PUT, props[1], b"v2")
+    n2 = await asyncio.wait_for(it.__anext__(), 10)
+    await env.req(PUT, props[1], b"v3")
+    n3 = await asyncio.wait_for(it.__anext__(), 10)
+    await asyncio.sleep(1.1)  # observer-check (7) is 1 s: the next notification is Confirmable
+    await env.req(PUT, props[1], b"v4")
+    n4 = await asyncio.wait_for(it.__anext__(), 10)
+    assert [(n.payload, n.mtype.name) for n in (n2, n3, n4)] == [
+        (b"v2", "NON"),
+        (b"v3", "NON"),
+        (b"v4", "CON"),
+    ]

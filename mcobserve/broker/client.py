@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import urllib.parse
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiocoap
-from aiocoap import DELETE, FETCH, GET, POST, PUT, Message
+from aiocoap import DELETE, FETCH, GET, NON, POST, PUT, Message
 from aiocoap.numbers.codes import Code
 
+from ..aio.client import Observer
 from ..constants import CONTENT_FORMAT_PUBSUB, TOPIC_PROPERTY_GROUP_OBSERVATION
+from ..engine.client import Notification
 from ..errors import MalformedError, McObserveError
 from ..wire.cbor import cbor_decode, cbor_encode
 from . import properties as P
@@ -118,10 +123,18 @@ class PubSubClient:
 
     async def by_name(self, name: str) -> str:
         """The topic resource path of the topic named ``name``."""
-        found = await self.find({P.TOPIC_NAME: name})
-        if not found:
-            raise McObserveError(f"no topic named {name!r} at {self.base}")
-        return found[0]
+        try:
+            found = await self.find({P.TOPIC_NAME: name})
+        except PubSubError:
+            found = []
+        if found:
+            return found[0]
+        # A broker whose FETCH filter differs (e.g. one of an earlier draft): read every topic.
+        for href in await self.list():
+            with contextlib.suppress(PubSubError, McObserveError):
+                if (await self.get(href)).get(P.TOPIC_NAME) == name:
+                    return href
+        raise McObserveError(f"no topic named {name!r} at {self.base}")
 
     async def get(self, topic: str) -> dict[int, Any]:
         """GET a topic (§3.2.1)."""
@@ -160,3 +173,45 @@ class PubSubClient:
     async def read(self, data: str) -> Message:
         """GET the latest data (§4.3)."""
         return await self._request(Message(code=GET, uri=self.uri(data)))
+
+
+def group_observation_metadata(
+    props: dict[int, Any], group_property: int = TOPIC_PROPERTY_GROUP_OBSERVATION
+) -> bytes | None:
+    """The topic's group observation (observe-multicast Appendix A.1) as an informative-response
+    payload ('tp_info', 'ph_req', 'last_notif', 'ending'), or None when the topic has none."""
+    value = props.get(group_property)
+    if not isinstance(value, dict):
+        return None
+    return cbor_encode(value)
+
+
+class MetadataObserver(Observer):
+    """Join a group observation from topic metadata, without registering (observe-multicast App. A.1).
+
+    With ``counted`` the client sends one registration with No-Response 16 so that the server counts
+    it (§5.1); the answer, a 5.03, is suppressed. Afterwards it follows the group observation exactly as
+    an observer that got an informative response (draft §5.2).
+    """
+
+    def __init__(self, uri: str, metadata: bytes, *, counted: bool = True, **kwargs: Any) -> None:
+        super().__init__(uri, **kwargs)
+        self.metadata = metadata
+        self.counted = counted
+
+    async def _run(self) -> AsyncIterator[Notification]:
+        ctx = await self._context()
+        try:
+            if self.counted:
+                request = Message(code=GET, uri=self.uri, observe=0, no_response=16)
+                request.mtype = NON
+                pending = ctx.request(request, handle_blockwise=False)
+                await asyncio.sleep(0)
+                pending.response.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending.response
+            # Private to Observer: the §5.2 join from an informative payload, here from metadata.
+            async for n in self._follow_group(self._request(), self.metadata, False):
+                yield n
+        finally:
+            await self.aclose()

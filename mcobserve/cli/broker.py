@@ -29,13 +29,32 @@ EXIT_STORE = 65
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``broker``, ``topic`` and ``subscribe``."""
+    from ..broker.bench import add_parser as add_bench_broker
+
     _broker_parser(sub)
     _topic_parser(sub)
     _subscribe_parser(sub)
+    add_bench_broker(sub)
 
 
 def _reason(text: str) -> None:
     print(f"mcobserve: {text}", file=sys.stderr, flush=True)
+
+
+def _usage_guard(fn: Any) -> Any:
+    """Usage errors become one line and exit 64, also when run as ``python -m mcobserve.cli.main``
+    (where ``main.UsageError`` exists twice, as ``__main__`` and as ``mcobserve.cli.main``)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args) or 0)
+        except Exception as e:
+            if type(e).__name__ != "UsageError":
+                raise
+            _reason(str(e))
+            return 64
+
+    return run
 
 
 # -- broker ------------------------------------------------------------------------------------------
@@ -121,7 +140,7 @@ def _broker_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-for", type=float, help="shut down (cancelling group observations) after SECONDS")
     p.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
     p.add_argument("-v", "--verbose", action="count", default=0)
-    p.set_defaults(func=_cmd_broker)
+    p.set_defaults(func=_usage_guard(_cmd_broker))
 
 
 def _cluster_options(p: argparse.ArgumentParser) -> None:
@@ -312,7 +331,7 @@ def _topic_parser(sub: argparse._SubParsersAction) -> None:
             "--pubsub-content-format", type=int, default=CONTENT_FORMAT_PUBSUB, help="core-pubsub+cbor number"
         )
         q.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the broker")
-    p.set_defaults(func=_cmd_topic)
+    p.set_defaults(func=_usage_guard(_cmd_topic))
 
 
 def _props_from(args: argparse.Namespace, *, create: bool) -> dict[int, Any]:
@@ -405,6 +424,8 @@ async def _client_call(args: argparse.Namespace, fn: Any) -> int:
         _reason(f"network error: {e}")
         return 1
     except Exception as e:  # aiocoap's errors (resolution, timeouts) have many types
+        if type(e).__name__ == "UsageError":
+            raise
         _reason(f"{type(e).__name__}: {e}")
         return 1
     finally:
@@ -489,9 +510,23 @@ def _subscribe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--content-format", type=int, default=DEFAULT_CODE_POINTS.content_format)
     p.add_argument("--pubsub-content-format", type=int, default=CONTENT_FORMAT_PUBSUB)
     p.add_argument("--credentials", metavar="FILE.json", help="aiocoap credentials (OSCORE)")
+    p.add_argument(
+        "--group-property",
+        type=int,
+        default=TOPIC_PROPERTY_GROUP_OBSERVATION,
+        help=f"topic property of the group observation (default {TOPIC_PROPERTY_GROUP_OBSERVATION})",
+    )
+    p.add_argument(
+        "--register", action="store_true", help="always register (ignore the topic's group observation data)"
+    )
+    p.add_argument(
+        "--no-count",
+        action="store_true",
+        help="joining from metadata, do not send the No-Response 16 registration that gets us counted",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per notification")
     p.add_argument("-v", "--verbose", action="count", default=0)
-    p.set_defaults(func=_cmd_subscribe)
+    p.set_defaults(func=_usage_guard(_cmd_subscribe))
 
 
 def _cmd_subscribe(args: argparse.Namespace) -> int:
@@ -502,9 +537,9 @@ async def _subscribe(args: argparse.Namespace) -> int:
     import aiocoap
 
     from ..broker import properties as P
-    from ..broker.client import PubSubClient, PubSubError
+    from ..broker.client import PubSubClient, PubSubError, group_observation_metadata
     from ..errors import McObserveError
-    from .main import _observe, load_credentials
+    from .main import load_credentials
 
     ctx = await aiocoap.Context.create_client_context()
     try:
@@ -517,7 +552,8 @@ async def _subscribe(args: argparse.Namespace) -> int:
         if not isinstance(data, str):
             _reason(f"topic {args.name!r} has no topic-data URI")
             return 1
-        group = props.get(TOPIC_PROPERTY_GROUP_OBSERVATION)
+        group = props.get(args.group_property)
+        metadata = group_observation_metadata(props, args.group_property)
         if args.json:
             print(
                 json.dumps(
@@ -526,6 +562,7 @@ async def _subscribe(args: argparse.Namespace) -> int:
                         "topic": path,
                         "topic_data": client.uri(data),
                         "group_observation": _jsonable(group) if group is not None else None,
+                        "join": "metadata" if metadata is not None and not args.register else "register",
                     }
                 ),
                 flush=True,
@@ -545,18 +582,61 @@ async def _subscribe(args: argparse.Namespace) -> int:
         return 1
     finally:
         await ctx.shutdown()
-    ns = argparse.Namespace(
-        uri=uri,
-        count=args.count,
-        timeout=args.timeout,
-        interface=args.interface,
-        content_format=args.content_format,
-        leisure=None,
-        credentials=args.credentials,
-        group_oscore=None,
-        json=args.json,
-    )
-    from ..engine.counting import DEFAULT_LEISURE
+    return await _follow(args, uri, metadata)
 
-    ns.leisure = DEFAULT_LEISURE
-    return await _observe(ns)
+
+async def _follow(args: argparse.Namespace, uri: str, metadata: bytes | None) -> int:
+    """Observe ``uri`` (or join from ``metadata``) and print notifications like ``mcobserve observe``."""
+    from ..aio.client import Observer
+    from ..broker.client import MetadataObserver
+    from ..constants import CodePoints
+    from ..errors import McObserveError
+    from .main import _notification_json, load_credentials
+
+    kwargs: dict[str, Any] = {
+        "interface": args.interface,
+        "code_points": CodePoints(content_format=args.content_format),
+        "credentials": load_credentials(args.credentials) if args.credentials else None,
+    }
+    observer = (
+        MetadataObserver(uri, metadata, counted=not args.no_count, **kwargs)
+        if metadata is not None and not args.register
+        else Observer(uri, **kwargs)
+    )
+    received = 0
+    loop = asyncio.get_running_loop()
+    deadline = None if args.timeout is None else loop.time() + args.timeout
+    it = observer.__aiter__()
+    try:
+        while args.count is None or received < args.count:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                n = await asyncio.wait_for(it.__anext__(), remaining)
+            except StopAsyncIteration:
+                ended = observer.ended_by_server is not None
+                why = "the broker cancelled the group observation" if ended else "subscription ended"
+                _reason(f"{why} after {received} notifications")
+                return 0 if args.count is None and ended else 3
+            except TimeoutError:
+                if args.count is None:
+                    return 0
+                _reason(f"timeout after {args.timeout} s: {received} of {args.count} notifications")
+                return 2
+            received += 1
+            if args.json:
+                print(json.dumps(_notification_json(n, received)), flush=True)
+            else:
+                text = n.payload.decode("utf-8", "replace")
+                print(f"{n.code} observe={n.observe} via={n.via.value}: {text}", flush=True)
+        return 0
+    except McObserveError as e:
+        _reason(str(e))
+        return 1
+    except OSError as e:
+        _reason(f"network error: {e}")
+        return 1
+    except Exception as e:  # aiocoap errors have many types
+        _reason(f"{type(e).__name__}: {e}")
+        return 1
+    finally:
+        await it.aclose()

@@ -1,0 +1,222 @@
+"""The broker over real multicast in private namespaces: three subscriber hosts served by one datagram per
+publication, SIGKILL and restart on the same Token T, and per-topic multicast groups."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+
+from mcobserve.wire.cbor import cbor_decode
+
+from .livekit import GROUP6, PY, Proc, notifications, start
+
+
+def broker(host, store: str, *extra: str) -> Proc:
+    proc = start(
+        host,
+        "broker",
+        [
+            "broker",
+            "--bind",
+            f"[{host.addr6}]",
+            "--interface",
+            host.ifname,
+            "--store",
+            store,
+            "--min-interval",
+            "0",
+            "--json",
+            *extra,
+        ],
+    )
+    proc.wait_event(lambda e: e.get("event") == "broker_started")
+    return proc
+
+
+def cli(host, *argv: str) -> dict:
+    res = host.run([*PY, *argv], timeout=30)
+    assert res.returncode == 0, (argv, res.stdout, res.stderr)
+    lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    return lines[-1] if lines else {}
+
+
+def publish(host, uri: str, values: list[str]) -> None:
+    argv = [*PY, "publish", uri, "--every", "0.3", "--count", str(len(values)), "--values", ",".join(values)]
+    res = host.run(argv, timeout=30)
+    assert res.returncode == 0, res.stderr
+
+
+def subscriber(host, base: str, name: str, count: int, label: str) -> Proc:
+    argv = ["subscribe", base, name, "--json", "--count", str(count), "--timeout", "40"]
+    return start(host, label, [*argv, "--interface", host.ifname])
+
+
+def test_three_subscriber_hosts_one_datagram_per_publication_and_sigkill_restart(lan, tmp_path):
+    srv = lan.server
+    base = f"coap://[{srv.addr6}]"
+    store = str(tmp_path / "broker.sqlite")
+    b = broker(srv, store, "--group", GROUP6)
+    try:
+        created = cli(
+            lan.clients[0], "topic", "create", base, "temperature", "--content-format", "0", "--json"
+        )
+        data_uri = base + created["topic_data"]
+        publish(lan.clients[0], data_uri, ["20.0"])
+        subs = [subscriber(h, base, "temperature", 6, f"sub{i}") for i, h in enumerate(lan.clients)]
+        for s in subs:
+            s.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        started = b.wait_event(lambda e: e.get("event") == "group_observation_started")
+        token = started["token"]
+        publish(lan.clients[0], data_uri, ["20.5", "21.0", "21.5"])
+        for s in subs:
+            s.wait_count(lambda e: e.get("via") == "multicast", 3, timeout=20)
+        sent = b.wait_count(lambda e: e.get("event") == "notification_sent", 3)
+        assert len(sent) == 3 and {e["token"] for e in sent} == {token}  # one datagram per publication
+        published = [e for e in b.seen if e.get("event") == "published"]
+        assert len(published) == 4
+        # Crash: SIGKILL, no cancellation leaves; restart on the same store.
+        b.popen.send_signal(signal.SIGKILL)
+        b.collect(10)
+        assert not [e for e in b.seen if e.get("event") == "cancelled"]
+        b = broker(srv, store, "--group", GROUP6)
+        resumed = b.wait_event(lambda e: e.get("event") == "group_observation_resumed")
+        assert resumed["token"] == token
+        before = max(n["observe"] for n in notifications(subs[0]))
+        publish(lan.clients[0], data_uri, ["22.0", "22.5"])
+        for s in subs:
+            s.collect(30)
+            got = notifications(s)
+            assert [n["payload"] for n in got] == ["20.0", "20.5", "21.0", "21.5", "22.0", "22.5"], (
+                s.name,
+                got,
+            )
+            assert {n["token"] for n in got} == {token}
+            assert [n["via"] for n in got] == ["last_notif"] + ["multicast"] * 5
+            after = [n["observe"] for n in got[4:]]
+            assert all(o > before for o in after) and after == sorted(after)
+            assert s.popen.returncode == 0, s.read_stderr()
+        sent = b.wait_count(lambda e: e.get("event") == "notification_sent", 2)
+    finally:
+        events = b.stop()
+    assert len(sent) == 2 and {e["token"] for e in sent} == {token}
+    # Nobody registered again with the restarted broker.
+    assert [e for e in events if e.get("event") == "registration" and e["kind"] != "confirmation"] == []
+    assert len([e for e in events if e.get("event") == "notification_sent"]) == 2
+    assert [e["reason"] for e in events if e.get("event") == "cancelled"] == ["shutdown"]
+
+
+COUNTER = r"""
+import socket, struct, sys, time, ipaddress
+group, port, ifindex, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("::", port))  # every datagram to the port for a group this host joined (IPV6_MULTICAST_ALL=1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+             ipaddress.IPv6Address(group).packed + struct.pack("@I", ifindex))
+print("ready", flush=True)
+s.settimeout(0.2)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        data, addr = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    tkl = data[0] & 0x0F
+    print(data[4 : 4 + tkl].hex(), flush=True)
+"""
+
+
+def test_per_topic_groups_keep_other_topics_out(lan, tmp_path):
+    srv = lan.server
+    base = f"coap://[{srv.addr6}]"
+    b = broker(srv, str(tmp_path / "b.sqlite"), "--group-prefix", "ff35:30:2001:db8::/96")
+    try:
+        a = cli(lan.clients[0], "topic", "create", base, "A", "--json")
+        bb = cli(lan.clients[0], "topic", "create", base, "B", "--json")
+        ga = b.wait_event(lambda e: e.get("event") == "topic_created" and e["name"] == "A")["group"]
+        gb = b.wait_event(lambda e: e.get("event") == "topic_created" and e["name"] == "B")["group"]
+        assert ga != gb and ga.startswith("[ff35:30:2001:db8::") and gb.startswith("[ff35:30:2001:db8::")
+        publish(lan.clients[0], base + a["topic_data"], ["a0"])
+        publish(lan.clients[0], base + bb["topic_data"], ["b0"])
+        sub_a = subscriber(lan.clients[1], base, "A", 3, "subA")
+        sub_b = subscriber(lan.clients[2], base, "B", 3, "subB")
+        sub_a.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        sub_b.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        host_a = lan.clients[1]
+        group_a = ga[1 : ga.index("]")]
+        counter = host_a.python(COUNTER, group_a, "61616", str(host_a.ifindex), "6", stdout=-1, text=True)
+        assert counter.stdout.readline().strip() == "ready"
+        publish(lan.clients[0], base + bb["topic_data"], ["b1", "b2"])
+        publish(lan.clients[0], base + a["topic_data"], ["a1", "a2"])
+        sub_a.collect(30)
+        sub_b.collect(30)
+        out, _ = counter.communicate(timeout=20)
+        token_a = next(n["token"] for n in notifications(sub_a))
+        token_b = next(n["token"] for n in notifications(sub_b))
+        heard = out.split()
+        assert heard == [token_a, token_a], (heard, token_a, token_b)  # nothing of topic B at this socket
+        assert [n["payload"] for n in notifications(sub_a)] == ["a0", "a1", "a2"]
+        assert [n["payload"] for n in notifications(sub_b)] == ["b0", "b1", "b2"]
+        started = b.wait_count(lambda e: e.get("event") == "group_observation_started", 2)
+        assert {e["group"] for e in started} == {ga, gb}
+        sent_b = b.wait_count(lambda e: e.get("event") == "notification_sent" and e["token"] == token_b, 2)
+        assert len(sent_b) == 2  # B's datagrams did leave, to B's group
+    finally:
+        b.stop()
+
+
+GET_HEX = r"""
+import asyncio, sys, aiocoap
+async def main():
+    ctx = await aiocoap.Context.create_client_context()
+    r = await ctx.request(aiocoap.Message(code=aiocoap.GET, uri=sys.argv[1])).response
+    print(r.code.dotted, int(r.opt.content_format or 0), r.payload.hex() or "-")
+    await ctx.shutdown()
+asyncio.run(main())
+"""
+
+
+def test_topic_metadata_announces_the_group_observation_and_a_client_joins_from_it(onehost, tmp_path):
+    h = onehost
+    base = f"coap://[{h.addr6}]"
+    b = broker(h, str(tmp_path / "b.sqlite"), "--group", GROUP6, "--announce")
+    try:
+        t = cli(h, "topic", "create", base, "meta", "--json")
+        publish(h, base + t["topic_data"], ["m0"])
+        started = b.wait_event(lambda e: e.get("event") == "group_observation_started")
+        assert started.get("announced") is True
+        got = cli(h, "topic", "get", base, "meta", "--json")
+        meta = got["properties"]["-65537"]
+        assert set(meta) == {"0", "1", "2", "4"}  # tp_info, ph_req, last_notif, ending (App. A.1)
+        assert meta["0"][2] == started["token"]  # tpi_token
+        assert meta["4"] > time.time()  # the broker commits to keep it until 'ending'
+        # Introspection answers for the topic's Token (App. A.2), with the same data.
+        res = h.run(
+            [sys.executable, "-c", GET_HEX, f"{base}/.well-known/core/mc-sender?token={started['token']}"], 30
+        )
+        assert res.returncode == 0, res.stderr
+        code, cf, payload = res.stdout.split()
+        assert (code, cf) == ("2.05", "65000")
+        intro = cbor_decode(bytes.fromhex(payload))
+        assert intro[0][2].hex() == started["token"] and intro[1].hex() == meta["1"]
+        sub = start(h, "sub", ["subscribe", base, "meta", "--json", "--count", "3", "--interface", h.ifname])
+        topic_line = sub.wait_event(lambda e: e.get("event") == "topic", timeout=20)
+        assert topic_line["join"] == "metadata"
+        sub.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        b.wait_event(lambda e: e.get("event") == "registration")
+        publish(h, base + t["topic_data"], ["m1", "m2"])
+        sub.collect(30)
+        got = notifications(sub)
+        assert [(n["via"], n["payload"]) for n in got] == [
+            ("last_notif", "m0"),
+            ("multicast", "m1"),
+            ("multicast", "m2"),
+        ]
+        assert {n["token"] for n in got} == {started["token"]}
+    finally:
+        events = b.stop()
+    regs = [e for e in events if e.get("event") == "registration"]
+    assert [r["kind"] for r in regs] == ["silent"]  # counted (No-Response 16), never answered (§5.1)
