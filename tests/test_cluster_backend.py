@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from mcobserve.broker.backend import DATA_DELETED, BrokerBackend
-from mcobserve.cluster import ClusterOptions
+from mcobserve.cluster import ClusterError, ClusterOptions
 from mcobserve.cluster.backend import NatsBackend
 from mcobserve.cluster.natsrun import NatsCluster, find_nats_server
 from mcobserve.errors import BackendUnavailable
@@ -366,3 +366,17 @@ async def test_nats_down_refuses_writes_keeps_values_recovers(nodes: list[tuple[
     for _, s in nodes:
         assert s.pubs("t1") == [b"before", b"after"]  # "during" was refused, so never delivered
     assert took < 40.0
+
+
+async def test_fresh_node_without_nats_fails_cleanly(tmp_path: Path) -> None:
+    _need_nats()
+    store = Store.open(tmp_path / "fresh.sqlite")
+    try:
+        opts = ClusterOptions(urls=("nats://127.0.0.1:1",), start_timeout=1.0)
+        b = NatsBackend(opts, store)
+        t0 = time.monotonic()
+        with pytest.raises(ClusterError, match=r"cannot join the NATS cluster at nats://127\.0\.0\.1:1"):
+            await b.start(Sink())
+        assert time.monotonic() - t0 < 5.0
+    finally:
+        store.close()

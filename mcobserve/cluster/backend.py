@@ -365,6 +365,14 @@ class NatsBackend:
         if self.options.start_timeout > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._synced.wait()), self.options.start_timeout)
+        if not self._synced.is_set() and not self._joined_before():
+            urls = ",".join(self.options.urls)
+            await self.close()
+            raise ClusterError(
+                f"cannot join the NATS cluster at {urls} within {self.options.start_timeout:g} s"
+                " (and this node has no local copy yet): check --cluster and that nats-server"
+                " runs with JetStream"
+            )
         if not self._synced.is_set():
             log.warning(
                 "mcobserve: NATS %s not reachable or not synchronised yet; serving the local copy of"
@@ -372,6 +380,15 @@ class NatsBackend:
                 ",".join(self.options.urls),
                 len(self._topics),
             )
+
+    def _joined_before(self) -> bool:
+        """True if this node's store holds a local copy from an earlier run in the cluster."""
+        if self.store is None:
+            return False
+        try:
+            return self.store.get_meta(META_KV_EPOCH) is not None
+        except StoreError:
+            return False
 
     async def wait_synced(self, timeout: float) -> bool:
         """Wait until the node caught up with NATS once (True) or ``timeout`` passed (False)."""
