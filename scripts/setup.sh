@@ -2,7 +2,7 @@
 # Idempotent setup for mcobserve.
 #   bash scripts/setup.sh         system tools + .venv with the package (pip install -e .)
 #   bash scripts/setup.sh --dev   the same with the test extras (pip install -e '.[test]')
-# System tools (tshark, text2pcap, coap-client-notls, nft, iptables, ip) are installed with apt-get when
+# System tools (tshark, text2pcap, coap-client-notls, nft, iptables, ip, nats-server) are installed with apt-get when
 # missing and we are root; otherwise the missing ones are listed and setup continues.
 # Quiet on success; on failure the full output of the failing step is shown.
 set -euo pipefail
@@ -37,10 +37,10 @@ quiet() {
 }
 
 # --- 1. system tools ------------------------------------------------------------------------------
-APT_PACKAGES=(tshark libcoap3-bin nftables iptables iproute2)
+APT_PACKAGES=(tshark libcoap3-bin nftables iptables iproute2 nats-server)
 missing=()
-for tool in tshark text2pcap coap-client-notls nft iptables ip; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+for tool in tshark text2pcap coap-client-notls nft iptables ip nats-server; do
+  PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -52,7 +52,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${APT_PACKAGES[@]}"
     still=()
     for tool in "${missing[@]}"; do
-      command -v "$tool" >/dev/null 2>&1 || still+=("$tool")
+      PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 || still+=("$tool")
     done
     if [ "${#still[@]}" -gt 0 ]; then
       say "WARNING: still missing after apt-get: ${still[*]}" >&2

@@ -136,10 +136,19 @@ def _broker_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cluster", metavar="URLS", help="keep topics in a cluster (mcobserve.cluster), e.g. nats://h:4222"
     )
+    _cluster_options(p)
     p.add_argument("--run-for", type=float, help="shut down (cancelling group observations) after SECONDS")
     p.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=_usage_guard(_cmd_broker))
+
+
+def _cluster_options(p: argparse.ArgumentParser) -> None:
+    """The ``--nats-*`` options of mcobserve.cluster (if installed; it does not import nats-py here)."""
+    with contextlib.suppress(ImportError):
+        from ..cluster.options import add_arguments
+
+        add_arguments(p)
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -223,7 +232,7 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
                 "--cluster needs mcobserve.cluster, which is not installed in this build"
             ) from None
         try:
-            backend = cluster.make_backend(args.cluster, args)
+            backend = cluster.make_backend(args.cluster, args, store=store)
         except McObserveError as e:
             store.close()
             _reason(str(e))
