@@ -15,9 +15,9 @@ import time
 import pytest
 from aiocoap import CON, CONTENT, EMPTY, GET, NON, SERVICE_UNAVAILABLE, UNAUTHORIZED, Message
 
-from mcobserve.aio.sourceguard import GuardLimits
 from mcobserve.aio.resources import TextResource
 from mcobserve.aio.server import GroupServer
+from mcobserve.aio.sourceguard import GuardLimits
 from mcobserve.engine.common import Endpoint
 
 pytestmark = pytest.mark.asyncio

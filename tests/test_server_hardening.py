@@ -93,8 +93,8 @@ async def test_informative_responses_in_flight_are_capped():
 
     from aiocoap import ACK, CON, EMPTY, GET, SERVICE_UNAVAILABLE, Message
 
-    from mcobserve.aio.sourceguard import GuardLimits
     from mcobserve.aio.resources import TextResource
+    from mcobserve.aio.sourceguard import GuardLimits
 
     port = free_port()
     limits = GuardLimits(max_in_flight=2, busy_max_age=7)

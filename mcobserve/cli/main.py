@@ -20,7 +20,6 @@ from typing import Any, NoReturn
 from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MIN_INTERVAL, CodePoints
 from ..engine.counting import DEFAULT_LEISURE
 from ..errors import MalformedError, McObserveError
-from .security import SERVER_DEFAULTS, add_server_arguments, server_options
 from .common import (
     EXIT_ENDED,
     EXIT_FAILURE,
@@ -34,6 +33,7 @@ from .common import (
     describe_os_error,
     reason,
 )
+from .security import SERVER_DEFAULTS, add_server_arguments, server_options
 
 #: Every setting of ``mcobserve server`` with its default; a TOML ``[server]`` table may set any of them.
 _SERVER_DEFAULTS: dict[str, Any] = {
