@@ -155,3 +155,56 @@ def test_observer_cli_refuses_link_local_server():
     )
     assert res.returncode != 0
     assert "link-local" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("secured", [False, True])
+def test_confirmations_get_no_response_on_the_wire(lan, tools, tmp_path, secured):
+    """Item 6: the Feedback-Divider 0 re-registrations (confirmations) reach the server and are
+    counted, and nothing goes back to the confirming client, also when the confirmation is protected
+    with OSCORE (where No-Response is encrypted). Seen with tshark on the client's interface."""
+    from mcobserve.cli.credentials import write_credentials
+
+    extra: list[str] = ["--confirmation-wait", "3"]
+    creds = tmp_path / "creds"
+    if secured:
+        write_credentials(creds, f"[{lan.server.addr6}]", 3)
+        extra += ["--credentials", str(creds / "server.json"), "--group-oscore", "self-managed"]
+    srv = server(lan.server, f"[{lan.server.addr6}]", GROUP6, *extra)
+    base = f"coap://[{lan.server.addr6}]"
+    client = lan.clients[0]
+    try:
+        with Capture(client, client.ifname, "udp", tmp_path / "conf.pcapng") as cap:
+            obs = []
+            for i, host in enumerate(lan.clients[:2]):
+                args = ["--leisure", "0.3"]
+                if secured:
+                    args += ["--credentials", str(creds / f"client-{i + 1}.json")]
+                obs.append(observer(host, f"{base}/r", count=3, timeout=6, name=f"o{i}", extra=tuple(args)))
+            for o in obs:
+                o.wait_event(lambda e: e.get("via") == "last_notif")
+            put_extra = ("--credentials", str(creds / "client-3.json")) if secured else ()
+            put(lan.clients[2], f"{base}/r", ["counted"], 0.3, *put_extra)
+            counted = srv.wait_event(lambda e: e.get("event") == "count", timeout=15)
+            for o in obs:
+                o.collect(10)
+    finally:
+        srv.stop()
+    assert counted["R"] == 2 and counted["Q"] == 0  # both confirmations arrived and were counted
+    packets = cap.decode(ports=[5683, 61616])
+    mcast = [p for p in packets if p["ipv6.dst"] == "ff35:30:2001:db8::23"]
+    assert mcast
+    t_notif = float(mcast[0]["frame.time_relative"])
+    confirmations = [
+        p
+        for p in packets
+        if p["ipv6.src"] == client.addr6 and p["ipv6.dst"] == lan.server.addr6 and p["coap.type"] == "1"
+    ]
+    assert confirmations, "the client sent no (NON) confirmation"
+    answers = [
+        p
+        for p in packets
+        if float(p["frame.time_relative"]) > t_notif
+        and p["ipv6.src"] == lan.server.addr6
+        and p["ipv6.dst"] == client.addr6
+    ]
+    assert answers == [], [(p["coap.type"], p["coap.code"]) for p in answers]
