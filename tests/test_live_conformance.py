@@ -208,3 +208,24 @@ def test_confirmations_get_no_response_on_the_wire(lan, tools, tmp_path, secured
         and p["ipv6.dst"] == client.addr6
     ]
     assert answers == [], [(p["coap.type"], p["coap.code"]) for p in answers]
+
+
+def test_observer_cancel_tells_the_server_and_rst_does_not_end_the_group(onehost, tools, tmp_path):
+    """Item 13: Observer.cancel() ends the iteration and sends one NON GET Observe 1 with No-Response
+    (COUNT goes down, nothing comes back); an RST to a multicast notification leaves the group
+    observation running for the others."""
+    with Capture(onehost, "lo", "udp", tmp_path / "cancel.pcapng") as cap:  # unicast to itself: lo
+        res = onehost.run([sys.executable, SCENARIO, "cancel", onehost.addr6, onehost.ifname], timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["count_before"] == 2 and result["count_after"] == 1
+    assert result["deregistrations"] == 1
+    assert result["cancelled_first"] == ["v0"]
+    assert result["second"] == ["v0", "v1", "v2"] and result["still_running"]
+    packets = cap.decode(ports=[5683, 61616])
+    dereg = [p for p in packets if p["coap.opt.observe"] == "1" and p["coap.code"] == "1"]
+    assert len(dereg) == 2 and all(p["coap.type"] == "1" for p in dereg)  # NON, one per Observer.cancel()
+    answered = [
+        p for p in packets if p["coap.token"] in {d["coap.token"] for d in dereg} and p["coap.code"] != "1"
+    ]
+    assert answered == []

@@ -126,8 +126,72 @@ async def silence(addr6: str, ifname: str) -> None:
     print(json.dumps({"payloads": payloads, "silences": observer.silences, "gaps": gaps, "elapsed": elapsed}))
 
 
+async def cancel(addr6: str, ifname: str) -> None:
+    """Item 13: Observer.cancel() tells the server (COUNT - 1, no answer); an RST to a multicast
+    notification does not end the group observation for the others."""
+    from mcobserve.aio.client import open_group_socket
+    from mcobserve.aio.resources import TextResource
+    from mcobserve.aio.server import GroupServer
+    from mcobserve.engine.common import Endpoint
+    from mcobserve.engine.server import CongestionControl, GroupPolicy
+
+    group = Endpoint.parse(f"[{GROUP}]:61616")
+    srv = await GroupServer.create(
+        Endpoint.parse(f"[{addr6}]"), group, interface=ifname, congestion=CongestionControl(interval=0)
+    )
+    res = TextResource("v0")
+    srv.add_resource(["r"], res, GroupPolicy(min_interval=0, counting=None))
+    uri = f"coap://[{addr6}]/r"
+    observers = [Observer(uri, interface=ifname) for _ in range(2)]
+    got: list[list[str]] = [[], []]
+    joined = [asyncio.Event(), asyncio.Event()]
+
+    async def follow(i: int) -> None:
+        async for n in observers[i]:
+            got[i].append(n.payload.decode())
+            joined[i].set()
+
+    tasks = [asyncio.create_task(follow(i)) for i in range(2)]
+    await asyncio.wait_for(asyncio.gather(*(j.wait() for j in joined)), 10)
+    obs = srv.engine.observation(("r",))
+    count_before = obs.count
+    listener = open_group_socket(group, socket.if_nametoindex(ifname))
+    listener.settimeout(5)
+    await observers[0].cancel()
+    await asyncio.wait_for(tasks[0], 5)  # the iteration ended
+    await asyncio.sleep(0.5)
+    count_after = obs.count
+    res.set("v1")
+    data, _ = await asyncio.get_running_loop().run_in_executor(None, listener.recvfrom, 2048)
+    heard = Message.decode(data)
+    rst = Message(code=0)
+    rst.mtype, rst.mid = 3, heard.mid
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.sendto(rst.encode(), (addr6, 5683))  # an RST in answer to the multicast notification
+    await asyncio.sleep(0.5)
+    res.set("v2")
+    for _ in range(50):
+        if got[1][-1:] == ["v2"]:
+            break
+        await asyncio.sleep(0.1)
+    result = {
+        "count_before": count_before,
+        "count_after": count_after,
+        "deregistrations": observers[0].deregistrations_sent,
+        "cancelled_first": got[0],
+        "second": got[1],
+        "still_running": not obs.cancelled and srv.engine.observation(("r",)) is obs,
+    }
+    await observers[1].cancel()
+    await asyncio.wait_for(tasks[1], 5)
+    await srv.shutdown()
+    print(json.dumps(result))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "linklocal":
         linklocal(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "cancel":
+        asyncio.run(cancel(sys.argv[2], sys.argv[3]))
     else:
         asyncio.run(silence(sys.argv[2], sys.argv[3]))
