@@ -487,3 +487,29 @@ def test_client_drops_unknown_critical_option_and_empty_payload_marker_keeping_t
     raw = _wire_notification(obs, base + 1, b"genuine")
     verdict = client.on_multicast(Message.decode(raw), SRV, T0 + 1, raw=raw)
     assert isinstance(verdict, Accepted) and verdict.notification.payload == b"genuine"
+
+
+# -- item 7: the shift never loses the informative response (draft §4.2) --------------------------
+
+
+def test_notification_buffer_never_overwrites_the_informative_response():
+    """aiocoap's iterator keeps only the latest event: the 5.03 that shifts a slow reader was
+    replaced by the end of the observation. The buffer coalesces only successful notifications."""
+    from aiocoap import SERVICE_UNAVAILABLE
+
+    from mcobserve.engine.client import NotificationBuffer, informative_response_payload
+
+    b = NotificationBuffer()
+    for i in range(5):
+        b.push(Message(code=CONTENT, payload=f"n{i}".encode(), observe=i))
+    assert len(b) == 1 and b.coalesced == 4  # observe is lossy: the latest state is kept
+    shift = Message(code=SERVICE_UNAVAILABLE, content_format=65000, max_age=0, payload=b"\xa0")
+    b.push(shift)
+    end = RuntimeError("observation cancelled")
+    b.push(end)
+    b.push(Message(code=CONTENT, payload=b"late", observe=9))
+    first = b.pop()
+    assert first.payload == b"n4"
+    assert informative_response_payload(b.pop()) == b"\xa0"
+    assert b.pop() is end
+    assert b.pop().payload == b"late" and b.pop() is None

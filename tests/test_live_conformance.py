@@ -229,3 +229,13 @@ def test_observer_cancel_tells_the_server_and_rst_does_not_end_the_group(onehost
         p for p in packets if p["coap.token"] in {d["coap.token"] for d in dereg} and p["coap.code"] != "1"
     ]
     assert answered == []
+
+
+def test_slow_reader_follows_the_shift_into_the_group(onehost):
+    """Item 7: the informative response that shifts a traditional observer is never overwritten by
+    the end of the traditional observation, however slowly the application reads."""
+    res = onehost.run([sys.executable, SCENARIO, "slow", onehost.addr6, onehost.ifname], timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["error"] == []
+    assert result["slow"] == [["t0", "unicast"], ["t1", "unicast"], ["t1", "last_notif"], ["g1", "multicast"]]

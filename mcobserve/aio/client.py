@@ -16,6 +16,7 @@ import random
 import socket
 import struct
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..engine.client import (
     Ended,
     GroupObservationClient,
     Notification,
+    NotificationBuffer,
     NotificationSecurity,
     Via,
     hostnames,
@@ -263,6 +265,7 @@ class Observer:
         self._cancelled = False
         self._queue: asyncio.Queue[Heard | None] | None = None
         self._pending: aiocoap.protocol.Request | None = None
+        self._wake_traditional: asyncio.Event | None = None
 
     def __aiter__(self) -> AsyncIterator[Notification]:
         return self._run()
@@ -312,6 +315,8 @@ class Observer:
         if self._pending is not None:
             with contextlib.suppress(Exception):
                 self._pending.observation.cancel()
+        if self._wake_traditional is not None:
+            self._wake_traditional.set()
 
     async def aclose(self) -> None:
         for task in list(self._confirmations):
@@ -368,13 +373,15 @@ class Observer:
                 return
             if not response.code.is_successful():
                 raise ResponseError(response)
+            # Subscribe before the first yield: a slow reader must not miss the shift (item 7).
+            buffer = self._subscribe(pending) if response.opt.observe is not None else None
             yield Notification(response, Via.UNICAST, self.clock())
-            if response.opt.observe is None:
+            if buffer is None:
                 return  # not observable: one response (RFC 7641 §3.2)
             shifted = None
             if self._cancelled:
                 return
-            async for m in pending.observation:
+            async for m in self._traditional(buffer):
                 if informative_response_payload(m, self.code_points) is not None:
                     shifted = m  # the server moved us into a group observation (draft §4.2)
                     break
@@ -386,6 +393,48 @@ class Observer:
                     return
                 raise GroupObservationError("the server ended the observation")
             response = shifted
+
+    def _subscribe(self, pending: aiocoap.protocol.Request) -> NotificationBuffer:
+        """Collect the traditional observation's events from now on, losing none that matters.
+
+        aiocoap's own iterator keeps only the latest event, so the informative response that shifts
+        a slow reader into the group observation was overwritten by the end of the observation that
+        follows it (draft §4.2). :class:`NotificationBuffer` coalesces only successful notifications.
+        """
+        buffer = NotificationBuffer()
+        ready = self._wake_traditional = asyncio.Event()
+
+        def push(item: Message | BaseException) -> None:
+            buffer.push(item)
+            ready.set()
+
+        with warnings.catch_warnings():  # the callback interface is public, only marked deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pending.observation.register_callback(push)
+            pending.observation.register_errback(push)
+        return buffer
+
+    async def _traditional(self, buffer: NotificationBuffer) -> AsyncIterator[Message]:
+        """Read what :meth:`_subscribe` collected; ends with the observation."""
+        ready = self._wake_traditional
+        assert ready is not None
+        try:
+            while True:
+                item = buffer.pop()
+                if item is None:
+                    if self._cancelled:
+                        return
+                    ready.clear()
+                    await ready.wait()
+                    continue
+                if isinstance(item, Message):
+                    yield item
+                elif isinstance(item, aiocoap.error.ObservationCancelled | aiocoap.error.NotObservable):
+                    return
+                else:
+                    raise item
+        finally:
+            self._wake_traditional = None
 
     def _security_for(self, informative: InformativeResponse) -> NotificationSecurity | None:
         """The configured group security, or a default one when the server protects (draft §9.3)."""

@@ -366,6 +366,39 @@ class GroupObservationClient:
         self.ended = True
 
 
+class NotificationBuffer:
+    """What a traditional observation delivered, kept until the application reads it (draft §4.2).
+
+    Observe is lossy (RFC 7641 §1.3): a successful notification that finds another one still unread
+    replaces it. Anything else (the informative response that moves the client into a group
+    observation, an error response, the end of the observation) is never overwritten, so a slow
+    reader always sees and follows the shift (issue 13 item 7).
+    """
+
+    def __init__(self) -> None:
+        self._items: list[Message | BaseException] = []
+        self.coalesced = 0
+
+    def push(self, item: Message | BaseException) -> None:
+        if (
+            isinstance(item, Message)
+            and item.code.is_successful()
+            and self._items
+            and isinstance(self._items[-1], Message)
+            and self._items[-1].code.is_successful()
+        ):
+            self._items[-1] = item
+            self.coalesced += 1
+            return
+        self._items.append(item)
+
+    def pop(self) -> Message | BaseException | None:
+        return self._items.pop(0) if self._items else None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 def format_error(data: bytes) -> str | None:
     """Why ``data`` is not a well-formed CoAP over UDP message (RFC 7252 §3), or None."""
     if len(data) < 4:

@@ -188,9 +188,65 @@ async def cancel(addr6: str, ifname: str) -> None:
     print(json.dumps(result))
 
 
+async def slow(addr6: str, ifname: str) -> None:
+    """Item 7: a slow reader of a traditional observation still follows the shift (5.03)."""
+    from mcobserve.aio.resources import TextResource
+    from mcobserve.aio.server import GroupServer
+    from mcobserve.engine.common import Endpoint
+    from mcobserve.engine.server import CongestionControl, GroupPolicy
+
+    srv = await GroupServer.create(
+        Endpoint.parse(f"[{addr6}]"),
+        Endpoint.parse(f"[{GROUP}]:61616"),
+        interface=ifname,
+        congestion=CongestionControl(interval=0),
+    )
+    res = TextResource("t0")
+    srv.add_resource(["r"], res, GroupPolicy(min_interval=0, counting=None, group_after=2))
+    uri = f"coap://[{addr6}]/r"
+    slow_got: list[tuple[str, str]] = []
+    first = asyncio.Event()
+    error: list[str] = []
+
+    async def slow_reader() -> None:
+        try:
+            async for n in Observer(uri, interface=ifname):
+                slow_got.append((n.payload.decode(), n.via.value))
+                first.set()
+                if len(slow_got) >= 4:
+                    return
+                await asyncio.sleep(1.5)  # the application reads slowly
+        except Exception as e:
+            error.append(f"{type(e).__name__}: {e}")
+            first.set()
+
+    task = asyncio.create_task(slow_reader())
+    await asyncio.wait_for(first.wait(), 10)
+    res.set("t1")  # a unicast notification the slow reader has not read yet
+    await asyncio.sleep(0.2)
+    fast = Observer(uri, interface=ifname)  # the second observer starts the group observation
+    fast_it = fast.__aiter__()
+    await asyncio.wait_for(fast_it.__anext__(), 10)
+    for _ in range(100):  # the slow reader reaches the informative response at its own pace
+        if len(slow_got) >= 3 or error:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    res.set("g1")
+    try:
+        await asyncio.wait_for(task, 15)
+    except TimeoutError:
+        error.append("timeout")
+    await fast_it.aclose()
+    await srv.shutdown()
+    print(json.dumps({"slow": slow_got, "error": error}))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "linklocal":
         linklocal(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "slow":
+        asyncio.run(slow(sys.argv[2], sys.argv[3]))
     elif sys.argv[1] == "cancel":
         asyncio.run(cancel(sys.argv[2], sys.argv[3]))
     else:
