@@ -513,3 +513,43 @@ def test_notification_buffer_never_overwrites_the_informative_response():
     assert informative_response_payload(b.pop()) == b"\xa0"
     assert b.pop() is end
     assert b.pop().payload == b"late" and b.pop() is None
+
+
+# -- item 11: stale state after a late informative response ---------------------------------------
+
+
+def test_late_informative_response_asks_for_revalidation_and_newer_state_wins():
+    from aiocoap import NON, VALID
+
+    from mcobserve.engine.client import REVALIDATE_AFTER, GroupObservationClient, Via
+
+    e = ServerEngine(SRV, GRP, congestion=UNLIMITED)
+    e.add_resource(("r",), GroupPolicy(min_interval=0))
+    d = Driver(e)
+    obs = d.start(("r",), b"old")
+    payload = e.informative_payload(obs, registration(("r",)), T0)  # composed, then lost once
+    d.change(("r",), b"new", T0 + 1)  # the group hears it; the client has not joined yet
+
+    prompt = GroupObservationClient(registration(("r",)))
+    prompt.join(InformativeResponse.decode(payload), T0 + 0.05, requested_at=T0)
+    assert not prompt.needs_revalidation  # answered within REVALIDATE_AFTER: nothing extra
+
+    late = GroupObservationClient(registration(("r",)))
+    first = late.join(InformativeResponse.decode(payload), T0 + 2.5, requested_at=T0)
+    assert first.payload == b"old" and late.needs_revalidation and 2.5 > REVALIDATE_AFTER
+    fresh = late.revalidated(Message(code=CONTENT, payload=b"new"), T0 + 2.51)
+    assert fresh.payload == b"new" and fresh.via is Via.REVALIDATED
+    assert not late.needs_revalidation
+
+    # Unchanged (2.03, or the same representation): nothing to deliver.
+    again = GroupObservationClient(registration(("r",)))
+    again.join(InformativeResponse.decode(payload), T0 + 3, requested_at=T0)
+    assert again.revalidated(Message(code=VALID), T0 + 3.1) is None
+    again.join(InformativeResponse.decode(payload), T0 + 3, requested_at=T0)
+    assert again.revalidated(Message(code=CONTENT, payload=b"old"), T0 + 3.1) is None
+    # A multicast notification accepted meanwhile is at least as new: the GET's answer is dropped.
+    again.join(InformativeResponse.decode(payload), T0 + 3, requested_at=T0)
+    m = Message(code=CONTENT, payload=b"newest", observe=obs.observe + 5)
+    m.mtype, m.token = NON, obs.token
+    again.on_multicast(m, SRV, T0 + 3.05)
+    assert again.revalidated(Message(code=CONTENT, payload=b"new"), T0 + 3.1) is None

@@ -239,3 +239,40 @@ def test_slow_reader_follows_the_shift_into_the_group(onehost):
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert result["error"] == []
     assert result["slow"] == [["t0", "unicast"], ["t1", "unicast"], ["t1", "last_notif"], ["g1", "multicast"]]
+
+
+#: Drops the first two 5.03 responses that reach the client (the retransmission after that passes).
+DROP_FIRST_503 = """table inet mco_drop503 {
+  chain in {
+    type filter hook prerouting priority -300; policy accept;
+    udp sport 5683 @th,72,8 0xa3 limit rate 1/minute burst 2 packets counter drop
+  }
+}
+"""
+
+
+def test_late_informative_response_is_revalidated(lan, tools, tmp_path):
+    """Item 11: the first CON 5.03s are lost (nftables drops them at the client), the resource changes
+    before the retransmission arrives; the client joins with the stale 'last_notif' and then gets the
+    current representation within about one round trip (one GET), not at the next refresh."""
+    client = lan.clients[0]
+    client.nft(DROP_FIRST_503)
+    srv = server(lan.server, f"[{lan.server.addr6}]", GROUP6)
+    base = f"coap://[{lan.server.addr6}]"
+    try:
+        with Capture(client, client.ifname, "udp", tmp_path / "late.pcapng") as cap:
+            o = observer(client, f"{base}/r", count=2, timeout=20)
+            srv.wait_event(lambda e: e.get("event") == "group_observation_started")
+            put(lan.clients[1], f"{base}/r", ["changed"])
+            o.collect(20)
+    finally:
+        srv.stop()
+    got = notifications(o)
+    assert [(n["via"], n["payload"]) for n in got] == [("last_notif", "1234"), ("revalidated", "changed")]
+    assert got[1]["time"] - got[0]["time"] < 1.0
+    assert o.popen.returncode == 0
+    packets = cap.decode(ports=[5683, 61616])
+    informative = [p for p in packets if p["coap.code"] == "163"]
+    assert len(informative) >= 3 and len({p["coap.mid"] for p in informative}) == 1  # retransmitted
+    gets = [p for p in packets if p["coap.code"] == "1" and p["coap.opt.observe"] is None]
+    assert len(gets) == 1  # exactly one re-validation GET

@@ -262,6 +262,8 @@ class Observer:
         self.silences = 0
         self.silence_margin = silence_margin
         self.deregistrations_sent = 0
+        #: Late informative responses whose 'last_notif' a GET replaced with newer state (item 11).
+        self.revalidations = 0
         self._cancelled = False
         self._queue: asyncio.Queue[Heard | None] | None = None
         self._pending: aiocoap.protocol.Request | None = None
@@ -338,6 +340,7 @@ class Observer:
             while not self._cancelled:
                 request = self._request()
                 self.registrations += 1
+                requested_at = self.clock()
                 pending = self._pending = ctx.request(request)
                 try:
                     response = await pending.response
@@ -349,7 +352,7 @@ class Observer:
                     log.warning("protected response rejected (%s); registering again", e)
                     continue
                 try:
-                    async for n in self._follow(pending, request, response):
+                    async for n in self._follow(pending, request, response, requested_at):
                         yield n
                     return
                 except _Reregister:
@@ -363,12 +366,17 @@ class Observer:
             await self.aclose()
 
     async def _follow(
-        self, pending: aiocoap.protocol.Request, request: Message, response: Message
+        self,
+        pending: aiocoap.protocol.Request,
+        request: Message,
+        response: Message,
+        requested_at: float | None = None,
     ) -> AsyncIterator[Notification]:
         while True:
             payload = informative_response_payload(response, self.code_points)
             if payload is not None:
-                async for n in self._follow_group(request, payload, _glue.is_oscore_protected(response)):
+                protected = _glue.is_oscore_protected(response)
+                async for n in self._follow_group(request, payload, protected, requested_at):
                     yield n
                 return
             if not response.code.is_successful():
@@ -393,6 +401,7 @@ class Observer:
                     return
                 raise GroupObservationError("the server ended the observation")
             response = shifted
+            requested_at = None  # the age of a shifting 5.03 is unknown
 
     def _subscribe(self, pending: aiocoap.protocol.Request) -> NotificationBuffer:
         """Collect the traditional observation's events from now on, losing none that matters.
@@ -449,7 +458,11 @@ class Observer:
         return None
 
     async def _follow_group(
-        self, request: Message, payload: bytes, protected_channel: bool = False
+        self,
+        request: Message,
+        payload: bytes,
+        protected_channel: bool = False,
+        requested_at: float | None = None,
     ) -> AsyncIterator[Notification]:
         informative = InformativeResponse.decode(payload)
         client = GroupObservationClient(
@@ -459,7 +472,13 @@ class Observer:
             silence_margin=self.silence_margin,
         )
         resolved = await _resolve_names(hostnames(informative))
-        first = client.join(informative, self.clock(), resolved, protected_channel=protected_channel)
+        first = client.join(
+            informative,
+            self.clock(),
+            resolved,
+            protected_channel=protected_channel,
+            requested_at=requested_at,
+        )
         self.group_client = client
         assert client.group is not None and client.token is not None
         listener = await self.pool.acquire(client.group, self.ifindex)
@@ -471,6 +490,9 @@ class Observer:
             client.group,
             client.server,
         )
+        revalidation = None
+        if client.needs_revalidation:
+            revalidation = asyncio.create_task(self._revalidate(client, queue))
         try:
             if first is not None and first.message.code.is_successful():
                 yield first
@@ -492,6 +514,12 @@ class Observer:
                     raise _Reregister from None
                 if item is None or self._cancelled:
                     return
+                if isinstance(item, Message):  # the answer to the re-validation GET (item 11)
+                    fresh = client.revalidated(item, self.clock())
+                    if fresh is not None:
+                        self.revalidations += 1
+                        yield fresh
+                    continue
                 message, source, now, raw = item
                 verdict = client.on_multicast(message, source, now, self.rng, self.leisure, raw=raw)
                 if isinstance(verdict, Accepted):
@@ -506,9 +534,28 @@ class Observer:
                     log.info("server cancelled the group observation (token %s)", client.token.hex())
                     return
         finally:
+            if revalidation is not None:
+                revalidation.cancel()
             self._queue = None
             listener.unsubscribe(client.token, queue)
             self.pool.release(listener)
+
+    async def _revalidate(self, client: GroupObservationClient, queue: asyncio.Queue[Any]) -> None:
+        """One GET (conditional when 'last_notif' has an ETag) after a late informative response."""
+        ctx = self._ctx
+        if ctx is None:
+            return
+        request = Message(code=GET, uri=self.uri)
+        etag = client.revalidation_etag()
+        if etag is not None:
+            request.opt.etag = etag  # answered 2.03 Valid when unchanged (RFC 7252 §5.10.6)
+        try:
+            response = await asyncio.wait_for(ctx.request(request).response, 30)
+        except Exception as e:  # a courtesy: the group observation goes on without it
+            log.info("re-validation GET failed: %s", e)
+            return
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(response)
 
     def _schedule_confirmation(self, delay: float) -> None:
         task = asyncio.create_task(self._confirm(delay))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiocoap import NON, SERVICE_UNAVAILABLE, Message
+from aiocoap import NON, SERVICE_UNAVAILABLE, VALID, Message
 
 from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MAX_AGE, CodePoints
 from ..errors import MalformedError, McObserveError, UnsupportedTransportError, WithdrawnError
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 #: quarantine (Max-Age + MAX_TRANSMIT_WAIT, 93 s), so a client that missed a cancellation has left
 #: before T can be handed out again.
 SILENCE_MARGIN = 10.0
+#: An informative response that arrives this many seconds after the registration was sent may be a
+#: retransmission (the first CON 5.03 lost; RFC 7252 ACK_TIMEOUT is 2 s), so its 'last_notif' may be
+#: stale: the client then re-validates with one GET (issue 13 item 11).
+REVALIDATE_AFTER = 1.0
 #: The server's floor for the Max-Age refresh (draft §4.3; mcobserve.engine.server.MIN_REFRESH_INTERVAL).
 _REFRESH_FLOOR = 1.0
 
@@ -41,6 +45,7 @@ class Via(enum.Enum):
     """How a notification reached the client."""
 
     UNICAST = "unicast"  # traditional observation (RFC 7641)
+    REVALIDATED = "revalidated"  # a GET after a late informative response brought newer state
     MULTICAST = "multicast"  # multicast notification of a group observation (draft §5.3)
     LAST_NOTIF = "last_notif"  # rebuilt from an informative response (draft §5.2, steps 5-6)
 
@@ -169,6 +174,10 @@ class GroupObservationClient:
         self.max_age: float = float(DEFAULT_MAX_AGE)
         #: Seconds of silence beyond Max-Age after which :meth:`silent_since` reports the group dead.
         self.silence_margin = silence_margin
+        #: The informative response came late: re-validate 'last_notif' with a GET (item 11).
+        self.needs_revalidation = False
+        self._last_notif: Message | None = None
+        self._accepted_since_join = False
 
     @property
     def joined(self) -> bool:
@@ -185,6 +194,7 @@ class GroupObservationClient:
         resolved: Mapping[str, IPAddress] | None = None,
         *,
         protected_channel: bool = False,
+        requested_at: float | None = None,
     ) -> Notification | None:
         """Steps 1-7 of draft §5.2. Returns the rebuilt 'last_notif' when there is one.
 
@@ -265,6 +275,11 @@ class GroupObservationClient:
         self.ended = False
         self.last_heard = now
         self.max_age = float(DEFAULT_MAX_AGE)
+        self._last_notif = last
+        self._accepted_since_join = False
+        # A late informative response (``requested_at``: when the registration left) may carry a
+        # stale 'last_notif': re-validate it (item 11).
+        self.needs_revalidation = requested_at is not None and now - requested_at > REVALIDATE_AFTER
         if last is not None and last.opt.max_age is not None:
             self.max_age = float(last.opt.max_age)
         if last is None:
@@ -337,6 +352,7 @@ class GroupObservationClient:
         if self._last is not None and not observe_is_fresh(self._last[0], self._last[1], observe, now):
             return Dropped(f"Observe {observe} is not newer than {self._last[0]} (RFC 7641 §3.4)")
         self._last = (observe, now)
+        self._accepted_since_join = True
         self.last_heard = now
         max_age = message.opt.max_age
         self.max_age = float(DEFAULT_MAX_AGE if max_age is None else max_age)
@@ -360,6 +376,31 @@ class GroupObservationClient:
     def is_silent(self, now: float) -> bool:
         deadline = self.silence_deadline()
         return deadline is not None and now >= deadline
+
+    def revalidation_etag(self) -> bytes | None:
+        """The ETag of 'last_notif' for a conditional GET (RFC 7252 §5.10.6), if it has one."""
+        last = self._last_notif
+        return last.opt.etag if last is not None else None
+
+    def revalidated(self, response: Message, now: float) -> Notification | None:
+        """The answer to the re-validation GET: a Notification when it brings newer state.
+
+        Nothing when a multicast notification was accepted meanwhile (that one is at least as new),
+        on 2.03 Valid, on an error, or when it equals 'last_notif'.
+        """
+        self.needs_revalidation = False
+        if self.ended or self._accepted_since_join or not response.code.is_successful():
+            return None
+        if response.code == VALID:
+            return None
+        last = self._last_notif
+        if (
+            last is not None
+            and last.payload == response.payload
+            and last.opt.content_format == response.opt.content_format
+        ):
+            return None
+        return Notification(response, Via.REVALIDATED, now)
 
     def leave(self) -> None:
         """Forget the group observation (draft §5.5); later datagrams with T are dropped."""
