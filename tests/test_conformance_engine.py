@@ -553,3 +553,53 @@ def test_late_informative_response_asks_for_revalidation_and_newer_state_wins():
     m.mtype, m.token = NON, obs.token
     again.on_multicast(m, SRV, T0 + 3.05)
     assert again.revalidated(Message(code=CONTENT, payload=b"new"), T0 + 3.1) is None
+
+
+# -- item 12: Block2, Uri-Host and ETag on the registration (draft §4.2, RFC 7959) ---------------
+
+
+def test_registration_with_small_block2_gets_a_traditional_observation():
+    from mcobserve.engine.server import Kind
+
+    e = ServerEngine(SRV, GRP)
+    e.add_resource(("r",), GroupPolicy())
+    rng = random.Random(5)
+    small = registration(("r",), block2=(0, False, 2))  # 64-byte blocks
+    assert e.on_registration(("r",), "b64", small, T0, rng).kind is Kind.TRADITIONAL
+    assert e.observation(("r",)) is None
+    # The group observation starts for a client without Block2 ...
+    d = Driver(e)
+    obs = d.start(("r",), b"x" * 500, key="plain")
+    # ... and a later small-block client still stays traditional: the informative response
+    # (with a 500-byte 'last_notif') would not come in 64-byte blocks.
+    assert len(e.informative_payload(obs, small, T0)) > 64
+    assert e.on_registration(("r",), "b64b", small, T0, rng).kind is Kind.TRADITIONAL
+    assert e.on_registration(("r",), "b64b", small, T0, rng).observation is None
+    # Blocks as large as anything the server sends (1024 < 1232: no; szx 7 is BERT, not UDP).
+    big = registration(("r",), block2=(0, False, 6))
+    assert e.on_registration(("r",), "b1024", big, T0, rng).kind is Kind.TRADITIONAL
+    e2 = ServerEngine(SRV, GRP, max_message_size=1024)
+    e2.add_resource(("r",), GroupPolicy())
+    assert e2.on_registration(("r",), "b1024", big, T0, rng).kind is Kind.GROUP
+    later_block = registration(("r",), block2=(1, False, 6))
+    assert e2.on_registration(("r",), "n1", later_block, T0, rng).kind is Kind.TRADITIONAL
+
+
+def test_uri_host_and_etag_registrations_join_with_ph_req():
+    from mcobserve.engine.client import GroupObservationClient
+    from mcobserve.engine.server import Kind
+
+    e = ServerEngine(SRV, GRP)
+    e.add_resource(("r",), GroupPolicy())
+    d = Driver(e)
+    obs = d.start(("r",), b"v")
+    rng = random.Random(6)
+    for opts in ({"uri_host": "sensor.example"}, {"etag": b"\x01\x02"}):
+        req = registration(("r",), **opts)
+        reg = e.on_registration(("r",), str(opts), req, T0, rng)
+        assert reg.kind is Kind.GROUP and reg.observation is obs
+        ir = InformativeResponse.decode(e.informative_payload(obs, req, T0))
+        assert ir.ph_req is not None  # differs from the phantom request: 'ph_req' MUST be there (§4.2)
+        client = GroupObservationClient(req)
+        first = client.join(ir, T0)  # step 3: Uri-Host and ETag do not select another representation
+        assert client.joined and first.payload == b"v"

@@ -610,6 +610,17 @@ class ServerEngine:
             and request.opt.accept is None
         )
 
+    def _fits_blocks(self, request: Message) -> bool:
+        """A registration with Block2 asks for blocks of at most 2**(SZX+4) bytes (RFC 7959 §2.4).
+
+        Informative responses and multicast notifications are never sent block-wise, so only a client
+        whose block size takes the largest message this server sends (``max_message_size``) joins the
+        group observation; one asking for smaller blocks gets a traditional observation, which
+        aiocoap serves block-wise (issue 13 item 12).
+        """
+        block2 = request.opt.block2
+        return block2 is None or (block2.block_number == 0 and block2.size >= self.max_message_size)
+
     def on_registration(
         self,
         path: Path,
@@ -640,7 +651,7 @@ class ServerEngine:
             if obs is not None:
                 obs.counter.confirmation(key if endpoint is None else endpoint)
             return Registration(Kind.CONFIRMATION, obs)
-        if st is None or not self._compatible(request, path):
+        if st is None or not self._compatible(request, path) or not self._fits_blocks(request):
             return Registration(Kind.TRADITIONAL)
         if client_is_link_local(client_address):
             st.traditional[key] = request
