@@ -603,3 +603,107 @@ def test_uri_host_and_etag_registrations_join_with_ph_req():
         client = GroupObservationClient(req)
         first = client.join(ir, T0)  # step 3: Uri-Host and ETag do not select another representation
         assert client.joined and first.payload == b"v"
+
+
+# -- item 2: the client stops using expired self-managed keying material (App. C) -----------------
+
+
+def test_client_stops_accepting_notifications_under_expired_material():
+    import os
+
+    from aiocoap import NON
+
+    from mcobserve.engine.client import Accepted, Dropped, GroupObservationClient
+    from mcobserve.oscore import SelfManagedGroup
+    from mcobserve.oscore.groupobs import ClientGroupSecurity, SelfManagedGroupSecurity
+
+    security = SelfManagedGroupSecurity(SelfManagedGroup.create(os.urandom), lifetime=50, now=T0)
+    e = ServerEngine(SRV, GRP, security=security, congestion=UNLIMITED, renew_margin=0.0)
+    e.add_resource(("r",), GroupPolicy(min_interval=0, counting=None))
+    obs = e.on_registration(
+        ("r",), "c", registration(("r",)), T0, random.Random(2), protected=True
+    ).observation
+    e.rendered(obs, Message(code=CONTENT, payload=b"init", max_age=600), T0)
+    payload = e.informative_payload(obs, registration(("r",)), T0 + 10)
+    ir = InformativeResponse.decode(payload)
+    assert ir.exi == 40 and ir.exp == int(T0 + 50)
+
+    def wire(m: Message) -> Message:
+        out = Message(code=m.code, payload=m.payload)
+        for option in m.opt.option_list():
+            out.opt.add_option(option)
+        out.mtype, out.mid, out.token = NON, 0x99, m.token
+        return Message.decode(out.encode())
+
+    # 'exi' counts from the client's own clock at reception (here 5 s late: expiry at T0 + 45).
+    c = GroupObservationClient(registration(("r",)), security=ClientGroupSecurity())
+    c.join(c.parse(payload), T0 + 5, protected_channel=True)
+    assert c.material_expires == pytest.approx(T0 + 45)
+    assert c.silence_deadline() == pytest.approx(T0 + 45)  # earlier than Max-Age 600 + margin
+    e.on_change(("r",), T0 + 20)
+    (send,) = e.rendered(obs, Message(code=CONTENT, payload=b"ok", max_age=600), T0 + 20)
+    assert isinstance(c.on_multicast(wire(send.message), SRV, T0 + 20), Accepted)
+    e.on_change(("r",), T0 + 46)
+    (send,) = e.rendered(obs, Message(code=CONTENT, payload=b"late", max_age=600), T0 + 46)
+    verdict = c.on_multicast(wire(send.message), SRV, T0 + 46)
+    assert isinstance(verdict, Dropped) and "expired" in verdict.reason
+    assert c.material_expired(T0 + 46)
+    # With a synchronised clock, 'exp' is the expiry (App. C: MUST).
+    synced = GroupObservationClient(
+        registration(("r",)), security=ClientGroupSecurity(), clock_synchronized=True
+    )
+    synced.join(synced.parse(payload), T0 + 5, protected_channel=True)
+    assert synced.material_expires == T0 + 50
+    # Unprotected group observations have no keying material to expire.
+    plain = GroupObservationClient(registration(("r",)))
+    plain_ir = InformativeResponse.decode(payload)
+    plain_ir.gp_material = None
+    assert plain._expiry(plain_ir, T0) is None
+
+
+# -- item 3: an announced 'ending' is kept (App. A, App. C, §4.2) ---------------------------------
+
+
+def _secured_engine(lifetime: float, duration: float | None):
+    import os
+
+    from mcobserve.oscore import SelfManagedGroup
+    from mcobserve.oscore.groupobs import SelfManagedGroupSecurity
+
+    security = SelfManagedGroupSecurity(SelfManagedGroup.create(os.urandom), lifetime=lifetime, now=T0)
+    e = ServerEngine(SRV, GRP, security=security, congestion=UNLIMITED)
+    e.add_resource(("r",), GroupPolicy(min_interval=0, counting=None, duration=duration))
+    reg = e.on_registration(("r",), "c", registration(("r",)), T0, random.Random(2), protected=True)
+    e.rendered(reg.observation, Message(code=CONTENT, payload=b"x", max_age=600), T0)
+    return e, reg.observation
+
+
+def test_announced_ending_is_never_broken_by_key_expiry():
+    """The old engine announced ending = start + duration (T0 + 1000) and cancelled at T0 + 90,
+    when the keying material (lifetime 100, renew margin 10) ran out."""
+    from mcobserve.engine.server import Cancelled
+
+    e, obs = _secured_engine(lifetime=100, duration=1000)
+    ir = InformativeResponse.decode(e.informative_payload(obs, registration(("r",)), T0))
+    assert ir.ending == int(T0 + 90) and ir.exp == int(T0 + 100)
+    d = Driver(e)
+    d.now = T0
+    d.advance(T0 + 89.9)
+    assert not obs.cancelled
+    actions = e.poll(T0 + 90)
+    (cancelled,) = [a for a in actions if isinstance(a, Cancelled)]
+    assert cancelled.reason == "ending reached"
+    # A shorter duration is announced and kept as is.
+    e2, obs2 = _secured_engine(lifetime=100, duration=30)
+    assert InformativeResponse.decode(e2.informative_payload(obs2, None, T0)).ending == int(T0 + 30)
+
+
+def test_introspection_commits_only_what_the_keying_material_can_keep():
+    e, obs = _secured_engine(lifetime=100, duration=None)
+    ir = InformativeResponse.decode(e.introspect(obs.token, T0 + 5))
+    assert ir.ending == int(T0 + 90)  # not T0 + 5 + 3600
+    d = Driver(e)
+    d.advance(T0 + 89.9)
+    assert not obs.cancelled
+    d.advance(T0 + 90)
+    assert obs.cancelled

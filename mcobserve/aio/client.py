@@ -236,6 +236,7 @@ class Observer:
         credentials: dict[str, Any] | None = None,
         group_security: NotificationSecurity | None = None,
         silence_margin: float = SILENCE_MARGIN,
+        clock_synchronized: bool = False,
     ) -> None:
         self.uri = uri
         self._ctx = context
@@ -261,6 +262,10 @@ class Observer:
         #: Registrations sent again because the group stayed silent beyond Max-Age (draft §4.3).
         self.silences = 0
         self.silence_margin = silence_margin
+        #: The clock is synchronised to UTC: self-managed material then expires at 'exp' (App. C).
+        self.clock_synchronized = clock_synchronized
+        #: Registrations sent again because the group keying material expired (App. C).
+        self.expirations = 0
         self.deregistrations_sent = 0
         #: Late informative responses whose 'last_notif' a GET replaced with newer state (item 11).
         self.revalidations = 0
@@ -470,6 +475,7 @@ class Observer:
             code_points=self.code_points,
             security=self._security_for(informative),
             silence_margin=self.silence_margin,
+            clock_synchronized=self.clock_synchronized,
         )
         resolved = await _resolve_names(hostnames(informative))
         first = client.join(
@@ -502,6 +508,11 @@ class Observer:
                 try:
                     item = await asyncio.wait_for(queue.get(), timeout)
                 except TimeoutError:
+                    if client.material_expired(self.clock()):
+                        # App. C: stop using expired keying material; register again for new one.
+                        self.expirations += 1
+                        log.warning("group keying material expired; registering again")
+                        raise _Reregister from None
                     # Nothing for longer than Max-Age + margin although the server MUST refresh
                     # (draft §4.3): a lost cancellation, a restarted or dead server. Register again.
                     self.silences += 1

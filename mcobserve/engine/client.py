@@ -157,6 +157,7 @@ class GroupObservationClient:
         code_points: CodePoints = DEFAULT_CODE_POINTS,
         security: NotificationSecurity | None = None,
         silence_margin: float = SILENCE_MARGIN,
+        clock_synchronized: bool = False,
     ) -> None:
         self.request = request
         self.code_points = code_points
@@ -174,6 +175,10 @@ class GroupObservationClient:
         self.max_age: float = float(DEFAULT_MAX_AGE)
         #: Seconds of silence beyond Max-Age after which :meth:`silent_since` reports the group dead.
         self.silence_margin = silence_margin
+        #: Whether this client's clock is synchronised to UTC: then 'exp' is used (App. C, MUST).
+        self.clock_synchronized = clock_synchronized
+        #: When the self-managed keying material expires ('exi' / 'exp', App. C), or None.
+        self.material_expires: float | None = None
         #: The informative response came late: re-validate 'last_notif' with a GET (item 11).
         self.needs_revalidation = False
         self._last_notif: Message | None = None
@@ -275,6 +280,7 @@ class GroupObservationClient:
         self.ended = False
         self.last_heard = now
         self.max_age = float(DEFAULT_MAX_AGE)
+        self.material_expires = self._expiry(informative, now)
         self._last_notif = last
         self._accepted_since_join = False
         # A late informative response (``requested_at``: when the registration left) may carry a
@@ -331,6 +337,9 @@ class GroupObservationClient:
             return Dropped(f"code {message.code.dotted} is not a response")
         if message.mtype != NON:
             return Dropped(f"multicast notifications are NON, got type {message.mtype}")
+        if self.material_expired(now):
+            # App. C: the client MUST stop using expired keying material (and may register again).
+            return Dropped("the group keying material has expired (draft Appendix C)")
         if self.security is not None:
             try:  # verified against the phantom request's kid / Partial IV / kid context (§9.3.2)
                 message = self.security.unprotect(message, self._security_state, self.token)  # type: ignore[arg-type]
@@ -362,6 +371,20 @@ class GroupObservationClient:
             confirm_in = rng.random() * leisure
         return Accepted(Notification(message, Via.MULTICAST, now), confirm_in)
 
+    def _expiry(self, informative: InformativeResponse, now: float) -> float | None:
+        """'exp' when the clock is synchronised and 'exp' is there, else now + 'exi' (App. C)."""
+        if self.security is None:
+            return None
+        if self.clock_synchronized and informative.exp is not None:
+            return float(informative.exp)
+        if informative.exi is not None:
+            return now + float(informative.exi)
+        return None
+
+    def material_expired(self, now: float) -> bool:
+        """Has the self-managed keying material of this group observation expired (App. C)?"""
+        return self.material_expires is not None and now >= self.material_expires
+
     def silence_deadline(self) -> float | None:
         """When the group has been silent too long: latest Max-Age (1 s floor) plus the margin.
 
@@ -371,7 +394,10 @@ class GroupObservationClient:
         """
         if not self.joined or self.last_heard is None:
             return None
-        return self.last_heard + max(self.max_age, _REFRESH_FLOOR) + self.silence_margin
+        deadline = self.last_heard + max(self.max_age, _REFRESH_FLOOR) + self.silence_margin
+        if self.material_expires is not None:
+            deadline = min(deadline, self.material_expires)  # then register again (App. C)
+        return deadline
 
     def is_silent(self, now: float) -> bool:
         deadline = self.silence_deadline()

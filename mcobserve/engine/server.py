@@ -726,10 +726,22 @@ class ServerEngine:
             counter=ObserverCounter(st.policy.counting),
             rendering=RenderReason.INIT,
         )
+        end = self._material_end(obs)
+        if end is not None and obs.ending is not None and end < obs.ending:
+            # Never announce an 'ending' the keying material cannot keep (App. A, App. C): the group
+            # observation ends, as announced, when its material has to be given up.
+            obs.ending = end
         st.group = obs
         self._by_token[token] = obs
         self._schedule(obs)
         return obs
+
+    def _material_end(self, obs: GroupObservation) -> float | None:
+        """When the group observation must end because its keying material expires (App. C)."""
+        if self.security is None:
+            return None
+        expiry = self.security.expires_at(obs.binding)
+        return None if expiry is None else expiry - self.renew_margin
 
     def traditional_ended(self, path: Path, key: ObserverKey) -> None:
         """A traditional observation ended (deregistration, RST, timeout)."""
@@ -1116,7 +1128,11 @@ class ServerEngine:
             return None
         ending = obs.ending
         if ending is None:
-            obs.committed_until = max(obs.committed_until or 0.0, now + obs.policy.commitment)
+            commitment = now + obs.policy.commitment
+            end = self._material_end(obs)
+            if end is not None:
+                commitment = min(commitment, end)  # a commitment the keying material can keep
+            obs.committed_until = max(obs.committed_until or 0.0, commitment)
             ending = obs.committed_until
         return InformativeResponse(
             tp_info=obs.tp_info,
