@@ -276,3 +276,17 @@ def test_late_informative_response_is_revalidated(lan, tools, tmp_path):
     assert len(informative) >= 3 and len({p["coap.mid"] for p in informative}) == 1  # retransmitted
     gets = [p for p in packets if p["coap.code"] == "1" and p["coap.opt.observe"] is None]
     assert len(gets) == 1  # exactly one re-validation GET
+
+
+OFF = ("--min-interval", "0", "--run-for", "0.1")
+
+
+def test_server_cli_warns_when_congestion_control_is_off():
+    """Item 8: --min-interval 0 switches the per-group budget off, and says so."""
+    res = subprocess.run(
+        [*PY, "server", "--bind", "[2001:db8::1]", "--group", "[ff35::23]", "--resource", "r", *OFF],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "congestion control is off" in res.stderr and "3 seconds" in res.stderr
