@@ -664,42 +664,97 @@ def test_client_stops_accepting_notifications_under_expired_material():
 # -- item 3: an announced 'ending' is kept (App. A, App. C, §4.2) ---------------------------------
 
 
-def _secured_engine(lifetime: float, duration: float | None):
+def _secured_engine(lifetime: float, duration: float | None, renew_keys: bool = True):
     import os
 
     from mcobserve.oscore import SelfManagedGroup
     from mcobserve.oscore.groupobs import SelfManagedGroupSecurity
 
     security = SelfManagedGroupSecurity(SelfManagedGroup.create(os.urandom), lifetime=lifetime, now=T0)
-    e = ServerEngine(SRV, GRP, security=security, congestion=UNLIMITED)
+    e = ServerEngine(SRV, GRP, security=security, congestion=UNLIMITED, renew_keys=renew_keys)
     e.add_resource(("r",), GroupPolicy(min_interval=0, counting=None, duration=duration))
     reg = e.on_registration(("r",), "c", registration(("r",)), T0, random.Random(2), protected=True)
     e.rendered(reg.observation, Message(code=CONTENT, payload=b"x", max_age=600), T0)
     return e, reg.observation
 
 
-def test_announced_ending_is_never_broken_by_key_expiry():
+def _wire(m: Message) -> Message:
+    from aiocoap import NON
+
+    out = Message(code=m.code, payload=m.payload)
+    for option in m.opt.option_list():
+        out.opt.add_option(option)
+    out.mtype, out.mid, out.token = NON, 0x99, m.token
+    return Message.decode(out.encode())
+
+
+def test_keying_material_is_renewed_in_place_and_the_ending_kept():
     """The old engine announced ending = start + duration (T0 + 1000) and cancelled at T0 + 90,
-    when the keying material (lifetime 100, renew margin 10) ran out."""
-    from mcobserve.engine.server import Cancelled
+    when the keying material (lifetime 100, renew margin 10) ran out. Now the server sends the next
+    material in a protected multicast 5.03 (App. C) and keeps the group observation to its ending."""
+    from mcobserve.engine.client import Accepted, GroupObservationClient, Renewed
+    from mcobserve.engine.server import Cancelled, SendMulticast
+    from mcobserve.oscore.groupobs import ClientGroupSecurity
 
     e, obs = _secured_engine(lifetime=100, duration=1000)
+    first = e.informative_payload(obs, registration(("r",)), T0)
+    ir = InformativeResponse.decode(first)
+    assert ir.ending == int(T0 + 1000) and ir.exp == int(T0 + 100)
+    early = GroupObservationClient(registration(("r",)), security=ClientGroupSecurity())
+    early.join(early.parse(first), T0, protected_channel=True)
+    assert early.material_expires == pytest.approx(T0 + 100)
+    assert e.next_deadline() == pytest.approx(T0 + 90)
+    (renewal,) = e.poll(T0 + 90)
+    assert isinstance(renewal, SendMulticast) and renewal.kind == "renewal"
+    m = renewal.message
+    assert m.token == obs.token and m.opt.observe is None and m.opt.oscore  # protected, own PIV
+    assert m.code.dotted == "2.04" and obs.renewals == 1 and not obs.cancelled  # 5.03 inside OSCORE
+    verdict = early.on_multicast(_wire(m), SRV, T0 + 90.1)
+    assert verdict == Renewed(True)
+    assert early.material_expires == pytest.approx(T0 + 90.1 + 100, abs=1)
+    # Notifications under the new material reach the early client after the old material expired.
+    e.on_change(("r",), T0 + 150)
+    (send,) = e.rendered(obs, Message(code=CONTENT, payload=b"after", max_age=600), T0 + 150)
+    verdict = early.on_multicast(_wire(send.message), SRV, T0 + 150)
+    assert isinstance(verdict, Accepted) and verdict.notification.payload == b"after"
+    # A client joining after the renewal verifies the same phantom request and 'last_notif'.
+    late_payload = e.informative_payload(obs, registration(("r",)), T0 + 151)
+    late_ir = InformativeResponse.decode(late_payload)
+    assert late_ir.gp_material[6] != ir.gp_material[6]  # new Gid
+    late = GroupObservationClient(registration(("r",)), security=ClientGroupSecurity())
+    got = late.join(late.parse(late_payload), T0 + 151, protected_channel=True)
+    assert got.payload == b"after"
+    e.on_change(("r",), T0 + 160)
+    (send,) = e.rendered(obs, Message(code=CONTENT, payload=b"both", max_age=600), T0 + 160)
+    for c in (early, late):
+        verdict = c.on_multicast(_wire(send.message), SRV, T0 + 160)
+        assert isinstance(verdict, Accepted) and verdict.notification.payload == b"both"
+    # Renewed again every lifetime, and ended exactly at the announced ending.
+    d = Driver(e, max_age=600, values={("r",): b"x"})
+    d.now = T0 + 160
+    d.advance(T0 + 999.9)
+    assert not obs.cancelled and obs.renewals >= 9
+    cancelled = [a for a in e.poll(T0 + 1000) if isinstance(a, Cancelled)]
+    assert [c.reason for c in cancelled] == ["ending reached"]
+
+
+def test_without_renewal_the_announced_ending_is_what_the_material_can_keep():
+    from mcobserve.engine.server import Cancelled
+
+    e, obs = _secured_engine(lifetime=100, duration=1000, renew_keys=False)
     ir = InformativeResponse.decode(e.informative_payload(obs, registration(("r",)), T0))
     assert ir.ending == int(T0 + 90) and ir.exp == int(T0 + 100)
     d = Driver(e)
-    d.now = T0
     d.advance(T0 + 89.9)
     assert not obs.cancelled
-    actions = e.poll(T0 + 90)
-    (cancelled,) = [a for a in actions if isinstance(a, Cancelled)]
+    (cancelled,) = [a for a in e.poll(T0 + 90) if isinstance(a, Cancelled)]
     assert cancelled.reason == "ending reached"
-    # A shorter duration is announced and kept as is.
-    e2, obs2 = _secured_engine(lifetime=100, duration=30)
+    e2, obs2 = _secured_engine(lifetime=100, duration=30, renew_keys=False)
     assert InformativeResponse.decode(e2.informative_payload(obs2, None, T0)).ending == int(T0 + 30)
 
 
 def test_introspection_commits_only_what_the_keying_material_can_keep():
-    e, obs = _secured_engine(lifetime=100, duration=None)
+    e, obs = _secured_engine(lifetime=100, duration=None, renew_keys=False)
     ir = InformativeResponse.decode(e.introspect(obs.token, T0 + 5))
     assert ir.ending == int(T0 + 90)  # not T0 + 5 + 3600
     d = Driver(e)
@@ -707,3 +762,9 @@ def test_introspection_commits_only_what_the_keying_material_can_keep():
     assert not obs.cancelled
     d.advance(T0 + 90)
     assert obs.cancelled
+    # With renewal the full commitment is kept.
+    e2, obs2 = _secured_engine(lifetime=100, duration=None)
+    ir2 = InformativeResponse.decode(e2.introspect(obs2.token, T0 + 5))
+    assert ir2.ending == int(T0 + 5 + 3600)
+    Driver(e2, max_age=600, values={("r",): b"x"}).advance(T0 + 3000)
+    assert not obs2.cancelled and obs2.renewals >= 30

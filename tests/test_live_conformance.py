@@ -7,6 +7,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,60 @@ def test_server_cli_warns_when_congestion_control_is_off():
         timeout=30,
     )
     assert "congestion control is off" in res.stderr and "3 seconds" in res.stderr
+
+
+def test_self_managed_material_is_renewed_without_re_registration(lan, tools, tmp_path):
+    """Items 2 and 3 on the wire: with a 15 s key lifetime the server renews the material by a
+    protected multicast 5.03 (App. C) every few seconds; the observer goes on receiving under each new
+    material without registering again, and the group observation is never cancelled."""
+    from mcobserve.cli.credentials import write_credentials
+
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{lan.server.addr6}]", 3)
+    srv = server(
+        lan.server,
+        f"[{lan.server.addr6}]",
+        GROUP6,
+        "--credentials",
+        str(creds / "server.json"),
+        "--group-oscore",
+        "self-managed",
+        "--key-lifetime",
+        "15",
+        "--no-counting",
+    )
+    base = f"coap://[{lan.server.addr6}]"
+    client = lan.clients[0]
+    try:
+        with Capture(client, client.ifname, "udp", tmp_path / "renew.pcapng") as cap:
+            o = observer(
+                client,
+                f"{base}/r",
+                count=4,
+                timeout=40,
+                extra=("--credentials", str(creds / "client-1.json")),
+            )
+            o.wait_event(lambda e: e.get("via") == "last_notif")
+            for i, wait in enumerate((6, 6, 6)):
+                time.sleep(wait)
+                put(
+                    lan.clients[1], f"{base}/r", [f"k{i}"], 0.3, "--credentials", str(creds / "client-2.json")
+                )
+            o.collect(20)
+    finally:
+        events = srv.stop()
+    got = notifications(o)
+    assert [(n["via"], n["payload"]) for n in got] == [
+        ("last_notif", "1234"),
+        ("multicast", "k0"),
+        ("multicast", "k1"),
+        ("multicast", "k2"),
+    ]
+    assert o.popen.returncode == 0
+    regs = [e for e in events if e.get("event") == "registration"]
+    assert len(regs) == 1  # never registered again
+    assert [e["reason"] for e in events if e.get("event") == "cancelled"] == ["shutdown"]
+    packets = cap.decode(ports=[5683, 61616])
+    mcast = [p for p in packets if p["ipv6.dst"] == "ff35:30:2001:db8::23"]
+    renewals = [p for p in mcast if p["coap.opt.observe"] is None and p["coap.code"] == "68"]
+    assert len(renewals) >= 2  # protected 5.03 (outer 2.04, no Observe) carrying the next material

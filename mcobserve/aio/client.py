@@ -33,6 +33,7 @@ from ..engine.client import (
     Notification,
     NotificationBuffer,
     NotificationSecurity,
+    Renewed,
     Via,
     hostnames,
     informative_response_payload,
@@ -53,6 +54,10 @@ IPV6_MULTICAST_ALL = 29
 IP_MULTICAST_ALL = 49
 #: Datagrams queued per subscriber before the oldest are dropped (a flood must not eat memory).
 QUEUE_LIMIT = 256
+
+
+#: Seconds Observer.cancel() waits for the deregistration to leave (no response is expected).
+DEREGISTRATION_GRACE = 0.5
 
 
 class _Reregister(Exception):
@@ -266,6 +271,8 @@ class Observer:
         self.clock_synchronized = clock_synchronized
         #: Registrations sent again because the group keying material expired (App. C).
         self.expirations = 0
+        #: Keying material renewed in place by the server's multicast 5.03 (App. C).
+        self.renewals = 0
         self.deregistrations_sent = 0
         #: Late informative responses whose 'last_notif' a GET replaced with newer state (item 11).
         self.revalidations = 0
@@ -312,10 +319,10 @@ class Observer:
                 log.info("deregistration not sent: %s", e)
             else:
                 self.deregistrations_sent += 1
-                await asyncio.sleep(0)  # let it leave; no response is expected
-                pending.response.cancel()
+                # No response is expected (No-Response 26); give the request time to leave before the
+                # exchange is dropped (cancelling at once can abort it before it is sent).
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pending.response
+                    await asyncio.wait_for(pending.response, DEREGISTRATION_GRACE)
         if self._queue is not None:
             with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(None)  # wake the iteration
@@ -540,6 +547,14 @@ class Observer:
                 elif isinstance(verdict, Dropped):
                     self.dropped.append(verdict.reason)
                     log.info("dropped a datagram on %s: %s", client.group, verdict.reason)
+                elif isinstance(verdict, Renewed):
+                    if not verdict.ok:
+                        log.warning(
+                            "group keying material not renewed (%s); registering again", verdict.reason
+                        )
+                        raise _Reregister
+                    self.renewals += 1
+                    log.info("group keying material renewed (token %s)", client.token.hex())
                 elif isinstance(verdict, Ended):
                     self.ended_by_server = verdict.message
                     log.info("server cancelled the group observation (token %s)", client.token.hex())
@@ -585,10 +600,9 @@ class Observer:
         set_feedback_divider(request, 0, self.code_points)
         pending = ctx.request(request, handle_blockwise=False)
         self.confirmations_sent += 1
-        await asyncio.sleep(0)  # let it leave; no response is expected
-        pending.response.cancel()
+        # No response is expected; cancelling at once could abort the request before it leaves.
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pending.response
+            await asyncio.wait_for(pending.response, DEREGISTRATION_GRACE)
 
 
 @contextlib.asynccontextmanager

@@ -93,7 +93,18 @@ class Ended:
     message: Message
 
 
-Verdict = Accepted | Dropped | Ended
+@dataclass(frozen=True)
+class Renewed:
+    """The server handed out the next keying material in a protected multicast 5.03 (App. C).
+
+    ``ok`` False: the renewal could not be used (the reason says why); the client registers again.
+    """
+
+    ok: bool
+    reason: str = ""
+
+
+Verdict = Accepted | Dropped | Ended | Renewed
 
 #: Options that take part in deciding whether the phantom request can serve the client's own request
 #: (draft §5.2, step 3): those that select the representation. Observe, No-Response, Block and
@@ -348,6 +359,12 @@ class GroupObservationClient:
         unknown = unknown_critical_options(message, code_points=self.code_points)
         if unknown:
             return Dropped(f"unknown critical option {', '.join(map(str, unknown))} (RFC 7252 §5.4.1)")
+        if (
+            self.security is not None
+            and message.opt.observe is None
+            and informative_response_payload(message, self.code_points) is not None
+        ):
+            return self._renewed(message, now)
         if message.opt.observe is None:
             if not message.code.is_successful():
                 # The multicast 5.03 (or any error without Observe) ends the observation (draft §5.4).
@@ -370,6 +387,31 @@ class GroupObservationClient:
         if q is not None and rng is not None and respond_to(q, rng):
             confirm_in = rng.random() * leisure
         return Accepted(Notification(message, Via.MULTICAST, now), confirm_in)
+
+    def _renewed(self, message: Message, now: float) -> Renewed:
+        """Install the next keying material of a protected multicast 5.03 (App. C, last paragraphs).
+
+        It came protected with the current material and signed by the server, so it counts as a
+        protected channel for self-managed material. Its 'ph_req' is verified under the new
+        material and becomes the phantom request later notifications are bound to; the Observe
+        baseline stays. Without 'ph_req' the old binding cannot be verified under the new material:
+        the client registers again.
+        """
+        assert self.security is not None and self.token is not None
+        try:
+            informative = InformativeResponse.decode(message.payload)
+        except MalformedError as e:
+            return Renewed(False, f"malformed renewal: {e}")
+        if informative.gp_material is None or informative.ph_req is None:
+            return Renewed(False, "renewal without 'gp_material' and 'ph_req'")
+        try:
+            phantom, state = self.security.verify_phantom(informative, True, self.token)
+        except McObserveError as e:
+            return Renewed(False, f"renewed material does not verify: {e}")
+        self.phantom, self._security_state = phantom, state
+        self.material_expires = self._expiry(informative, now)
+        self.last_heard = now
+        return Renewed(True)
 
     def _expiry(self, informative: InformativeResponse, now: float) -> float | None:
         """'exp' when the clock is synchronised and 'exp' is there, else now + 'exi' (App. C)."""
