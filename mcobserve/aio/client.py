@@ -333,8 +333,12 @@ class Observer:
             self._wake_traditional.set()
 
     async def aclose(self) -> None:
-        for task in list(self._confirmations):
+        pending = list(self._confirmations)
+        for task in pending:
             task.cancel()
+        # Let the cancelled confirmations finish (their exchanges dropped) before the context shuts
+        # down: aiocoap would otherwise fail a request future that is being cancelled.
+        await asyncio.gather(*pending, return_exceptions=True)
         if self._own_ctx and self._ctx is not None:
             await self._ctx.shutdown()
             self._ctx = None
