@@ -68,7 +68,8 @@ def test_link_local_registrant_is_served_traditionally_and_critical_options_get_
     """Items 1 and 14 on the wire: a registration from fe80::99 gets a traditional observation
     (2.05 with Observe, then a unicast notification), never an informative response; a global
     observer still gets the group observation. A CON request with an unknown critical option gets
-    4.02 Bad Option, also when it is an Observe registration."""
+    4.02 Bad Option, also when it is an Observe registration (item 14); a registration asking for
+    64-byte blocks gets a traditional observation (item 12)."""
     client = lan.clients[0]
     res = client.run(["ip", "-6", "addr", "add", "fe80::99/64", "dev", client.ifname, "nodad"], timeout=10)
     assert res.returncode == 0, res.stderr
@@ -106,6 +107,9 @@ def test_link_local_registrant_is_served_traditionally_and_critical_options_get_
     assert [n["payload"] for n in notifications(o)] == ["1234", "changed"]
     assert result["bad_option"][0] == "4.02" and "65001" in result["bad_option"][1]
     assert result["bad_option_registration"][0] == "4.02"
+    # Item 12: a registration with 64-byte Block2 gets a traditional observation (2.05, Observe),
+    # never the informative response that would not come in such blocks.
+    assert result["block2_registration"][:2] == ["2.05", True]
 
 
 @pytest.mark.parametrize(

@@ -65,12 +65,24 @@ def linklocal(server6: str, ifname: str) -> None:
     bad_obs.mtype, bad_obs.mid, bad_obs.token = CON, 0x4344, b"\x34"
     g.sendto(bad_obs.encode(), (server6, 5683, 0, 0))
     answer_obs = Message.decode(g.recvfrom(2048)[0])
+    # A registration asking for 64-byte blocks (RFC 7959): a traditional observation, block-wise.
+    blk = Message(code=GET, observe=0, uri_path=("r",), block2=(0, False, 2))
+    blk.mtype, blk.mid, blk.token = CON, 0x4345, b"\x35"
+    g.sendto(blk.encode(), (server6, 5683, 0, 0))
+    answer_blk = Message.decode(g.recvfrom(2048)[0])
+    if answer_blk.code == 0:  # empty ACK first: the response comes separately
+        answer_blk = Message.decode(g.recvfrom(2048)[0])
     print(
         json.dumps(
             {
                 "got": got,
                 "bad_option": [answer.code.dotted, answer.payload.decode(errors="replace")],
                 "bad_option_registration": [answer_obs.code.dotted, int(answer_obs.mtype)],
+                "block2_registration": [
+                    answer_blk.code.dotted,
+                    answer_blk.opt.observe is not None,
+                    answer_blk.opt.block2.size if answer_blk.opt.block2 else None,
+                ],
             }
         )
     )
