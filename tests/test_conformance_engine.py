@@ -487,3 +487,284 @@ def test_client_drops_unknown_critical_option_and_empty_payload_marker_keeping_t
     raw = _wire_notification(obs, base + 1, b"genuine")
     verdict = client.on_multicast(Message.decode(raw), SRV, T0 + 1, raw=raw)
     assert isinstance(verdict, Accepted) and verdict.notification.payload == b"genuine"
+
+
+# -- item 7: the shift never loses the informative response (draft §4.2) --------------------------
+
+
+def test_notification_buffer_never_overwrites_the_informative_response():
+    """aiocoap's iterator keeps only the latest event: the 5.03 that shifts a slow reader was
+    replaced by the end of the observation. The buffer coalesces only successful notifications."""
+    from aiocoap import SERVICE_UNAVAILABLE
+
+    from mcobserve.engine.client import NotificationBuffer, informative_response_payload
+
+    b = NotificationBuffer()
+    for i in range(5):
+        b.push(Message(code=CONTENT, payload=f"n{i}".encode(), observe=i))
+    assert len(b) == 1 and b.coalesced == 4  # observe is lossy: the latest state is kept
+    shift = Message(code=SERVICE_UNAVAILABLE, content_format=65000, max_age=0, payload=b"\xa0")
+    b.push(shift)
+    end = RuntimeError("observation cancelled")
+    b.push(end)
+    b.push(Message(code=CONTENT, payload=b"late", observe=9))
+    first = b.pop()
+    assert first.payload == b"n4"
+    assert informative_response_payload(b.pop()) == b"\xa0"
+    assert b.pop() is end
+    assert b.pop().payload == b"late" and b.pop() is None
+
+
+# -- item 11: stale state after a late informative response ---------------------------------------
+
+
+def test_late_informative_response_asks_for_revalidation_and_newer_state_wins():
+    from aiocoap import NON, VALID
+
+    from mcobserve.engine.client import REVALIDATE_AFTER, GroupObservationClient, Via
+
+    e = ServerEngine(SRV, GRP, congestion=UNLIMITED)
+    e.add_resource(("r",), GroupPolicy(min_interval=0))
+    d = Driver(e)
+    obs = d.start(("r",), b"old")
+    payload = e.informative_payload(obs, registration(("r",)), T0)  # composed, then lost once
+    d.change(("r",), b"new", T0 + 1)  # the group hears it; the client has not joined yet
+
+    prompt = GroupObservationClient(registration(("r",)))
+    prompt.join(InformativeResponse.decode(payload), T0 + 0.05, requested_at=T0)
+    assert not prompt.needs_revalidation  # answered within REVALIDATE_AFTER: nothing extra
+
+    late = GroupObservationClient(registration(("r",)))
+    first = late.join(InformativeResponse.decode(payload), T0 + 2.5, requested_at=T0)
+    assert first.payload == b"old" and late.needs_revalidation and 2.5 > REVALIDATE_AFTER
+    fresh = late.revalidated(Message(code=CONTENT, payload=b"new"), T0 + 2.51)
+    assert fresh.payload == b"new" and fresh.via is Via.REVALIDATED
+    assert not late.needs_revalidation
+
+    # Unchanged (2.03, or the same representation): nothing to deliver.
+    again = GroupObservationClient(registration(("r",)))
+    again.join(InformativeResponse.decode(payload), T0 + 3, requested_at=T0)
+    assert again.revalidated(Message(code=VALID), T0 + 3.1) is None
+    again.join(InformativeResponse.decode(payload), T0 + 3, requested_at=T0)
+    assert again.revalidated(Message(code=CONTENT, payload=b"old"), T0 + 3.1) is None
+    # A multicast notification accepted meanwhile is at least as new: the GET's answer is dropped.
+    again.join(InformativeResponse.decode(payload), T0 + 3, requested_at=T0)
+    m = Message(code=CONTENT, payload=b"newest", observe=obs.observe + 5)
+    m.mtype, m.token = NON, obs.token
+    again.on_multicast(m, SRV, T0 + 3.05)
+    assert again.revalidated(Message(code=CONTENT, payload=b"new"), T0 + 3.1) is None
+
+
+# -- item 12: Block2, Uri-Host and ETag on the registration (draft §4.2, RFC 7959) ---------------
+
+
+def test_registration_with_small_block2_gets_a_traditional_observation():
+    from mcobserve.engine.server import Kind
+
+    e = ServerEngine(SRV, GRP)
+    e.add_resource(("r",), GroupPolicy())
+    rng = random.Random(5)
+    small = registration(("r",), block2=(0, False, 2))  # 64-byte blocks
+    assert e.on_registration(("r",), "b64", small, T0, rng).kind is Kind.TRADITIONAL
+    assert e.observation(("r",)) is None
+    # The group observation starts for a client without Block2 ...
+    d = Driver(e)
+    obs = d.start(("r",), b"x" * 500, key="plain")
+    # ... and a later small-block client still stays traditional: the informative response
+    # (with a 500-byte 'last_notif') would not come in 64-byte blocks.
+    assert len(e.informative_payload(obs, small, T0)) > 64
+    assert e.on_registration(("r",), "b64b", small, T0, rng).kind is Kind.TRADITIONAL
+    assert e.on_registration(("r",), "b64b", small, T0, rng).observation is None
+    # Blocks as large as anything the server sends (1024 < 1232: no; szx 7 is BERT, not UDP).
+    big = registration(("r",), block2=(0, False, 6))
+    assert e.on_registration(("r",), "b1024", big, T0, rng).kind is Kind.TRADITIONAL
+    e2 = ServerEngine(SRV, GRP, max_message_size=1024)
+    e2.add_resource(("r",), GroupPolicy())
+    assert e2.on_registration(("r",), "b1024", big, T0, rng).kind is Kind.GROUP
+    later_block = registration(("r",), block2=(1, False, 6))
+    assert e2.on_registration(("r",), "n1", later_block, T0, rng).kind is Kind.TRADITIONAL
+
+
+def test_uri_host_and_etag_registrations_join_with_ph_req():
+    from mcobserve.engine.client import GroupObservationClient
+    from mcobserve.engine.server import Kind
+
+    e = ServerEngine(SRV, GRP)
+    e.add_resource(("r",), GroupPolicy())
+    d = Driver(e)
+    obs = d.start(("r",), b"v")
+    rng = random.Random(6)
+    for opts in ({"uri_host": "sensor.example"}, {"etag": b"\x01\x02"}):
+        req = registration(("r",), **opts)
+        reg = e.on_registration(("r",), str(opts), req, T0, rng)
+        assert reg.kind is Kind.GROUP and reg.observation is obs
+        ir = InformativeResponse.decode(e.informative_payload(obs, req, T0))
+        assert ir.ph_req is not None  # differs from the phantom request: 'ph_req' MUST be there (§4.2)
+        client = GroupObservationClient(req)
+        first = client.join(ir, T0)  # step 3: Uri-Host and ETag do not select another representation
+        assert client.joined and first.payload == b"v"
+
+
+# -- item 2: the client stops using expired self-managed keying material (App. C) -----------------
+
+
+def test_client_stops_accepting_notifications_under_expired_material():
+    import os
+
+    from aiocoap import NON
+
+    from mcobserve.engine.client import Accepted, Dropped, GroupObservationClient
+    from mcobserve.oscore import SelfManagedGroup
+    from mcobserve.oscore.groupobs import ClientGroupSecurity, SelfManagedGroupSecurity
+
+    security = SelfManagedGroupSecurity(SelfManagedGroup.create(os.urandom), lifetime=50, now=T0)
+    e = ServerEngine(SRV, GRP, security=security, congestion=UNLIMITED, renew_margin=0.0)
+    e.add_resource(("r",), GroupPolicy(min_interval=0, counting=None))
+    obs = e.on_registration(
+        ("r",), "c", registration(("r",)), T0, random.Random(2), protected=True
+    ).observation
+    e.rendered(obs, Message(code=CONTENT, payload=b"init", max_age=600), T0)
+    payload = e.informative_payload(obs, registration(("r",)), T0 + 10)
+    ir = InformativeResponse.decode(payload)
+    assert ir.exi == 40 and ir.exp == int(T0 + 50)
+
+    def wire(m: Message) -> Message:
+        out = Message(code=m.code, payload=m.payload)
+        for option in m.opt.option_list():
+            out.opt.add_option(option)
+        out.mtype, out.mid, out.token = NON, 0x99, m.token
+        return Message.decode(out.encode())
+
+    # 'exi' counts from the client's own clock at reception (here 5 s late: expiry at T0 + 45).
+    c = GroupObservationClient(registration(("r",)), security=ClientGroupSecurity())
+    c.join(c.parse(payload), T0 + 5, protected_channel=True)
+    assert c.material_expires == pytest.approx(T0 + 45)
+    assert c.silence_deadline() == pytest.approx(T0 + 45)  # earlier than Max-Age 600 + margin
+    e.on_change(("r",), T0 + 20)
+    (send,) = e.rendered(obs, Message(code=CONTENT, payload=b"ok", max_age=600), T0 + 20)
+    assert isinstance(c.on_multicast(wire(send.message), SRV, T0 + 20), Accepted)
+    e.on_change(("r",), T0 + 46)
+    (send,) = e.rendered(obs, Message(code=CONTENT, payload=b"late", max_age=600), T0 + 46)
+    verdict = c.on_multicast(wire(send.message), SRV, T0 + 46)
+    assert isinstance(verdict, Dropped) and "expired" in verdict.reason
+    assert c.material_expired(T0 + 46)
+    # With a synchronised clock, 'exp' is the expiry (App. C: MUST).
+    synced = GroupObservationClient(
+        registration(("r",)), security=ClientGroupSecurity(), clock_synchronized=True
+    )
+    synced.join(synced.parse(payload), T0 + 5, protected_channel=True)
+    assert synced.material_expires == T0 + 50
+    # Unprotected group observations have no keying material to expire.
+    plain = GroupObservationClient(registration(("r",)))
+    plain_ir = InformativeResponse.decode(payload)
+    plain_ir.gp_material = None
+    assert plain._expiry(plain_ir, T0) is None
+
+
+# -- item 3: an announced 'ending' is kept (App. A, App. C, §4.2) ---------------------------------
+
+
+def _secured_engine(lifetime: float, duration: float | None, renew_keys: bool = True):
+    import os
+
+    from mcobserve.oscore import SelfManagedGroup
+    from mcobserve.oscore.groupobs import SelfManagedGroupSecurity
+
+    security = SelfManagedGroupSecurity(SelfManagedGroup.create(os.urandom), lifetime=lifetime, now=T0)
+    e = ServerEngine(SRV, GRP, security=security, congestion=UNLIMITED, renew_keys=renew_keys)
+    e.add_resource(("r",), GroupPolicy(min_interval=0, counting=None, duration=duration))
+    reg = e.on_registration(("r",), "c", registration(("r",)), T0, random.Random(2), protected=True)
+    e.rendered(reg.observation, Message(code=CONTENT, payload=b"x", max_age=600), T0)
+    return e, reg.observation
+
+
+def _wire(m: Message) -> Message:
+    from aiocoap import NON
+
+    out = Message(code=m.code, payload=m.payload)
+    for option in m.opt.option_list():
+        out.opt.add_option(option)
+    out.mtype, out.mid, out.token = NON, 0x99, m.token
+    return Message.decode(out.encode())
+
+
+def test_keying_material_is_renewed_in_place_and_the_ending_kept():
+    """The old engine announced ending = start + duration (T0 + 1000) and cancelled at T0 + 90,
+    when the keying material (lifetime 100, renew margin 10) ran out. Now the server sends the next
+    material in a protected multicast 5.03 (App. C) and keeps the group observation to its ending."""
+    from mcobserve.engine.client import Accepted, GroupObservationClient, Renewed
+    from mcobserve.engine.server import Cancelled, SendMulticast
+    from mcobserve.oscore.groupobs import ClientGroupSecurity
+
+    e, obs = _secured_engine(lifetime=100, duration=1000)
+    first = e.informative_payload(obs, registration(("r",)), T0)
+    ir = InformativeResponse.decode(first)
+    assert ir.ending == int(T0 + 1000) and ir.exp == int(T0 + 100)
+    early = GroupObservationClient(registration(("r",)), security=ClientGroupSecurity())
+    early.join(early.parse(first), T0, protected_channel=True)
+    assert early.material_expires == pytest.approx(T0 + 100)
+    assert e.next_deadline() == pytest.approx(T0 + 90)
+    (renewal,) = e.poll(T0 + 90)
+    assert isinstance(renewal, SendMulticast) and renewal.kind == "renewal"
+    m = renewal.message
+    assert m.token == obs.token and m.opt.observe is None and m.opt.oscore  # protected, own PIV
+    assert m.code.dotted == "2.04" and obs.renewals == 1 and not obs.cancelled  # 5.03 inside OSCORE
+    verdict = early.on_multicast(_wire(m), SRV, T0 + 90.1)
+    assert verdict == Renewed(True)
+    assert early.material_expires == pytest.approx(T0 + 90.1 + 100, abs=1)
+    # Notifications under the new material reach the early client after the old material expired.
+    e.on_change(("r",), T0 + 150)
+    (send,) = e.rendered(obs, Message(code=CONTENT, payload=b"after", max_age=600), T0 + 150)
+    verdict = early.on_multicast(_wire(send.message), SRV, T0 + 150)
+    assert isinstance(verdict, Accepted) and verdict.notification.payload == b"after"
+    # A client joining after the renewal verifies the same phantom request and 'last_notif'.
+    late_payload = e.informative_payload(obs, registration(("r",)), T0 + 151)
+    late_ir = InformativeResponse.decode(late_payload)
+    assert late_ir.gp_material[6] != ir.gp_material[6]  # new Gid
+    late = GroupObservationClient(registration(("r",)), security=ClientGroupSecurity())
+    got = late.join(late.parse(late_payload), T0 + 151, protected_channel=True)
+    assert got.payload == b"after"
+    e.on_change(("r",), T0 + 160)
+    (send,) = e.rendered(obs, Message(code=CONTENT, payload=b"both", max_age=600), T0 + 160)
+    for c in (early, late):
+        verdict = c.on_multicast(_wire(send.message), SRV, T0 + 160)
+        assert isinstance(verdict, Accepted) and verdict.notification.payload == b"both"
+    # Renewed again every lifetime, and ended exactly at the announced ending.
+    d = Driver(e, max_age=600, values={("r",): b"x"})
+    d.now = T0 + 160
+    d.advance(T0 + 999.9)
+    assert not obs.cancelled and obs.renewals >= 9
+    cancelled = [a for a in e.poll(T0 + 1000) if isinstance(a, Cancelled)]
+    assert [c.reason for c in cancelled] == ["ending reached"]
+
+
+def test_without_renewal_the_announced_ending_is_what_the_material_can_keep():
+    from mcobserve.engine.server import Cancelled
+
+    e, obs = _secured_engine(lifetime=100, duration=1000, renew_keys=False)
+    ir = InformativeResponse.decode(e.informative_payload(obs, registration(("r",)), T0))
+    assert ir.ending == int(T0 + 90) and ir.exp == int(T0 + 100)
+    d = Driver(e)
+    d.advance(T0 + 89.9)
+    assert not obs.cancelled
+    (cancelled,) = [a for a in e.poll(T0 + 90) if isinstance(a, Cancelled)]
+    assert cancelled.reason == "ending reached"
+    e2, obs2 = _secured_engine(lifetime=100, duration=30, renew_keys=False)
+    assert InformativeResponse.decode(e2.informative_payload(obs2, None, T0)).ending == int(T0 + 30)
+
+
+def test_introspection_commits_only_what_the_keying_material_can_keep():
+    e, obs = _secured_engine(lifetime=100, duration=None, renew_keys=False)
+    ir = InformativeResponse.decode(e.introspect(obs.token, T0 + 5))
+    assert ir.ending == int(T0 + 90)  # not T0 + 5 + 3600
+    d = Driver(e)
+    d.advance(T0 + 89.9)
+    assert not obs.cancelled
+    d.advance(T0 + 90)
+    assert obs.cancelled
+    # With renewal the full commitment is kept.
+    e2, obs2 = _secured_engine(lifetime=100, duration=None)
+    ir2 = InformativeResponse.decode(e2.introspect(obs2.token, T0 + 5))
+    assert ir2.ending == int(T0 + 5 + 3600)
+    Driver(e2, max_age=600, values={("r",): b"x"}).advance(T0 + 3000)
+    assert not obs2.cancelled and obs2.renewals >= 30

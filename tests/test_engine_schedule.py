@@ -11,6 +11,8 @@ import random
 
 import pytest
 from aiocoap import CONTENT, GET, Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mcobserve.engine.common import Endpoint
 from mcobserve.engine.counting import ObserverCounter
@@ -121,3 +123,60 @@ def test_heap_agrees_with_a_walk_over_all_observations(interval):
         if not live:
             break
     assert len(e._heap) <= 64 + 4 * max(1, len(list(e.observations())))
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["register", "change", "render", "poll", "cancel", "dereg", "refuse"]),
+        st.integers(0, 5),
+        st.floats(0, 40, allow_nan=False),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=_OPS, interval=st.sampled_from([0.0, 3.0]))
+def test_life_cycle_under_any_event_order(ops, interval):
+    """Any order of registrations, changes, renders, polls, cancellations and deregistrations
+    (issue 13: started, shifting, counting, cancelling, quarantined Token): the engine raises
+    nothing, live Tokens stay unique and never quarantined, the heap agrees with a walk, and no
+    observation stays dirty forever without a deadline."""
+    e = ServerEngine(SRV, GRP, token_length=1, congestion=CongestionControl(interval=interval))
+    paths = [(f"r{i}",) for i in range(6)]
+    for p in paths:
+        e.add_resource(p, GroupPolicy(min_interval=1.0, group_after=2))
+    rng = random.Random(0)
+    now = T0
+    rendering: list[GroupObservation] = []
+    for op, i, dt in ops:
+        now += dt
+        path = paths[i]
+        if op == "register":
+            reg = e.on_registration(path, ("c", i, int(dt)), _request(path), now, rng)
+            if reg.started:
+                rendering.append(reg.observation)
+        elif op == "change":
+            rendering += [a.observation for a in e.on_change(path, now) if isinstance(a, Render)]
+        elif op == "render" and rendering:
+            obs = rendering.pop(0)
+            e.rendered(obs, Message(code=CONTENT, payload=b"v" * int(dt * 40), max_age=int(dt)), now)
+        elif op == "refuse" and rendering:
+            e.render_failed(rendering.pop(0), now, "test")
+        elif op == "poll":
+            rendering += [a.observation for a in e.poll(now) if isinstance(a, Render)]
+        elif op == "cancel":
+            e.cancel_path(path, now)
+        elif op == "dereg":
+            e.on_deregistration(path, ("c", i, 0))
+        live = list(e.observations())
+        tokens = [o.token for o in live]
+        assert len(set(tokens)) == len(tokens)
+        assert all(t in e.tokens for t in tokens)
+        assert not any(e.tokens.quarantined(t, now) for t in tokens)
+        walk = [d for o in live if (d := o.next_deadline()) is not None]
+        walk += [b._due for b in e._budgets.values() if b._due is not None]
+        assert e.next_deadline() == (min(walk) if walk else None)
+        for o in live:
+            if o.dirty and o.rendering is None:
+                assert o.next_deadline() is not None or o._queued

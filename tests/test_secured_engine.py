@@ -158,6 +158,7 @@ def test_tampered_last_notif_is_skipped_not_delivered():
 
 def test_keying_material_expiry_cancels_and_rekeys():
     e, security, obs_map = secured(lifetime=100.0)
+    e.renew_keys = False  # the appendix's alternative to renewal (renewal: test_conformance_engine.py)
     old_gid = security.group.gid
     assert e.next_deadline() <= T0 + 100 - e.renew_margin
     actions = e.poll(T0 + 95)

@@ -16,6 +16,7 @@ import random
 import socket
 import struct
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -30,7 +31,9 @@ from ..engine.client import (
     Ended,
     GroupObservationClient,
     Notification,
+    NotificationBuffer,
     NotificationSecurity,
+    Renewed,
     Via,
     hostnames,
     informative_response_payload,
@@ -51,6 +54,10 @@ IPV6_MULTICAST_ALL = 29
 IP_MULTICAST_ALL = 49
 #: Datagrams queued per subscriber before the oldest are dropped (a flood must not eat memory).
 QUEUE_LIMIT = 256
+
+
+#: Seconds Observer.cancel() waits for the deregistration to leave (no response is expected).
+DEREGISTRATION_GRACE = 0.5
 
 
 class _Reregister(Exception):
@@ -234,6 +241,7 @@ class Observer:
         credentials: dict[str, Any] | None = None,
         group_security: NotificationSecurity | None = None,
         silence_margin: float = SILENCE_MARGIN,
+        clock_synchronized: bool = False,
     ) -> None:
         self.uri = uri
         self._ctx = context
@@ -259,10 +267,19 @@ class Observer:
         #: Registrations sent again because the group stayed silent beyond Max-Age (draft §4.3).
         self.silences = 0
         self.silence_margin = silence_margin
+        #: The clock is synchronised to UTC: self-managed material then expires at 'exp' (App. C).
+        self.clock_synchronized = clock_synchronized
+        #: Registrations sent again because the group keying material expired (App. C).
+        self.expirations = 0
+        #: Keying material renewed in place by the server's multicast 5.03 (App. C).
+        self.renewals = 0
         self.deregistrations_sent = 0
+        #: Late informative responses whose 'last_notif' a GET replaced with newer state (item 11).
+        self.revalidations = 0
         self._cancelled = False
         self._queue: asyncio.Queue[Heard | None] | None = None
         self._pending: aiocoap.protocol.Request | None = None
+        self._wake_traditional: asyncio.Event | None = None
 
     def __aiter__(self) -> AsyncIterator[Notification]:
         return self._run()
@@ -302,20 +319,26 @@ class Observer:
                 log.info("deregistration not sent: %s", e)
             else:
                 self.deregistrations_sent += 1
-                await asyncio.sleep(0)  # let it leave; no response is expected
-                pending.response.cancel()
+                # No response is expected (No-Response 26); give the request time to leave before the
+                # exchange is dropped (cancelling at once can abort it before it is sent).
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pending.response
+                    await asyncio.wait_for(pending.response, DEREGISTRATION_GRACE)
         if self._queue is not None:
             with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(None)  # wake the iteration
         if self._pending is not None:
             with contextlib.suppress(Exception):
                 self._pending.observation.cancel()
+        if self._wake_traditional is not None:
+            self._wake_traditional.set()
 
     async def aclose(self) -> None:
-        for task in list(self._confirmations):
+        pending = list(self._confirmations)
+        for task in pending:
             task.cancel()
+        # Let the cancelled confirmations finish (their exchanges dropped) before the context shuts
+        # down: aiocoap would otherwise fail a request future that is being cancelled.
+        await asyncio.gather(*pending, return_exceptions=True)
         if self._own_ctx and self._ctx is not None:
             await self._ctx.shutdown()
             self._ctx = None
@@ -333,6 +356,7 @@ class Observer:
             while not self._cancelled:
                 request = self._request()
                 self.registrations += 1
+                requested_at = self.clock()
                 pending = self._pending = ctx.request(request)
                 try:
                     response = await pending.response
@@ -349,7 +373,7 @@ class Observer:
                     log.warning("protected response rejected (%s); registering again", e)
                     continue
                 try:
-                    async for n in self._follow(pending, request, response):
+                    async for n in self._follow(pending, request, response, requested_at):
                         yield n
                     return
                 except _Reregister:
@@ -363,23 +387,30 @@ class Observer:
             await self.aclose()
 
     async def _follow(
-        self, pending: aiocoap.protocol.Request, request: Message, response: Message
+        self,
+        pending: aiocoap.protocol.Request,
+        request: Message,
+        response: Message,
+        requested_at: float | None = None,
     ) -> AsyncIterator[Notification]:
         while True:
             payload = informative_response_payload(response, self.code_points)
             if payload is not None:
-                async for n in self._follow_group(request, payload, _glue.is_oscore_protected(response)):
+                protected = _glue.is_oscore_protected(response)
+                async for n in self._follow_group(request, payload, protected, requested_at):
                     yield n
                 return
             if not response.code.is_successful():
                 raise ResponseError(response)
+            # Subscribe before the first yield: a slow reader must not miss the shift (item 7).
+            buffer = self._subscribe(pending) if response.opt.observe is not None else None
             yield Notification(response, Via.UNICAST, self.clock())
-            if response.opt.observe is None:
+            if buffer is None:
                 return  # not observable: one response (RFC 7641 §3.2)
             shifted = None
             if self._cancelled:
                 return
-            async for m in pending.observation:
+            async for m in self._traditional(buffer):
                 if informative_response_payload(m, self.code_points) is not None:
                     shifted = m  # the server moved us into a group observation (draft §4.2)
                     break
@@ -391,6 +422,49 @@ class Observer:
                     return
                 raise GroupObservationError("the server ended the observation")
             response = shifted
+            requested_at = None  # the age of a shifting 5.03 is unknown
+
+    def _subscribe(self, pending: aiocoap.protocol.Request) -> NotificationBuffer:
+        """Collect the traditional observation's events from now on, losing none that matters.
+
+        aiocoap's own iterator keeps only the latest event, so the informative response that shifts
+        a slow reader into the group observation was overwritten by the end of the observation that
+        follows it (draft §4.2). :class:`NotificationBuffer` coalesces only successful notifications.
+        """
+        buffer = NotificationBuffer()
+        ready = self._wake_traditional = asyncio.Event()
+
+        def push(item: Message | BaseException) -> None:
+            buffer.push(item)
+            ready.set()
+
+        with warnings.catch_warnings():  # the callback interface is public, only marked deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pending.observation.register_callback(push)
+            pending.observation.register_errback(push)
+        return buffer
+
+    async def _traditional(self, buffer: NotificationBuffer) -> AsyncIterator[Message]:
+        """Read what :meth:`_subscribe` collected; ends with the observation."""
+        ready = self._wake_traditional
+        assert ready is not None
+        try:
+            while True:
+                item = buffer.pop()
+                if item is None:
+                    if self._cancelled:
+                        return
+                    ready.clear()
+                    await ready.wait()
+                    continue
+                if isinstance(item, Message):
+                    yield item
+                elif isinstance(item, aiocoap.error.ObservationCancelled | aiocoap.error.NotObservable):
+                    return
+                else:
+                    raise item
+        finally:
+            self._wake_traditional = None
 
     def _security_for(self, informative: InformativeResponse) -> NotificationSecurity | None:
         """The configured group security, or a default one when the server protects (draft §9.3)."""
@@ -405,7 +479,11 @@ class Observer:
         return None
 
     async def _follow_group(
-        self, request: Message, payload: bytes, protected_channel: bool = False
+        self,
+        request: Message,
+        payload: bytes,
+        protected_channel: bool = False,
+        requested_at: float | None = None,
     ) -> AsyncIterator[Notification]:
         informative = InformativeResponse.decode(payload)
         client = GroupObservationClient(
@@ -413,9 +491,16 @@ class Observer:
             code_points=self.code_points,
             security=self._security_for(informative),
             silence_margin=self.silence_margin,
+            clock_synchronized=self.clock_synchronized,
         )
         resolved = await _resolve_names(hostnames(informative))
-        first = client.join(informative, self.clock(), resolved, protected_channel=protected_channel)
+        first = client.join(
+            informative,
+            self.clock(),
+            resolved,
+            protected_channel=protected_channel,
+            requested_at=requested_at,
+        )
         self.group_client = client
         assert client.group is not None and client.token is not None
         listener = await self.pool.acquire(client.group, self.ifindex)
@@ -427,6 +512,9 @@ class Observer:
             client.group,
             client.server,
         )
+        revalidation = None
+        if client.needs_revalidation:
+            revalidation = asyncio.create_task(self._revalidate(client, queue))
         try:
             if first is not None and first.message.code.is_successful():
                 yield first
@@ -436,6 +524,11 @@ class Observer:
                 try:
                     item = await asyncio.wait_for(queue.get(), timeout)
                 except TimeoutError:
+                    if client.material_expired(self.clock()):
+                        # App. C: stop using expired keying material; register again for new one.
+                        self.expirations += 1
+                        log.warning("group keying material expired; registering again")
+                        raise _Reregister from None
                     # Nothing for longer than Max-Age + margin although the server MUST refresh
                     # (draft §4.3): a lost cancellation, a restarted or dead server. Register again.
                     self.silences += 1
@@ -448,6 +541,12 @@ class Observer:
                     raise _Reregister from None
                 if item is None or self._cancelled:
                     return
+                if isinstance(item, Message):  # the answer to the re-validation GET (item 11)
+                    fresh = client.revalidated(item, self.clock())
+                    if fresh is not None:
+                        self.revalidations += 1
+                        yield fresh
+                    continue
                 message, source, now, raw = item
                 verdict = client.on_multicast(message, source, now, self.rng, self.leisure, raw=raw)
                 if isinstance(verdict, Accepted):
@@ -457,14 +556,41 @@ class Observer:
                 elif isinstance(verdict, Dropped):
                     self.dropped.append(verdict.reason)
                     log.info("dropped a datagram on %s: %s", client.group, verdict.reason)
+                elif isinstance(verdict, Renewed):
+                    if not verdict.ok:
+                        log.warning(
+                            "group keying material not renewed (%s); registering again", verdict.reason
+                        )
+                        raise _Reregister
+                    self.renewals += 1
+                    log.info("group keying material renewed (token %s)", client.token.hex())
                 elif isinstance(verdict, Ended):
                     self.ended_by_server = verdict.message
                     log.info("server cancelled the group observation (token %s)", client.token.hex())
                     return
         finally:
+            if revalidation is not None:
+                revalidation.cancel()
             self._queue = None
             listener.unsubscribe(client.token, queue)
             self.pool.release(listener)
+
+    async def _revalidate(self, client: GroupObservationClient, queue: asyncio.Queue[Any]) -> None:
+        """One GET (conditional when 'last_notif' has an ETag) after a late informative response."""
+        ctx = self._ctx
+        if ctx is None:
+            return
+        request = Message(code=GET, uri=self.uri)
+        etag = client.revalidation_etag()
+        if etag is not None:
+            request.opt.etag = etag  # answered 2.03 Valid when unchanged (RFC 7252 §5.10.6)
+        try:
+            response = await asyncio.wait_for(ctx.request(request).response, 30)
+        except Exception as e:  # a courtesy: the group observation goes on without it
+            log.info("re-validation GET failed: %s", e)
+            return
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(response)
 
     def _schedule_confirmation(self, delay: float) -> None:
         task = asyncio.create_task(self._confirm(delay))
@@ -486,13 +612,9 @@ class Observer:
         await ctx.find_remote_and_interface(request)
         pending = ctx.request(request, handle_blockwise=False)
         self.confirmations_sent += 1
-        for _ in range(100):  # it has left once it has a Token; no response is expected
-            await asyncio.sleep(0)
-            if request.token:
-                break
-        pending.response.cancel()
+        # No response is expected; cancelling at once could abort the request before it leaves.
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pending.response
+            await asyncio.wait_for(pending.response, DEREGISTRATION_GRACE)
 
 
 def _echo_request(response: Message) -> bool:

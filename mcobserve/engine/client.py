@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiocoap import NON, SERVICE_UNAVAILABLE, Message
+from aiocoap import NON, SERVICE_UNAVAILABLE, VALID, Message
 
 from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MAX_AGE, CodePoints
 from ..errors import MalformedError, McObserveError, UnsupportedTransportError, WithdrawnError
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 #: quarantine (Max-Age + MAX_TRANSMIT_WAIT, 93 s), so a client that missed a cancellation has left
 #: before T can be handed out again.
 SILENCE_MARGIN = 10.0
+#: An informative response that arrives this many seconds after the registration was sent may be a
+#: retransmission (the first CON 5.03 lost; RFC 7252 ACK_TIMEOUT is 2 s), so its 'last_notif' may be
+#: stale: the client then re-validates with one GET (issue 13 item 11).
+REVALIDATE_AFTER = 1.0
 #: The server's floor for the Max-Age refresh (draft §4.3; mcobserve.engine.server.MIN_REFRESH_INTERVAL).
 _REFRESH_FLOOR = 1.0
 
@@ -41,6 +45,7 @@ class Via(enum.Enum):
     """How a notification reached the client."""
 
     UNICAST = "unicast"  # traditional observation (RFC 7641)
+    REVALIDATED = "revalidated"  # a GET after a late informative response brought newer state
     MULTICAST = "multicast"  # multicast notification of a group observation (draft §5.3)
     LAST_NOTIF = "last_notif"  # rebuilt from an informative response (draft §5.2, steps 5-6)
 
@@ -88,7 +93,18 @@ class Ended:
     message: Message
 
 
-Verdict = Accepted | Dropped | Ended
+@dataclass(frozen=True)
+class Renewed:
+    """The server handed out the next keying material in a protected multicast 5.03 (App. C).
+
+    ``ok`` False: the renewal could not be used (the reason says why); the client registers again.
+    """
+
+    ok: bool
+    reason: str = ""
+
+
+Verdict = Accepted | Dropped | Ended | Renewed
 
 #: Options that take part in deciding whether the phantom request can serve the client's own request
 #: (draft §5.2, step 3): those that select the representation. Observe, No-Response, Block and
@@ -152,6 +168,7 @@ class GroupObservationClient:
         code_points: CodePoints = DEFAULT_CODE_POINTS,
         security: NotificationSecurity | None = None,
         silence_margin: float = SILENCE_MARGIN,
+        clock_synchronized: bool = False,
     ) -> None:
         self.request = request
         self.code_points = code_points
@@ -169,6 +186,14 @@ class GroupObservationClient:
         self.max_age: float = float(DEFAULT_MAX_AGE)
         #: Seconds of silence beyond Max-Age after which :meth:`silent_since` reports the group dead.
         self.silence_margin = silence_margin
+        #: Whether this client's clock is synchronised to UTC: then 'exp' is used (App. C, MUST).
+        self.clock_synchronized = clock_synchronized
+        #: When the self-managed keying material expires ('exi' / 'exp', App. C), or None.
+        self.material_expires: float | None = None
+        #: The informative response came late: re-validate 'last_notif' with a GET (item 11).
+        self.needs_revalidation = False
+        self._last_notif: Message | None = None
+        self._accepted_since_join = False
 
     @property
     def joined(self) -> bool:
@@ -185,6 +210,7 @@ class GroupObservationClient:
         resolved: Mapping[str, IPAddress] | None = None,
         *,
         protected_channel: bool = False,
+        requested_at: float | None = None,
     ) -> Notification | None:
         """Steps 1-7 of draft §5.2. Returns the rebuilt 'last_notif' when there is one.
 
@@ -265,6 +291,12 @@ class GroupObservationClient:
         self.ended = False
         self.last_heard = now
         self.max_age = float(DEFAULT_MAX_AGE)
+        self.material_expires = self._expiry(informative, now)
+        self._last_notif = last
+        self._accepted_since_join = False
+        # A late informative response (``requested_at``: when the registration left) may carry a
+        # stale 'last_notif': re-validate it (item 11).
+        self.needs_revalidation = requested_at is not None and now - requested_at > REVALIDATE_AFTER
         if last is not None and last.opt.max_age is not None:
             self.max_age = float(last.opt.max_age)
         if last is None:
@@ -316,6 +348,9 @@ class GroupObservationClient:
             return Dropped(f"code {message.code.dotted} is not a response")
         if message.mtype != NON:
             return Dropped(f"multicast notifications are NON, got type {message.mtype}")
+        if self.material_expired(now):
+            # App. C: the client MUST stop using expired keying material (and may register again).
+            return Dropped("the group keying material has expired (draft Appendix C)")
         if self.security is not None:
             try:  # verified against the phantom request's kid / Partial IV / kid context (§9.3.2)
                 message = self.security.unprotect(message, self._security_state, self.token)  # type: ignore[arg-type]
@@ -324,6 +359,12 @@ class GroupObservationClient:
         unknown = unknown_critical_options(message, code_points=self.code_points)
         if unknown:
             return Dropped(f"unknown critical option {', '.join(map(str, unknown))} (RFC 7252 §5.4.1)")
+        if (
+            self.security is not None
+            and message.opt.observe is None
+            and informative_response_payload(message, self.code_points) is not None
+        ):
+            return self._renewed(message, now)
         if message.opt.observe is None:
             if not message.code.is_successful():
                 # The multicast 5.03 (or any error without Observe) ends the observation (draft §5.4).
@@ -337,6 +378,7 @@ class GroupObservationClient:
         if self._last is not None and not observe_is_fresh(self._last[0], self._last[1], observe, now):
             return Dropped(f"Observe {observe} is not newer than {self._last[0]} (RFC 7641 §3.4)")
         self._last = (observe, now)
+        self._accepted_since_join = True
         self.last_heard = now
         max_age = message.opt.max_age
         self.max_age = float(DEFAULT_MAX_AGE if max_age is None else max_age)
@@ -345,6 +387,45 @@ class GroupObservationClient:
         if q is not None and rng is not None and respond_to(q, rng):
             confirm_in = rng.random() * leisure
         return Accepted(Notification(message, Via.MULTICAST, now), confirm_in)
+
+    def _renewed(self, message: Message, now: float) -> Renewed:
+        """Install the next keying material of a protected multicast 5.03 (App. C, last paragraphs).
+
+        It came protected with the current material and signed by the server, so it counts as a
+        protected channel for self-managed material. Its 'ph_req' is verified under the new
+        material and becomes the phantom request later notifications are bound to; the Observe
+        baseline stays. Without 'ph_req' the old binding cannot be verified under the new material:
+        the client registers again.
+        """
+        assert self.security is not None and self.token is not None
+        try:
+            informative = InformativeResponse.decode(message.payload)
+        except MalformedError as e:
+            return Renewed(False, f"malformed renewal: {e}")
+        if informative.gp_material is None or informative.ph_req is None:
+            return Renewed(False, "renewal without 'gp_material' and 'ph_req'")
+        try:
+            phantom, state = self.security.verify_phantom(informative, True, self.token)
+        except McObserveError as e:
+            return Renewed(False, f"renewed material does not verify: {e}")
+        self.phantom, self._security_state = phantom, state
+        self.material_expires = self._expiry(informative, now)
+        self.last_heard = now
+        return Renewed(True)
+
+    def _expiry(self, informative: InformativeResponse, now: float) -> float | None:
+        """'exp' when the clock is synchronised and 'exp' is there, else now + 'exi' (App. C)."""
+        if self.security is None:
+            return None
+        if self.clock_synchronized and informative.exp is not None:
+            return float(informative.exp)
+        if informative.exi is not None:
+            return now + float(informative.exi)
+        return None
+
+    def material_expired(self, now: float) -> bool:
+        """Has the self-managed keying material of this group observation expired (App. C)?"""
+        return self.material_expires is not None and now >= self.material_expires
 
     def silence_deadline(self) -> float | None:
         """When the group has been silent too long: latest Max-Age (1 s floor) plus the margin.
@@ -355,15 +436,76 @@ class GroupObservationClient:
         """
         if not self.joined or self.last_heard is None:
             return None
-        return self.last_heard + max(self.max_age, _REFRESH_FLOOR) + self.silence_margin
+        deadline = self.last_heard + max(self.max_age, _REFRESH_FLOOR) + self.silence_margin
+        if self.material_expires is not None:
+            deadline = min(deadline, self.material_expires)  # then register again (App. C)
+        return deadline
 
     def is_silent(self, now: float) -> bool:
         deadline = self.silence_deadline()
         return deadline is not None and now >= deadline
 
+    def revalidation_etag(self) -> bytes | None:
+        """The ETag of 'last_notif' for a conditional GET (RFC 7252 §5.10.6), if it has one."""
+        last = self._last_notif
+        return last.opt.etag if last is not None else None
+
+    def revalidated(self, response: Message, now: float) -> Notification | None:
+        """The answer to the re-validation GET: a Notification when it brings newer state.
+
+        Nothing when a multicast notification was accepted meanwhile (that one is at least as new),
+        on 2.03 Valid, on an error, or when it equals 'last_notif'.
+        """
+        self.needs_revalidation = False
+        if self.ended or self._accepted_since_join or not response.code.is_successful():
+            return None
+        if response.code == VALID:
+            return None
+        last = self._last_notif
+        if (
+            last is not None
+            and last.payload == response.payload
+            and last.opt.content_format == response.opt.content_format
+        ):
+            return None
+        return Notification(response, Via.REVALIDATED, now)
+
     def leave(self) -> None:
         """Forget the group observation (draft §5.5); later datagrams with T are dropped."""
         self.ended = True
+
+
+class NotificationBuffer:
+    """What a traditional observation delivered, kept until the application reads it (draft §4.2).
+
+    Observe is lossy (RFC 7641 §1.3): a successful notification that finds another one still unread
+    replaces it. Anything else (the informative response that moves the client into a group
+    observation, an error response, the end of the observation) is never overwritten, so a slow
+    reader always sees and follows the shift (issue 13 item 7).
+    """
+
+    def __init__(self) -> None:
+        self._items: list[Message | BaseException] = []
+        self.coalesced = 0
+
+    def push(self, item: Message | BaseException) -> None:
+        if (
+            isinstance(item, Message)
+            and item.code.is_successful()
+            and self._items
+            and isinstance(self._items[-1], Message)
+            and self._items[-1].code.is_successful()
+        ):
+            self._items[-1] = item
+            self.coalesced += 1
+            return
+        self._items.append(item)
+
+    def pop(self) -> Message | BaseException | None:
+        return self._items.pop(0) if self._items else None
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 def format_error(data: bytes) -> str | None:

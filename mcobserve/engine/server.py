@@ -310,6 +310,10 @@ class GroupObservation:
     )
     #: Notifications refused because they would not fit the size limit (draft §4.4).
     refused: int = 0
+    #: Times the keying material was renewed in place by a multicast 5.03 (App. C).
+    renewals: int = 0
+    #: The latest notification before protection, to protect it again under renewed material.
+    _plain_latest: Message | None = field(default=None, repr=False)
     #: The deadline this observation currently has in the engine's heap (lazy invalidation).
     _due: float | None = field(default=None, repr=False)
     #: Waiting in its group's congestion-control queue (draft §4.4).
@@ -392,7 +396,7 @@ class SendMulticast:
 
     observation: GroupObservation
     message: Message
-    kind: str  # "notification" or "cancellation"
+    kind: str  # "notification", "cancellation" or "renewal" (App. C)
     #: Feedback-Divider Q the notification carries (inside the OSCORE protection when secured), or None.
     feedback_divider: int | None = None
 
@@ -525,6 +529,7 @@ class ServerEngine:
         token_quarantine: float = MAX_TRANSMIT_WAIT,
         congestion: CongestionControl | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        renew_keys: bool = True,
     ) -> None:
         problem = address_problem(server, group)
         if problem is not None:
@@ -533,8 +538,11 @@ class ServerEngine:
         self.group = group
         self.code_points = code_points
         self.security = security
-        #: Cancel a group observation this many seconds before its keying material expires (App. C).
+        #: Renew (or, without renewal, cancel) this many seconds before keying material expires (App. C).
         self.renew_margin = renew_margin
+        #: Renew self-managed keying material in place by a multicast 5.03 (App. C) when the group
+        #: security can; False: cancel the group observation instead (the appendix's alternative).
+        self.renew_keys = renew_keys
         self.tokens = TokenSpace(token_length)
         #: A released T stays unused for the observation's Max-Age plus this many seconds (draft §4.5).
         self.token_quarantine = token_quarantine
@@ -610,6 +618,17 @@ class ServerEngine:
             and request.opt.accept is None
         )
 
+    def _fits_blocks(self, request: Message) -> bool:
+        """A registration with Block2 asks for blocks of at most 2**(SZX+4) bytes (RFC 7959 §2.4).
+
+        Informative responses and multicast notifications are never sent block-wise, so only a client
+        whose block size takes the largest message this server sends (``max_message_size``) joins the
+        group observation; one asking for smaller blocks gets a traditional observation, which
+        aiocoap serves block-wise (issue 13 item 12).
+        """
+        block2 = request.opt.block2
+        return block2 is None or (block2.block_number == 0 and block2.size >= self.max_message_size)
+
     def on_registration(
         self,
         path: Path,
@@ -640,7 +659,7 @@ class ServerEngine:
             if obs is not None:
                 obs.counter.confirmation(key if endpoint is None else endpoint)
             return Registration(Kind.CONFIRMATION, obs)
-        if st is None or not self._compatible(request, path):
+        if st is None or not self._compatible(request, path) or not self._fits_blocks(request):
             return Registration(Kind.TRADITIONAL)
         if client_is_link_local(client_address):
             st.traditional[key] = request
@@ -715,10 +734,69 @@ class ServerEngine:
             counter=ObserverCounter(st.policy.counting),
             rendering=RenderReason.INIT,
         )
+        end = None if self._renewable else self._material_end(obs)
+        if end is not None and obs.ending is not None and end < obs.ending:
+            # Never announce an 'ending' the keying material cannot keep (App. A, App. C): the group
+            # observation ends, as announced, when its material has to be given up.
+            obs.ending = end
         st.group = obs
         self._by_token[token] = obs
         self._schedule(obs)
         return obs
+
+    @property
+    def _renewable(self) -> bool:
+        """Can the group security hand out the next keying material in place (App. C)?"""
+        return self.renew_keys and callable(getattr(self.security, "renew", None))
+
+    def _renew(self, obs: GroupObservation, now: float) -> list[Action]:
+        """Renew the keying material of a running group observation (App. C, last paragraphs).
+
+        A multicast 5.03 with Token T and no Observe, protected with the *current* material and the
+        server's own Partial IV, carries the next material ('gp_material', 'srv_cred',
+        'srv_identifier', 'exi', 'exp') and 'ph_req', the phantom request protected under the next
+        material (the appendix lets it be omitted; it is included so that clients that joined before
+        and after the renewal verify the same phantom request). Then the group observation, its
+        'ph_req' and its latest notification move to the new material. The announced 'ending' and
+        every commitment stay valid (Appendix A).
+        """
+        assert self.security is not None
+        renew = self.security.renew  # type: ignore[attr-defined]
+        try:
+            protected_phantom, binding = renew(obs.phantom, obs.binding, now)
+        except McObserveError as e:
+            return self.cancel(obs, now, f"keying material expires; renewal failed: {e}")
+        ph_req = transport_independent(protected_phantom)
+        params = self.security.informative_parameters(binding, now)
+        message = Message(
+            code=SERVICE_UNAVAILABLE,
+            content_format=self.code_points.content_format,
+            payload=InformativeResponse(ph_req=ph_req, **params).encode(),
+        )
+        message.mtype = NON
+        message.token = obs.token
+        try:
+            message = self.security.protect_response(message, obs.binding)
+            latest = None
+            if obs._plain_latest is not None:
+                latest = self.security.protect_response(obs._plain_latest.copy(), binding)
+        except McObserveError as e:
+            return self._drop(obs, now, f"cannot protect the renewal: {e}")
+        obs.binding = binding
+        obs.ph_req = ph_req
+        if latest is not None:
+            obs.latest = latest
+            obs.latest_bytes = serialize_message(latest)
+        obs._payload_cache.clear()
+        obs.renewals += 1
+        return [SendMulticast(obs, message, "renewal")]
+
+    def _material_end(self, obs: GroupObservation) -> float | None:
+        """When the group observation must end because its keying material expires (App. C)."""
+        if self.security is None:
+            return None
+        expiry = self.security.expires_at(obs.binding)
+        return None if expiry is None else expiry - self.renew_margin
 
     def traditional_ended(self, path: Path, key: ObserverKey) -> None:
         """A traditional observation ended (deregistration, RST, timeout)."""
@@ -784,6 +862,7 @@ class ServerEngine:
                 set_feedback_divider(notification, q, self.code_points)
         max_age = notification.opt.max_age  # the inner Max-Age under Group OSCORE (§4.3)
         if self.security is not None:
+            obs._plain_latest = notification.copy()
             try:
                 notification = self.security.protect_response(notification, obs.binding)
             except McObserveError as e:
@@ -966,6 +1045,8 @@ class ServerEngine:
             return self.cancel(obs, now, "ending reached")
         expiry = self.security.expires_at(obs.binding) if self.security is not None else None
         if expiry is not None and now >= expiry - self.renew_margin:
+            if self._renewable:
+                return self._renew(obs, now)  # App. C: the next material by a multicast 5.03
             # The keying material is about to expire: cancel; the next registration starts a new
             # group observation under new material (App. C).
             return self.cancel(obs, now, "keying material expires")
@@ -1105,7 +1186,11 @@ class ServerEngine:
             return None
         ending = obs.ending
         if ending is None:
-            obs.committed_until = max(obs.committed_until or 0.0, now + obs.policy.commitment)
+            commitment = now + obs.policy.commitment
+            end = None if self._renewable else self._material_end(obs)
+            if end is not None:
+                commitment = min(commitment, end)  # a commitment the keying material can keep
+            obs.committed_until = max(obs.committed_until or 0.0, commitment)
             ending = obs.committed_until
         return InformativeResponse(
             tp_info=obs.tp_info,

@@ -138,6 +138,23 @@ class SelfManagedGroupSecurity(PreArrangedGroup):
             raise GroupObservationError(f"cannot protect the phantom request: {e}") from e
         return protected, ServerBinding(self.context, request, self.expiry, self._material())
 
+    def renew(self, phantom: Message, binding: ServerBinding, now: float) -> tuple[Message, ServerBinding]:
+        """The next keying material for a running group observation (App. C, last paragraphs).
+
+        Re-keys the group (new Master Secret and Gid) unless another group observation already did
+        since ``binding`` was made, and protects the phantom request again under it; the engine
+        announces it in a multicast 5.03 protected with the current material.
+        """
+        if binding.context is self.context:
+            self.group.rekey()
+            self.context = self.group.context
+            self.expiry = now + self.lifetime
+        try:
+            protected, request = protect_phantom_request(self.context, phantom)
+        except OscoreError as e:
+            raise GroupObservationError(f"cannot protect the phantom request: {e}") from e
+        return protected, ServerBinding(self.context, request, self.expiry, self._material())
+
     def informative_parameters(self, binding: ServerBinding, now: float) -> dict[str, Any]:
         params = dict(binding.parameters)
         assert binding.expires_at is not None
