@@ -228,7 +228,17 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
             store.close()
             _reason(str(e))
             return 1
-    security = _server_security(args.group_oscore, args.key_lifetime)
+    if args.group_oscore == "self-managed" and store.path != ":memory:":
+        from ..broker.durable_oscore import load_self_managed
+
+        try:  # its keying material and SSN live in the store: observations resume after a crash
+            security = load_self_managed(store, lifetime=args.key_lifetime, now=time.time())
+        except StoreError as e:
+            store.close()
+            _reason(str(e))
+            return EXIT_STORE
+    else:
+        security = _server_security(args.group_oscore, args.key_lifetime)
     server_credentials = None
     if args.credentials:
         import aiocoap.credentials
