@@ -378,3 +378,27 @@ def test_self_managed_group_oscore_broker_resumes_after_sigkill(onehost, tools, 
     packets = [p for p in cap.decode(ports=[61616]) if p["ipv6.dst"] == "ff35:30:2001:db8::23"]
     pivs = [int(p["coap.opt.object_security_piv"], 16) for p in packets]
     assert len(pivs) >= 4 and len(set(pivs)) == len(pivs), pivs
+
+
+def test_max_subscribers_counts_the_group_observation(onehost, tmp_path):
+    """max-subscribers 2: two subscribers join the group observation (COUNT 2); a third gets 2.05
+    without Observe (pub-sub §4.2.2, RFC 7641 §4.1) and its observation ends at once."""
+    h = onehost
+    base = f"coap://[{h.addr6}]"
+    b = broker(h, str(tmp_path / "b.sqlite"), "--group", GROUP6)
+    try:
+        t = cli(h, "topic", "create", base, "few", "--max-subscribers", "2", "--json")
+        data_uri = base + t["topic_data"]
+        publish(h, data_uri, ["f0"])
+        subs = [subscriber(h, base, "few", 2, f"s{i}") for i in range(2)]
+        for s in subs:
+            s.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        third = start(h, "third", ["observe", data_uri, "--json", "--count", "2", "--timeout", "10"])
+        third.collect(20)
+        assert third.popen.returncode == 3  # one response, no observation
+        assert [(n["via"], n["payload"], n["observe"]) for n in notifications(third)] == [
+            ("unicast", "f0", None)
+        ]
+    finally:
+        events = b.stop()
+    assert [r["kind"] for r in events if r.get("event") == "registration"] == ["group", "group"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import json
 import signal
@@ -224,6 +225,8 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
             ) from None
         try:
             backend = cluster.make_backend(args.cluster, args)
+            if inspect.isawaitable(backend):
+                backend = await backend
         except McObserveError as e:
             store.close()
             _reason(str(e))
