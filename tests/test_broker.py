@@ -396,3 +396,24 @@ async def test_protected_writes_and_the_authorisation_hook():
     finally:
         await e.ctx.shutdown()
         await e.broker.shutdown()
+
+
+@pytest.mark.parametrize(
+    "data", ["/ps/abc", "/.well-known/core", "/ps/data/", "/ps/data/../x", "ps/data/x", "/ps/data/a?b"]
+)
+async def test_topic_data_of_the_clients_choice_stays_under_the_data_root(env, data):
+    r = await env.req(POST, "/ps", cbor_encode({0: "t", 1: data, 2: "core.ps.data"}), content_format=CF)
+    assert r.code.dotted == "4.00" and "topic-data" in r.payload.decode()
+
+
+async def test_topic_data_of_the_clients_choice(env):
+    _, props = await env.create({0: "mine", 1: "/ps/data/kitchen/temp", 2: "core.ps.data"})
+    assert props[1] == "/ps/data/kitchen/temp"
+    assert (await env.req(PUT, "/ps/data/kitchen/temp", b"1")).code.dotted == "2.01"
+    r = await env.req(
+        POST,
+        "/ps",
+        cbor_encode({0: "mine2", 1: "/ps/data/kitchen/temp", 2: "core.ps.data"}),
+        content_format=CF,
+    )
+    assert r.code.dotted == "4.00" and "in use" in r.payload.decode()

@@ -600,7 +600,7 @@ class Broker:
             self._by_data[data_uri] = topic_id
             self.server.site.add_resource((*self.config.collection, topic_id), conf)
             server.add_resource(data_path, res, self.config.policy)
-            if P.INITIALIZE in props and not self._restoring_data(topic_id):
+            if P.INITIALIZE in props:
                 self._set_data(topic, props[P.INITIALIZE], props.get(P.TOPIC_CONTENT_FORMAT))
             self._emit(
                 "topic_created",
@@ -622,9 +622,6 @@ class Broker:
         if topic.expires_at is not None:
             heapq.heappush(self._expiry, (topic.expires_at, topic_id))
             self._expiry_wake.set()
-
-    def _restoring_data(self, topic_id: str) -> bool:
-        return False
 
     def apply_delete(self, topic_id: str) -> None:
         """Delete a topic: its topic-data goes, subscribers get 4.04, the group observation 5.03."""
@@ -767,8 +764,11 @@ class Broker:
             topic_id = self._new_id(lambda c: c in self.topics or (*self.config.collection, c) == ())
             if P.TOPIC_DATA in props:
                 data_uri = props[P.TOPIC_DATA]
-                if not data_uri.startswith("/") or "//" in data_uri or "?" in data_uri or "#" in data_uri:
-                    raise TopicError("topic-data must be an absolute path on this broker")
+                root = "/" + "/".join(self.config.data_root) + "/"
+                rest = data_uri[len(root) :] if data_uri.startswith(root) else ""
+                bad = set("?#%") & set(rest) or any(seg in ("", ".", "..") for seg in rest.split("/"))
+                if not rest or bad:
+                    raise TopicError(f"topic-data must be a path under {root} on this broker")
                 if data_uri in self._by_data or _path_of(data_uri) == self.config.collection:
                     raise TopicError("topic-data is already in use")
             else:
