@@ -3,6 +3,7 @@ publication, SIGKILL and restart on the same Token T, and per-topic multicast gr
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import sys
@@ -164,6 +165,14 @@ def test_per_topic_groups_keep_other_topics_out(lan, tmp_path):
         assert {e["group"] for e in started} == {ga, gb}
         sent_b = b.wait_count(lambda e: e.get("event") == "notification_sent" and e["token"] == token_b, 2)
         assert len(sent_b) == 2  # B's datagrams did leave, to B's group
+        for token, group in ((token_a, ga), (token_b, gb)):  # introspection answers for every topic's T
+            res = lan.clients[0].run(
+                [sys.executable, "-c", GET_HEX, f"{base}/.well-known/core/mc-sender?token={token}"], 30
+            )
+            code, cf, payload = res.stdout.split()
+            intro = cbor_decode(bytes.fromhex(payload))
+            assert (code, cf, intro[0][2].hex()) == ("2.05", "65000", token)
+            assert intro[0][1][1][0] == ipaddress.IPv6Address(group[1 : group.index("]")]).packed
     finally:
         b.stop()
 
