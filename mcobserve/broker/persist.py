@@ -49,6 +49,18 @@ class _FixedToken(random.Random):
             return int.from_bytes(self._token, "big")
         return super().getrandbits(k)
 
+    def randbytes(self, n: int) -> bytes:  # the same draw, should the Token space take bytes
+        if not self._used and n == len(self._token):
+            self._used = True
+            return self._token
+        return super().randbytes(n)
+
+    def randrange(self, *args: Any, **kwargs: Any) -> int:  # or an index into the space
+        if not self._used and len(args) == 1 and args[0] == 1 << (8 * len(self._token)):
+            self._used = True
+            return int.from_bytes(self._token, "big")
+        return super().randrange(*args, **kwargs)
+
 
 def start_observation(
     server: GroupServer,
