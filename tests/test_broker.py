@@ -417,3 +417,16 @@ async def test_topic_data_of_the_clients_choice(env):
         content_format=CF,
     )
     assert r.code.dotted == "4.00" and "in use" in r.payload.decode()
+
+
+async def test_max_topics_bounds_the_broker():
+    e = await make_env(Store.open(":memory:"), max_topics=2)
+    try:
+        await e.create({0: "a", 2: "core.ps.data"})
+        await e.create({0: "b", 2: "core.ps.data"})
+        r = await e.req(POST, "/ps", cbor_encode({0: "c", 2: "core.ps.data"}), content_format=CF)
+        assert r.code.dotted == "4.03"
+        assert len(e.broker.topics) == 2
+    finally:
+        await e.ctx.shutdown()
+        await e.broker.shutdown()
