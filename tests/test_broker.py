@@ -430,3 +430,16 @@ async def test_max_topics_bounds_the_broker():
     finally:
         await e.ctx.shutdown()
         await e.broker.shutdown()
+
+
+async def test_metadata_that_cannot_be_joined_falls_back_to_registering(env):
+    from mcobserve.broker.client import MetadataObserver
+
+    _, props = await env.create({0: "fb", 2: "core.ps.data"})
+    await env.req(PUT, props[1], b"v1")
+    bogus = cbor_encode({1: b"\x01", 2: b"\x45"})  # no 'tp_info': not joinable (draft §5.2)
+    observer = MetadataObserver(env.base + props[1], bogus, counted=False, context=env.ctx)
+    it = observer.__aiter__()
+    first = await asyncio.wait_for(it.__anext__(), 10)
+    assert (first.via.value, first.payload) == ("unicast", b"v1")
+    await it.aclose()

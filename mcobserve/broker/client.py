@@ -196,10 +196,14 @@ class MetadataObserver(Observer):
     an observer that got an informative response (draft §5.2).
     """
 
-    def __init__(self, uri: str, metadata: bytes, *, counted: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, uri: str, metadata: bytes, *, counted: bool = True, protected: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(uri, **kwargs)
         self.metadata = metadata
         self.counted = counted
+        #: The metadata came over OSCORE (then App. C keying material in it may be used, §9).
+        self.protected = protected
 
     async def _run(self) -> AsyncIterator[Notification]:
         ctx = await self._context()
@@ -215,7 +219,7 @@ class MetadataObserver(Observer):
             # Private to Observer: the §5.2 join from an informative payload, here from metadata.
             joined = False
             try:
-                async for n in self._follow_group(self._request(), self.metadata, False):
+                async for n in self._follow_group(self._request(), self.metadata, self.protected):
                     joined = True
                     yield n
                 return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import heapq
 import ipaddress
@@ -56,6 +57,7 @@ from ..engine.common import Endpoint
 from ..engine.server import GroupPolicy, GroupSecurity, ServerEngine
 from ..errors import BackendUnavailable, McObserveError, TopicError
 from ..store import Store
+from ..wire import InformativeResponse
 from ..wire.cbor import cbor_decode, cbor_encode
 from . import properties as P
 from .backend import DATA_DELETED, BrokerBackend, LocalBackend
@@ -231,7 +233,7 @@ class TopicResource(aiocoap.resource.Resource):
         topic = self._topic()
         if topic is None:
             return _error(NOT_FOUND, "no such topic")
-        return self.broker.props_response(CONTENT, self.broker.representation(topic))
+        return self.broker.props_response(CONTENT, self.broker.representation(topic, request))
 
     async def render_fetch(self, request: Message) -> Message:
         topic = self._topic()
@@ -243,7 +245,7 @@ class TopicResource(aiocoap.resource.Resource):
             keys = P.decode_key_array(request.payload)
         except TopicError as e:
             return _error(BAD_REQUEST, str(e))
-        full = self.broker.representation(topic)
+        full = self.broker.representation(topic, request)
         return self.broker.props_response(CONTENT, {k: full[k] for k in keys if k in full})
 
     async def render_post(self, request: Message) -> Message:
@@ -710,13 +712,26 @@ class Broker:
             code=code, content_format=self.config.pubsub_content_format, payload=cbor_encode(props)
         )
 
-    def representation(self, topic: Topic) -> dict[int, Any]:
-        """The topic's property map, with the group observation when one exists (Appendix A.1)."""
+    def representation(self, topic: Topic, request: Message | None = None) -> dict[int, Any]:
+        """The topic's property map, with the group observation when one exists (Appendix A.1).
+
+        Under Group OSCORE, a request that came over OSCORE also gets the group parameters that an
+        informative response carries (§9.1 signalling, or the App. C keying material), so that the
+        client can join from the metadata as from an informative response.
+        """
         props = dict(topic.props)
-        obs = topic.server.engine.observation(topic.data_path)
+        engine = topic.server.engine
+        obs = engine.observation(topic.data_path)
         if obs is not None and obs.ready:
-            payload = topic.server.engine.introspect(obs.token, self.clock())
+            now = self.clock()
+            payload = engine.introspect(obs.token, now)
             if payload is not None:
+                if engine.security is not None and request is not None and _glue.is_oscore_protected(request):
+                    try:
+                        extra = engine.security.informative_parameters(obs.binding, now)
+                        payload = dataclasses.replace(InformativeResponse.decode(payload), **extra).encode()
+                    except (McObserveError, TypeError) as e:
+                        log.warning("group parameters left out of the topic metadata: %s", e)
                 props[self.config.group_property] = cbor_decode(payload)
                 if self._keeper is not None:
                     self._keeper.committed(topic.server, obs)

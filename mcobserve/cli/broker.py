@@ -631,7 +631,7 @@ async def _follow(args: argparse.Namespace, uri: str, metadata: bytes | None, ct
         "context": ctx,
     }
     observer = (
-        MetadataObserver(uri, metadata, counted=not args.no_count, **kwargs)
+        MetadataObserver(uri, metadata, counted=not args.no_count, protected=bool(args.credentials), **kwargs)
         if metadata is not None and not args.register
         else Observer(uri, **kwargs)
     )
