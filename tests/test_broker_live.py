@@ -174,7 +174,11 @@ def test_per_topic_groups_keep_other_topics_out(lan, tmp_path):
             assert (code, cf, intro[0][2].hex()) == ("2.05", "65000", token)
             assert intro[0][1][1][0] == ipaddress.IPv6Address(group[1 : group.index("]")]).packed
     finally:
-        b.stop()
+        events = b.stop()
+    # SIGTERM: both groups' observations are cancelled with their multicast 5.03 (draft §4.5)
+    cancelled = [e for e in events if e.get("event") == "cancelled"]
+    assert sorted(e["token"] for e in cancelled) == sorted([token_a, token_b])
+    assert {e["reason"] for e in cancelled} == {"shutdown"}
 
 
 GET_HEX = r"""
