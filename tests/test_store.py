@@ -119,3 +119,12 @@ def test_resume_draws_the_stored_token_from_the_engine():
     assert obs.latest is not None and obs.latest.opt.observe == 5001
     assert engine.by_token(b"\xbe\xef") is obs
     assert OBSERVE_LEAD < 2**23  # a resumed number is always "fresh" (RFC 7641 §3.4)
+
+
+def test_one_process_per_store(tmp_path):
+    path = tmp_path / "s.sqlite"
+    first = Store.open(path)
+    with pytest.raises(StoreError, match="in use by another process"):
+        Store.open(path)
+    first.close()
+    Store.open(path).close()  # free again once closed
