@@ -33,7 +33,6 @@ from aiocoap import (
     CONTENT,
     CREATED,
     DELETED,
-    FETCH,
     FORBIDDEN,
     GET,
     NON,
@@ -991,10 +990,8 @@ __all__ = [
     "Broker",
     "BrokerConfig",
     "CollectionResource",
-    "McObserveError",
     "Topic",
     "TopicDataResource",
     "TopicResource",
     "group_for",
 ]
-_ = FETCH
