@@ -375,7 +375,9 @@ class ServerPersistence:
         return resumed
 
 
-async def open_server_store(server: GroupServer, path: str, forward: Any, resources: dict[Any, Any]) -> bool:
+async def open_server_store(
+    server: GroupServer, path: str, forward: Any, resources: dict[Any, Any], args: Any = None
+) -> bool:
     """``mcobserve server --store PATH``: keep and resume ``server``'s group observations.
 
     False (after one line ``mcobserve: ...`` on stderr) when the store is not usable.
@@ -390,6 +392,16 @@ async def open_server_store(server: GroupServer, path: str, forward: Any, resour
     except StoreError as e:
         print(f"mcobserve: {e}", file=sys.stderr, flush=True)
         return False
+    if getattr(args, "group_oscore", None) == "self-managed" and not any(server.engine.observations()):
+        # The self-managed group's keying material and SSN move into the store, so that its group
+        # observations can be resumed too (durable_oscore); nothing was protected with the old one yet.
+        from .durable_oscore import load_self_managed
+
+        try:
+            server.engine.security = load_self_managed(store, lifetime=args.key_lifetime, now=time.time())
+        except StoreError as e:
+            print(f"mcobserve: {e}", file=sys.stderr, flush=True)
+            return False
     persistence = ServerPersistence(server, store, forward)
 
     async def render(p: tuple[str, ...]) -> Message | None:
