@@ -441,6 +441,7 @@ class Broker:
         self._expiry_task: asyncio.Task[None] | None = None
         self._keeper = ObservationKeeper(store) if store is not None else None
         self._restoring = False
+        self._group_port = server.engine.group.port  # GRP_PORT of groups derived from the prefix
         server.on_event = self._server_event
         site = server.site
         site.add_resource(self.config.collection, CollectionResource(self))
