@@ -3,6 +3,7 @@ publication, SIGKILL and restart on the same Token T, and per-topic multicast gr
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import sys
@@ -164,8 +165,20 @@ def test_per_topic_groups_keep_other_topics_out(lan, tmp_path):
         assert {e["group"] for e in started} == {ga, gb}
         sent_b = b.wait_count(lambda e: e.get("event") == "notification_sent" and e["token"] == token_b, 2)
         assert len(sent_b) == 2  # B's datagrams did leave, to B's group
+        for token, group in ((token_a, ga), (token_b, gb)):  # introspection answers for every topic's T
+            res = lan.clients[0].run(
+                [sys.executable, "-c", GET_HEX, f"{base}/.well-known/core/mc-sender?token={token}"], 30
+            )
+            code, cf, payload = res.stdout.split()
+            intro = cbor_decode(bytes.fromhex(payload))
+            assert (code, cf, intro[0][2].hex()) == ("2.05", "65000", token)
+            assert intro[0][1][1][0] == ipaddress.IPv6Address(group[1 : group.index("]")]).packed
     finally:
-        b.stop()
+        events = b.stop()
+    # SIGTERM: both groups' observations are cancelled with their multicast 5.03 (draft §4.5)
+    cancelled = [e for e in events if e.get("event") == "cancelled"]
+    assert sorted(e["token"] for e in cancelled) == sorted([token_a, token_b])
+    assert {e["reason"] for e in cancelled} == {"shutdown"}
 
 
 GET_HEX = r"""
@@ -240,6 +253,7 @@ def test_secured_broker_takes_writes_over_oscore_only_and_protects_notifications
         "--group-oscore",
         "self-managed",
         "--no-counting",
+        "--announce",  # the group observation (and the topic metadata) exists before the subscriber
     )
     try:
         res = h.run([*PY, "topic", "create", base, "secret"], 30)
@@ -256,6 +270,7 @@ def test_secured_broker_takes_writes_over_oscore_only_and_protects_notifications
             "sub",
             ["subscribe", base, "secret", "--json", "--count", "3", "--interface", h.ifname, *client],
         )
+        assert sub.wait_event(lambda e: e.get("event") == "topic")["join"] == "metadata"
         sub.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
         res = h.run(
             [*PY, "publish", data_uri, "--count", "2", "--every", "0.3", "--values", "s1,s2", *publish_args],
@@ -269,7 +284,10 @@ def test_secured_broker_takes_writes_over_oscore_only_and_protects_notifications
             ("multicast", "s2"),
         ]
     finally:
-        b.stop()
+        events = b.stop()
+    # Read over OSCORE, the topic metadata carried the group's keying material (App. C): the subscriber
+    # joined from it and was only counted (No-Response 16), never answered.
+    assert [e["kind"] for e in events if e.get("event") == "registration"] == ["silent"]
 
 
 def test_deleting_topic_data_and_topic_cancels_the_group_observation(onehost, tmp_path):
@@ -317,3 +335,89 @@ async def main():
 asyncio.run(main())
 """
 GET = DELETE.replace("aiocoap.DELETE", "aiocoap.GET")
+
+
+def test_self_managed_group_oscore_broker_resumes_after_sigkill(onehost, tools, tmp_path):
+    """Self-managed Group OSCORE (App. C) with its keying material and SSN in the store: after SIGKILL the
+    subscriber keeps verifying notifications on the same Token, and no Partial IV repeats (tshark)."""
+    import os
+
+    from mcobserve.capture import Capture
+    from mcobserve.cli.credentials import write_credentials
+
+    h = onehost
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{h.addr6}]", 2)
+    base = f"coap://[{h.addr6}]"
+    store = str(tmp_path / "b.sqlite")
+    secured = ("--credentials", str(creds / "server.json"), "--group-oscore", "self-managed", "--no-counting")
+    pub = ("--credentials", str(creds / "client-2.json"))
+    host = h.host if hasattr(h, "host") else h
+    with Capture(host, h.ifname, "udp port 61616", tmp_path / "k.pcapng") as cap:
+        b = broker(h, store, "--group", GROUP6, *secured)
+        try:
+            t = cli(h, "topic", "create", base, "sm", "--json", *pub)
+            data_uri = base + t["topic_data"]
+            assert (
+                h.run([*PY, "publish", data_uri, "--count", "1", "--values", "s0", *pub], 30).returncode == 0
+            )
+            argv = [
+                "subscribe",
+                base,
+                "sm",
+                "--json",
+                "--count",
+                "5",
+                "--timeout",
+                "40",
+                "--interface",
+                h.ifname,
+            ]
+            sub = start(h, "sub", [*argv, "--credentials", str(creds / "client-1.json")])
+            sub.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+            token = b.wait_event(lambda e: e.get("event") == "group_observation_started")["token"]
+            vals = ["--count", "2", "--every", "0.3", "--values"]
+            assert h.run([*PY, "publish", data_uri, *vals, "s1,s2", *pub], 30).returncode == 0
+            sub.wait_count(lambda e: e.get("via") == "multicast", 2, timeout=20)
+            b.popen.send_signal(signal.SIGKILL)
+            b.collect(5)
+            assert oct(os.stat(store).st_mode & 0o777) == "0o600"  # it holds keying material
+            b = broker(h, store, "--group", GROUP6, *secured)
+            assert b.wait_event(lambda e: e.get("event") == "group_observation_resumed")["token"] == token
+            assert h.run([*PY, "publish", data_uri, *vals, "s3,s4", *pub], 30).returncode == 0
+            sub.collect(30)
+        finally:
+            b.stop()
+    got = notifications(sub)
+    assert [(n["via"], n["payload"]) for n in got] == [("last_notif", "s0")] + [
+        ("multicast", f"s{i}") for i in range(1, 5)
+    ], (got, sub.read_stderr())
+    assert {n["token"] for n in got} == {token}
+    packets = [p for p in cap.decode(ports=[61616]) if p["ipv6.dst"] == "ff35:30:2001:db8::23"]
+    pivs = [int(p["coap.opt.object_security_piv"], 16) for p in packets]
+    assert len(pivs) >= 4 and len(set(pivs)) == len(pivs), pivs
+
+
+def test_max_subscribers_counts_the_group_observation(onehost, tmp_path):
+    """max-subscribers 2: two subscribers join the group observation (COUNT 2); a third gets 2.05
+    without Observe (pub-sub §4.2.2, RFC 7641 §4.1) and its observation ends at once."""
+    h = onehost
+    base = f"coap://[{h.addr6}]"
+    b = broker(h, str(tmp_path / "b.sqlite"), "--group", GROUP6)
+    try:
+        t = cli(h, "topic", "create", base, "few", "--max-subscribers", "2", "--json")
+        data_uri = base + t["topic_data"]
+        publish(h, data_uri, ["f0"])
+        for i in range(2):  # one after the other: the second finds the group observation in the metadata
+            s = subscriber(h, base, "few", 2, f"s{i}")
+            s.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        third = start(h, "third", ["observe", data_uri, "--json", "--count", "2", "--timeout", "10"])
+        third.collect(20)
+        assert third.popen.returncode == 3  # one response, no observation
+        assert [(n["via"], n["payload"], n["observe"]) for n in notifications(third)] == [
+            ("unicast", "f0", None)
+        ]
+    finally:
+        events = b.stop()
+    # the second joined from the topic metadata and was counted with No-Response 16 (§5.1)
+    assert [r["kind"] for r in events if r.get("event") == "registration"] == ["group", "silent"]

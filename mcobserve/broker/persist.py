@@ -49,6 +49,18 @@ class _FixedToken(random.Random):
             return int.from_bytes(self._token, "big")
         return super().getrandbits(k)
 
+    def randbytes(self, n: int) -> bytes:  # the same draw, should the Token space take bytes
+        if not self._used and n == len(self._token):
+            self._used = True
+            return self._token
+        return super().randbytes(n)
+
+    def randrange(self, *args: Any, **kwargs: Any) -> int:  # or an index into the space
+        if not self._used and len(args) == 1 and args[0] == 1 << (8 * len(self._token)):
+            self._used = True
+            return int.from_bytes(self._token, "big")
+        return super().randrange(*args, **kwargs)
+
 
 def start_observation(
     server: GroupServer,
@@ -229,6 +241,7 @@ def _binding_blob(obs: GroupObservation) -> bytes | None:
                 2: bytes(request.kid_context),
                 3: obs.ph_req,
                 4: bytes(context.gid),
+                5: getattr(b, "expires_at", None),
             }
         )
     except (AttributeError, TypeError, McObserveError):
@@ -263,24 +276,33 @@ class _ResumingSecurity:
 
 
 def _resumed_security(security: Any, data: bytes | None) -> _ResumingSecurity | None:
-    """A pre-arranged group (a fixed Sender Context whose SSN is persisted) whose Gid is still the stored
-    one; a self-managed group's keying material is not kept, so its observations are not resumed."""
+    """The security to resume a stored observation with: a pre-arranged group (fixed Sender Context, SSN
+    persisted) whose Gid is still the stored one, or a self-managed group kept in the store
+    (:mod:`mcobserve.broker.durable_oscore`) that still knows the stored Gid; else None."""
     from ..oscore.groupobs import PreArrangedGroup, SelfManagedGroupSecurity, ServerBinding
     from ..oscore.protect import RequestBinding
     from ..wire import parse_message
+    from .durable_oscore import DurableSelfManagedGroup
 
     blob = _blob(data)
-    if not isinstance(security, PreArrangedGroup) or isinstance(security, SelfManagedGroupSecurity):
-        return None
-    context = security.context
-    if not all(isinstance(blob.get(k), bytes) for k in (0, 1, 2, 3, 4)) or blob[4] != context.gid:
+    if not all(isinstance(blob.get(k), bytes) for k in (0, 1, 2, 3, 4)):
         return None
     try:
         request = RequestBinding(kid=blob[0], piv=blob[1], kid_context=blob[2])
         protected = parse_message(blob[3])
     except (McObserveError, ValueError):
         return None
-    binding = ServerBinding(context, request, None, dict(security.parameters))
+    expires_at = blob.get(5)
+    if isinstance(security, DurableSelfManagedGroup):  # its material is in the store too
+        binding = security.binding_for(
+            blob[4], request, float(expires_at) if expires_at is not None else None
+        )
+        return None if binding is None else _ResumingSecurity(security, protected, binding)
+    if not isinstance(security, PreArrangedGroup) or isinstance(security, SelfManagedGroupSecurity):
+        return None
+    if blob[4] != security.context.gid:
+        return None
+    binding = ServerBinding(security.context, request, None, dict(security.parameters))
     return _ResumingSecurity(security, protected, binding)
 
 
@@ -353,7 +375,9 @@ class ServerPersistence:
         return resumed
 
 
-async def open_server_store(server: GroupServer, path: str, forward: Any, resources: dict[Any, Any]) -> bool:
+async def open_server_store(
+    server: GroupServer, path: str, forward: Any, resources: dict[Any, Any], args: Any = None
+) -> bool:
     """``mcobserve server --store PATH``: keep and resume ``server``'s group observations.
 
     False (after one line ``mcobserve: ...`` on stderr) when the store is not usable.
@@ -368,6 +392,16 @@ async def open_server_store(server: GroupServer, path: str, forward: Any, resour
     except StoreError as e:
         print(f"mcobserve: {e}", file=sys.stderr, flush=True)
         return False
+    if getattr(args, "group_oscore", None) == "self-managed" and not any(server.engine.observations()):
+        # The self-managed group's keying material and SSN move into the store, so that its group
+        # observations can be resumed too (durable_oscore); nothing was protected with the old one yet.
+        from .durable_oscore import load_self_managed
+
+        try:
+            server.engine.security = load_self_managed(store, lifetime=args.key_lifetime, now=time.time())
+        except StoreError as e:
+            print(f"mcobserve: {e}", file=sys.stderr, flush=True)
+            return False
     persistence = ServerPersistence(server, store, forward)
 
     async def render(p: tuple[str, ...]) -> Message | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import json
 import signal
@@ -84,6 +85,12 @@ def _broker_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--store",
         help="SQLite state file (default: ~/.local/share/mcobserve/broker.sqlite; ':memory:' keeps nothing)",
+    )
+    p.add_argument(
+        "--store-sync",
+        choices=("FULL", "NORMAL"),
+        default="FULL",
+        help="SQLite synchronous mode: FULL survives power loss, NORMAL only a crash (default FULL)",
     )
     p.add_argument("--collection", default="/ps", help="path of the topic collection (default /ps)")
     p.add_argument(
@@ -199,10 +206,10 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     return asyncio.run(_run_broker(args, bind, group, config))
 
 
-def _open_store(path: str | None) -> Any:
+def _open_store(path: str | None, sync: str = "FULL") -> Any:
     from ..store import Store, default_store_path
 
-    return Store.open(path if path else default_store_path())
+    return Store.open(path if path else default_store_path(), synchronous=sync)
 
 
 async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: Any) -> int:
@@ -213,7 +220,7 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
 
     out = _EventPrinter(args.json)
     try:
-        store = _open_store(args.store)
+        store = _open_store(args.store, args.store_sync)
     except ForeignStoreError as e:
         _reason(f"{e}")
         return EXIT_STORE
@@ -233,11 +240,23 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
             ) from None
         try:
             backend = cluster.make_backend(args.cluster, args, store=store)
+            if inspect.isawaitable(backend):
+                backend = await backend
         except McObserveError as e:
             store.close()
             _reason(str(e))
             return 1
-    security = _server_security(args.group_oscore, args.key_lifetime)
+    if args.group_oscore == "self-managed" and store.path != ":memory:":
+        from ..broker.durable_oscore import load_self_managed
+
+        try:  # its keying material and SSN live in the store: observations resume after a crash
+            security = load_self_managed(store, lifetime=args.key_lifetime, now=time.time())
+        except StoreError as e:
+            store.close()
+            _reason(str(e))
+            return EXIT_STORE
+    else:
+        security = _server_security(args.group_oscore, args.key_lifetime)
     server_credentials = None
     if args.credentials:
         import aiocoap.credentials
@@ -621,7 +640,7 @@ async def _follow(args: argparse.Namespace, uri: str, metadata: bytes | None, ct
         "context": ctx,
     }
     observer = (
-        MetadataObserver(uri, metadata, counted=not args.no_count, **kwargs)
+        MetadataObserver(uri, metadata, counted=not args.no_count, protected=bool(args.credentials), **kwargs)
         if metadata is not None and not args.register
         else Observer(uri, **kwargs)
     )
