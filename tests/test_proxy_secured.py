@@ -46,7 +46,7 @@ TAMPERING_PROXY = textwrap.dedent(
 )
 
 
-def secured_server(lan, creds):
+def secured_server(lan, creds, *extra: str):
     return server(
         lan.server,
         f"[{lan.server.addr6}]",
@@ -55,7 +55,7 @@ def secured_server(lan, creds):
         str(creds / "server.json"),
         "--group-oscore",
         "self-managed",
-        "--no-counting",
+        *(extra or ("--no-counting",)),
     )
 
 
@@ -63,6 +63,7 @@ def secured_via_proxy(
     host, uri: str, proxy_addr: str, creds, i: int, count: int, timeout: float = 20
 ) -> Proc:
     extra = ("--credentials", str(creds / f"client-{i}.json"), "--proxy", f"coap://[{proxy_addr}]")
+    extra += ("--leisure", "0.05")
     return observer(host, uri, count, timeout, f"observer{i}", extra)
 
 
@@ -73,7 +74,8 @@ def test_group_oscore_end_to_end_through_the_proxy(lan, tools, tmp_path):
     write_credentials(creds, f"[{lan.server.addr6}]", 3)
     base = f"coap://[{lan.server.addr6}]"
     prx_host = lan.clients[0]
-    srv = secured_server(lan, creds)
+    # rough counting on: the first notification carries Feedback-Divider 0 (everybody answers, §8)
+    srv = secured_server(lan, creds, "--confirmations", "8")
     prx = start(
         prx_host, "proxy", ["proxy", "--bind", f"[{prx_host.addr6}]", "--interface", "eth0", "--json"]
     )
@@ -105,6 +107,12 @@ def test_group_oscore_end_to_end_through_the_proxy(lan, tools, tmp_path):
     # The server counted both clients (their registrations were relayed, protected, proxy draft §5).
     regs = [e for e in srv_events if e.get("event") == "registration" and e["kind"] != "confirmation"]
     assert len(regs) == 2 and all(r["remote"].startswith(f"[{prx_host.addr6}]") for r in regs)
+    # Feedback-Divider is hidden from the proxy; each client answered on its own, through the proxy (§6).
+    sent = [e for e in srv_events if e.get("event") == "notification_sent"]
+    assert sent[0]["feedback_divider"] == 0  # with 2 observers and 8 wanted confirmations (§8.3)
+    confirmations = [e for e in srv_events if e.get("kind") == "confirmation"]
+    assert len(confirmations) == 2
+    assert all(e["remote"].startswith(f"[{prx_host.addr6}]") for e in confirmations)
     # The proxy: two ticket clients on one listener; two notifications forwarded to both.
     listening = [e for e in events if e.get("event") == "ticket_listening"]
     assert len(listening) == 1

@@ -7,6 +7,8 @@ traditional observation (draft-ietf-core-multicast-notifications-proxy §4).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,9 +28,13 @@ from ..engine.client import (
 )
 from ..errors import GroupObservationError, ProxyError
 from ..wire import InformativeResponse, parse_message
+from ..wire.feedback import set_feedback_divider
 from .engine import parse_uri, ticket_request
 
 log = logging.getLogger(__name__)
+
+#: Seconds a confirmation request gets to leave before its (never coming) response is given up.
+CONFIRMATION_SEND_WAIT = 0.5
 
 
 def proxy_hostport(proxy: str) -> str:
@@ -69,6 +75,7 @@ class SecuredProxiedObserver(ProxiedObserver):
         super().__init__(uri, proxy=proxy, **kwargs)
         self.target = parse_uri(uri)
         self.ticket_requests = 0
+        self._secctx: Any = None
 
     async def _run(self) -> AsyncIterator[Notification]:
         ctx = await self._context()
@@ -79,11 +86,8 @@ class SecuredProxiedObserver(ProxiedObserver):
                 protected, request_id = secctx.protect(inner)
             except Exception as e:  # aiocoap's credential and protection errors have many types
                 raise GroupObservationError(f"cannot protect the registration for {self.uri}: {e}") from e
-            protected.opt.proxy_scheme = self.target.scheme
-            protected.opt.uri_host = self.target.host
-            if self.target.port is not None:
-                protected.opt.uri_port = self.target.port
-            protected.unresolved_remote = self.proxy
+            self._secctx = secctx
+            self._via_proxy(protected)
             self.registrations += 1
             pending = ctx.request(protected, handle_blockwise=False)
             outer = await pending.response
@@ -102,6 +106,43 @@ class SecuredProxiedObserver(ProxiedObserver):
                 yield n
         finally:
             await self.aclose()
+
+    def _via_proxy(self, protected: Message) -> None:
+        """Outer Proxy-Scheme + Uri-Host (+ Uri-Port), sent to the proxy (RFC 8613 §4.1.3.3)."""
+        protected.opt.proxy_scheme = self.target.scheme
+        protected.opt.uri_host = self.target.host
+        if self.target.port is not None:
+            protected.opt.uri_port = self.target.port
+        protected.unresolved_remote = self.proxy
+
+    async def _confirm(self, delay: float) -> None:
+        """The confirmation of rough counting (observe draft §8.2), protected, through the proxy (§6).
+
+        Feedback-Divider is inside the ciphertext, so only the clients see it and answer.
+        """
+        await asyncio.sleep(delay)
+        ctx = self._ctx
+        if ctx is None or self._secctx is None:
+            return
+        inner = Message(
+            code=GET, uri=self.uri, observe=0, no_response=26, transport_tuning=aiocoap.Unreliable
+        )
+        set_feedback_divider(inner, 0, self.code_points)
+        try:
+            protected, _ = self._secctx.protect(inner)
+        except Exception as e:  # aiocoap protection errors
+            log.warning("cannot protect a confirmation: %s", e)
+            return
+        self._via_proxy(protected)
+        protected.mtype = NON
+        pending = ctx.request(protected, handle_blockwise=False)
+        self.confirmations_sent += 1
+        # No response is expected; give the request time to be resolved and sent before dropping it.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(pending.response), CONFIRMATION_SEND_WAIT)
+        pending.response.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pending.response
 
     @staticmethod
     def _unprotect(secctx: Any, message: Message, request_id: Any) -> Message:
@@ -145,8 +186,10 @@ class SecuredProxiedObserver(ProxiedObserver):
         async for m in responses():
             m.token = client.token  # as sent to the group, for the binding check (§9.3.2)
             m.mtype = NON
-            verdict = client.on_multicast(m, client.server, self.clock())
+            verdict = client.on_multicast(m, client.server, self.clock(), self.rng, self.leisure)
             if isinstance(verdict, Accepted):
+                if verdict.confirm_in is not None:
+                    self._schedule_confirmation(verdict.confirm_in)
                 yield verdict.notification
             elif isinstance(verdict, Dropped):
                 self.dropped.append(verdict.reason)
