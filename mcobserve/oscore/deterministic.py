@@ -1,0 +1,238 @@
+"""Deterministic Requests (draft-ietf-core-cacheable-oscore §3) for phantom requests (observe draft
+Appendix D; multicast-notifications-proxy §9).
+
+Every member of an OSCORE group that knows the *Deterministic Client* (its Sender ID ``det_senderId``
+and hash algorithm ``det_hash_alg``) turns one plain request into the same protected bytes: the
+pairwise mode of Group OSCORE with Partial IV 0, the Deterministic Client's Sender ID as kid, an empty
+'sender_cred' in the aad_array, and a key derived from the hash of the whole input. Clients can then
+rebuild the phantom request themselves, and a proxy can cache the responses under its Request-Hash.
+Responses are protected in group mode (signed) with a fresh Partial IV, Request-Hash as a Class I
+option (:class:`~mcobserve.oscore.protect.RequestBinding` with ``request_hash``).
+
+Byte-exact against the draft's test vectors and against aiocoap 0.4.17 (both directions), see
+``tests/test_deterministic.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiocoap import CONTENT, FETCH, GET, Message
+from aiocoap.numbers.optionnumbers import OptionNumber
+from aiocoap.optiontypes import OpaqueOption
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MAX_AGE, CodePoints
+from ..wire.message import parse_message
+from .algorithms import aead_parameters
+from .context import GroupContext
+from .derive import build_aad_array, build_nonce, enc_structure, hkdf, kdf_info
+from .errors import ContextError, DecodeError, ProtectionError, VerificationError
+from .protect import (
+    RequestBinding,
+    _assemble,
+    _code_of,
+    _encode_options,
+    _split,
+    encode_oscore_option,
+    parse_oscore_option,
+    protect_response,
+)
+
+#: COSE algorithm values of the hash functions a Deterministic Client may use (RFC 9054).
+HASH_ALGORITHMS: dict[int, type[hashes.HashAlgorithm]] = {
+    -16: hashes.SHA256,
+    -43: hashes.SHA384,
+    -44: hashes.SHA512,
+}
+#: The Partial IV of every Deterministic Request (cacheable-oscore §3.4.2, step 1).
+DETERMINISTIC_PIV = b"\x00"
+#: 'sender_cred' of the aad_array: the empty CBOR byte string (§3.4.2, step 1).
+EMPTY_CRED = b"\x40"
+
+
+@dataclass(frozen=True)
+class DeterministicClient:
+    """What group members know of the Deterministic Client (cacheable-oscore §3.4.1, §4)."""
+
+    #: 'det_senderId': its Sender ID, immutable for the group's lifetime.
+    sender_id: bytes
+    #: 'det_hash_alg': COSE value of the hash algorithm (-16 = SHA-256).
+    hash_alg: int = -16
+
+    def __post_init__(self) -> None:
+        if type(self.sender_id) is not bytes:
+            raise ContextError("det_senderId must be bytes")
+        if self.hash_alg not in HASH_ALGORITHMS:
+            raise ContextError(f"det_hash_alg {self.hash_alg!r} is not supported (SHA-256/384/512)")
+
+
+@dataclass(frozen=True)
+class _Keys:
+    base: bytes
+    aead_value: int
+    key_length: int
+    nonce_length: int
+    tag_length: int
+
+
+def _keys(ctx: GroupContext, dc: DeterministicClient) -> _Keys:
+    if ctx.aead_alg is None:
+        raise ContextError("Deterministic Requests use the pairwise mode: the group needs an AEAD Algorithm")
+    if len(dc.sender_id) > ctx.max_id_length:
+        raise ContextError("det_senderId is too long for this group's nonces")
+    params = aead_parameters(ctx.aead_alg, what="AEAD Algorithm")
+    if not params.is_ccm:
+        raise ContextError(f"AEAD Algorithm {params.name} is not implemented for Deterministic Requests")
+    # The Deterministic Client's Sender Key, derived like every member's (GO §2.3).
+    return _Keys(
+        ctx.derived_key(dc.sender_id), params.value, params.key_length, params.nonce_length, params.tag_length
+    )
+
+
+def _request_hash(dc: DeterministicClient, base: bytes, aad_array: bytes, plaintext: bytes) -> bytes:
+    """H = Hash(Sender Key ‖ aad_array ‖ plaintext) (cacheable-oscore §3.4.2, step 2)."""
+    h = hashes.Hash(HASH_ALGORITHMS[dc.hash_alg]())
+    h.update(base)
+    h.update(aad_array)
+    h.update(plaintext)
+    return h.finalize()
+
+
+def _pairwise_key(ctx: GroupContext, dc: DeterministicClient, keys: _Keys, request_hash: bytes) -> bytes:
+    """K = HKDF(Sender Key, H, [det_senderId, Gid, AEAD Alg, "Key", L]) (§3.4.2, step 3; GO §2.5.1)."""
+    info = kdf_info(dc.sender_id, ctx.gid, keys.aead_value, "Key", keys.key_length)
+    return hkdf(ctx.hash_algorithm, keys.base, request_hash, info, keys.key_length)
+
+
+def _aad_array(ctx: GroupContext, dc: DeterministicClient, option: bytes) -> bytes:
+    return build_aad_array(
+        ctx.encoded_algorithms,
+        dc.sender_id,
+        DETERMINISTIC_PIV,
+        b"",
+        ctx.gid,
+        option,
+        EMPTY_CRED,
+        ctx.encoded_gm_credential,
+    )
+
+
+def protect_deterministic(
+    ctx: GroupContext,
+    request: Message,
+    dc: DeterministicClient,
+    code_points: CodePoints = DEFAULT_CODE_POINTS,
+) -> tuple[Message, RequestBinding]:
+    """Protect ``request`` as a Deterministic Request (cacheable-oscore §3.4.2).
+
+    Any member of the group (also a silent one) gets the same bytes for the same request. The outer
+    code is FETCH; the outer Observe is the request's (none when it has none, step 7); Request-Hash
+    carries H. Returns the message and the binding its responses are verified against.
+    """
+    keys = _keys(ctx, dc)
+    code = _code_of(request, ProtectionError)
+    if code not in (int(GET), int(FETCH)):
+        raise ProtectionError("a Deterministic Request must be safe (GET or FETCH)")
+    inner, outer, observe, _ = _split(request, is_request=True)
+    if observe is not None:
+        inner.append(OptionNumber.OBSERVE.create_option(value=observe))
+    payload = bytes(request.payload or b"")
+    plaintext = bytes([code]) + _encode_options(inner) + (b"\xff" + payload if payload else b"")
+    option = encode_oscore_option(DETERMINISTIC_PIV, ctx.gid, dc.sender_id, group=False)
+    aad_array = _aad_array(ctx, dc, option)
+    request_hash = _request_hash(dc, keys.base, aad_array, plaintext)
+    key = _pairwise_key(ctx, dc, keys, request_hash)
+    nonce = build_nonce(dc.sender_id, DETERMINISTIC_PIV, ctx.common_iv, keys.nonce_length)
+    ciphertext = AESCCM(key, keys.tag_length).encrypt(nonce, plaintext, enc_structure(aad_array))
+    protected = Message(code=FETCH, payload=ciphertext)
+    for opt in outer:
+        if int(opt.number) != code_points.request_hash:
+            protected.opt.add_option(opt)
+    if observe is not None:
+        protected.opt.observe = observe
+    protected.opt.oscore = option
+    protected.opt.add_option(OpaqueOption(code_points.request_hash, request_hash))
+    protected.mtype, protected.mid, protected.token = request.mtype, request.mid, request.token
+    protected.remote = request.remote
+    return protected, RequestBinding(dc.sender_id, DETERMINISTIC_PIV, ctx.gid, request_hash)
+
+
+def is_deterministic(
+    message: Message | bytes, dc: DeterministicClient, code_points: CodePoints = DEFAULT_CODE_POINTS
+) -> bool:
+    """Request-Hash present and kid = det_senderId (cacheable-oscore §3.4.3, step 2)."""
+    try:
+        msg = parse_message(message) if isinstance(message, bytes) else message
+        raw = msg.opt.oscore
+        if raw is None or not msg.opt.get_option(code_points.request_hash):
+            return False
+        return parse_oscore_option(bytes(raw)).kid == dc.sender_id
+    except Exception:  # malformed input is simply not a Deterministic Request
+        return False
+
+
+def unprotect_deterministic(
+    ctx: GroupContext,
+    message: Message | bytes,
+    dc: DeterministicClient,
+    code_points: CodePoints = DEFAULT_CODE_POINTS,
+) -> tuple[Message, RequestBinding]:
+    """Verify a Deterministic Request (cacheable-oscore §3.4.3): decrypt with the key derived from its
+    Request-Hash, recompute the hash from the plain request (no Replay Window), and require a safe
+    method. Raises :class:`DecodeError` / :class:`VerificationError` (``UnprotectError``)."""
+    msg = parse_message(message) if isinstance(message, bytes) else message
+    keys = _keys(ctx, dc)
+    raw = msg.opt.oscore
+    if raw is None:
+        raise DecodeError("no OSCORE option")
+    option = bytes(raw)
+    fields = parse_oscore_option(option)
+    if fields.group:
+        raise DecodeError("a Deterministic Request uses the pairwise mode (Group Flag 0)")
+    if fields.kid != dc.sender_id:
+        raise DecodeError("kid is not det_senderId: not a Deterministic Request")
+    if fields.piv != DETERMINISTIC_PIV or fields.kid_context != ctx.gid:
+        raise DecodeError("a Deterministic Request has Partial IV 0 and this group's Gid as kid context")
+    hashes_ = msg.opt.get_option(code_points.request_hash)
+    if len(hashes_) != 1:
+        raise DecodeError("a Deterministic Request has exactly one Request-Hash option")
+    request_hash = bytes(hashes_[0].value)
+    aad_array = _aad_array(ctx, dc, option)
+    key = _pairwise_key(ctx, dc, keys, request_hash)
+    nonce = build_nonce(dc.sender_id, DETERMINISTIC_PIV, ctx.common_iv, keys.nonce_length)
+    try:
+        plaintext = AESCCM(key, keys.tag_length).decrypt(nonce, bytes(msg.payload), enc_structure(aad_array))
+    except (InvalidTag, ValueError):
+        raise VerificationError("decryption failed") from None
+    if _request_hash(dc, keys.base, aad_array, plaintext) != request_hash:
+        raise VerificationError("the recomputed hash differs from Request-Hash (cache poisoning attempt)")
+    try:
+        inner = parse_message(plaintext)
+    except Exception as e:
+        raise DecodeError(f"the decrypted plaintext is malformed: {e}") from None
+    if inner.code not in (GET, FETCH):
+        raise VerificationError("a Deterministic Request must be safe (GET or FETCH)")
+    plain = _assemble(msg, inner, is_request=True)
+    plain.opt.delete_option(code_points.request_hash)
+    return plain, RequestBinding(dc.sender_id, DETERMINISTIC_PIV, ctx.gid, request_hash)
+
+
+def protect_deterministic_response(ctx: GroupContext, response: Message, binding: RequestBinding) -> Message:
+    """A response to a Deterministic Request (cacheable-oscore §3.4.4): group mode, a fresh Partial IV,
+    Request-Hash as Class I (elided), outer code 2.05 and an outer Max-Age equal to the inner one."""
+    if binding.request_hash is None:
+        raise ProtectionError("the binding is not that of a Deterministic Request")
+    max_age = response.opt.max_age
+    if max_age == 0:
+        raise ProtectionError("an inner Max-Age of 0 is not allowed here (step 1)")
+    return protect_response(
+        ctx,
+        response,
+        binding,
+        fresh_piv=True,
+        outer_code=int(CONTENT),
+        outer_max_age=DEFAULT_MAX_AGE if max_age is None else int(max_age),
+    )
