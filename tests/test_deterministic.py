@@ -246,3 +246,78 @@ def test_con_type_token_and_mid_are_kept():
     request = Message.decode(UNPROTECTED_REQUEST)
     protected, _ = protect_deterministic(ours(), request, DC)
     assert protected.mtype == CON and protected.token == request.token and protected.mid == request.mid
+
+
+# -- phantom request as Deterministic Request (observe draft App. D), server engine to client engine --
+
+import random  # noqa: E402
+
+from mcobserve.engine.client import Accepted, GroupObservationClient, Via  # noqa: E402
+from mcobserve.engine.common import Endpoint  # noqa: E402
+from mcobserve.engine.server import GroupPolicy, ServerEngine  # noqa: E402
+from mcobserve.errors import MalformedError  # noqa: E402
+from mcobserve.oscore.deterministic import (  # noqa: E402
+    DeterministicClientSecurity,
+    DeterministicGroup,
+    same_phantom,
+)
+from mcobserve.wire import InformativeResponse, serialize_message  # noqa: E402
+
+SRV = Endpoint.parse("[2001:db8::ab]")
+GRP = Endpoint.parse("[ff35:30:2001:db8::23]:61616")
+T0 = 1_700_000_000.0
+
+
+def _plain() -> Message:
+    return Message(code=GET, observe=0, uri_path=["r"])
+
+
+def _det_server():
+    e = ServerEngine(SRV, GRP, security=DeterministicGroup(our_server(), DC))
+    e.add_resource(("r",), GroupPolicy(min_interval=0, counting=None))
+    obs = e.on_registration(("r",), "c", _plain(), T0, random.Random(1), protected=True).observation
+    e.rendered(obs, Message(code=CONTENT, payload=b"init"), T0)
+    return e, obs
+
+
+def test_every_client_computes_the_servers_phantom_request():
+    """App. D: the server's phantom request is the Deterministic Request any member computes."""
+    _, obs = _det_server()
+    mine, _ = DeterministicClientSecurity(ours(), DC, server_kid=SRV_ID).phantom_request(_plain())
+    assert serialize_message(mine) == obs.ph_req
+    assert same_phantom(mine, obs.ph_req)
+    assert not same_phantom(Message(code=GET, observe=0, uri_path=["s"]), obs.ph_req)
+    their, _ = their_client().for_sending_deterministic_requests(DET_ID, SRV_ID).protect(_plain())
+    assert (their.code, their.opt.encode(), their.payload) == (mine.code, mine.opt.encode(), mine.payload)
+
+
+def test_clients_verify_a_deterministic_phantom_request_and_its_notifications():
+    e, obs = _det_server()
+    c = GroupObservationClient(_plain(), security=DeterministicClientSecurity(ours(), DC, server_kid=SRV_ID))
+    ir = InformativeResponse.decode(e.informative_payload(obs, _plain(), T0))
+    first = c.join(ir, T0)  # the informative response may come unprotected (App. D)
+    assert first.via is Via.LAST_NOTIF and first.payload == b"init"
+    e.on_change(obs.path, T0 + 1)
+    (send,) = e.rendered(obs, Message(code=CONTENT, payload=b"21 C"), T0 + 1)
+    assert send.message.opt.request_hash is None  # Class I: elided
+    v = c.on_multicast(wire(send.message), SRV, T0 + 1)
+    assert isinstance(v, Accepted) and v.notification.payload == b"21 C"
+    # a notification signed by another member (not the server) is refused
+    bad = GroupObservationClient(
+        _plain(), security=DeterministicClientSecurity(ours(), DC, server_kid=b"\x99")
+    )
+    bad.join(InformativeResponse.decode(e.informative_payload(obs, _plain(), T0)), T0)
+    e.on_change(obs.path, T0 + 2)
+    (send,) = e.rendered(obs, Message(code=CONTENT, payload=b"22 C"), T0 + 2)
+    assert not isinstance(bad.on_multicast(wire(send.message), SRV, T0 + 2), Accepted)
+
+
+def test_a_forged_deterministic_phantom_request_is_malformed():
+    e, obs = _det_server()
+    ir = InformativeResponse.decode(e.informative_payload(obs, _plain(), T0))
+    ph = Message.decode(b"\x50" + ir.ph_req[:1] + b"\x00\x01" + ir.ph_req[1:])  # NON, MID 1
+    ph.payload = bytes([ph.payload[0] ^ 1]) + ph.payload[1:]
+    forged = InformativeResponse(tp_info=ir.tp_info, ph_req=serialize_message(ph), last_notif=ir.last_notif)
+    c = GroupObservationClient(_plain(), security=DeterministicClientSecurity(ours(), DC, server_kid=SRV_ID))
+    with pytest.raises(MalformedError):
+        c.join(forged, T0)

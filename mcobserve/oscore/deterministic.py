@@ -16,6 +16,7 @@ Byte-exact against the draft's test vectors and against aiocoap 0.4.17 (both dir
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiocoap import CONTENT, FETCH, GET, Message
 from aiocoap.numbers.optionnumbers import OptionNumber
@@ -25,11 +26,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MAX_AGE, CodePoints
+from ..errors import GroupObservationError, MalformedError
+from ..wire import InformativeResponse, serialize_message
 from ..wire.message import parse_message
 from .algorithms import aead_parameters
 from .context import GroupContext
 from .derive import build_aad_array, build_nonce, enc_structure, hkdf, kdf_info
-from .errors import ContextError, DecodeError, ProtectionError, VerificationError
+from .errors import ContextError, DecodeError, OscoreError, ProtectionError, VerificationError
+from .groupobs import ClientGroupSecurity, ClientState, PreArrangedGroup, ServerBinding
 from .protect import (
     RequestBinding,
     _assemble,
@@ -40,6 +44,7 @@ from .protect import (
     parse_oscore_option,
     protect_response,
 )
+from .replay import ResponseNumber
 
 #: COSE algorithm values of the hash functions a Deterministic Client may use (RFC 9054).
 HASH_ALGORITHMS: dict[int, type[hashes.HashAlgorithm]] = {
@@ -236,3 +241,97 @@ def protect_deterministic_response(ctx: GroupContext, response: Message, binding
         outer_code=int(CONTENT),
         outer_max_age=DEFAULT_MAX_AGE if max_age is None else int(max_age),
     )
+
+
+# ====================================================================================================
+# Phantom request as Deterministic Request (observe draft Appendix D)
+# ====================================================================================================
+
+
+class DeterministicGroup(PreArrangedGroup):
+    """Server side: the phantom request is a Deterministic Request (observe draft App. D).
+
+    Every client of the group can compute the same protected phantom request from the plain one, and
+    a proxy can serve it from its cache (proxy draft §9). Notifications stay group-mode, signed, each
+    with its own Partial IV, bound to the phantom request through Request-Hash (Class I).
+    """
+
+    def __init__(
+        self,
+        context: GroupContext,
+        dc: DeterministicClient,
+        *,
+        code_points: CodePoints = DEFAULT_CODE_POINTS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(context, **kwargs)
+        _keys(context, dc)  # fail early on a group without AEAD Algorithm
+        self.dc = dc
+        self.code_points = code_points
+
+    def protect_phantom(self, phantom: Message, now: float) -> tuple[Message, ServerBinding]:
+        try:
+            protected, request = protect_deterministic(self.context, phantom, self.dc, self.code_points)
+        except OscoreError as e:
+            raise GroupObservationError(f"cannot protect the phantom request: {e}") from e
+        return protected, ServerBinding(self.context, request, None, self.parameters)
+
+
+class DeterministicClientSecurity(ClientGroupSecurity):
+    """Client side: a Deterministic phantom request is verified by recomputing it (cacheable-oscore
+    §3.4.3): decryption with the key its Request-Hash derives, the same hash from the plain request.
+
+    Notifications are then checked against it like any other (signature by ``server_kid``, fresh
+    Partial IV, Request-Hash as Class I). ``server_kid`` is the server's Sender ID; an informative
+    response's 'srv_identifier' takes precedence. A group-mode phantom request falls back to
+    :class:`ClientGroupSecurity`.
+    """
+
+    def __init__(
+        self,
+        context: GroupContext,
+        dc: DeterministicClient,
+        *,
+        server_kid: bytes | None = None,
+        code_points: CodePoints = DEFAULT_CODE_POINTS,
+    ) -> None:
+        super().__init__(context, accept_self_managed=False)
+        self.dc = dc
+        self.server_kid = server_kid
+        self.code_points = code_points
+
+    def phantom_request(self, plain: Message) -> tuple[Message, RequestBinding]:
+        """The protected phantom request a client computes itself from the plain one (App. D)."""
+        assert self.context is not None
+        try:
+            return protect_deterministic(self.context, plain, self.dc, self.code_points)
+        except OscoreError as e:
+            raise MalformedError(f"cannot build the Deterministic phantom request: {e}") from None
+
+    def verify_phantom(
+        self, informative: InformativeResponse, protected_channel: bool, token: bytes
+    ) -> tuple[Message, ClientState]:
+        assert informative.ph_req is not None
+        if not is_deterministic(informative.ph_req, self.dc, self.code_points):
+            return super().verify_phantom(informative, protected_channel, token)
+        server_kid = informative.srv_identifier or self.server_kid
+        if server_kid is None:
+            raise MalformedError("no server Sender ID to verify the notifications against")
+        assert self.context is not None
+        try:
+            plain, binding = unprotect_deterministic(
+                self.context, informative.ph_req, self.dc, self.code_points
+            )
+        except OscoreError as e:
+            raise MalformedError(f"'ph_req' is not a valid Deterministic Request: {e}") from None
+        plain.token = token
+        return plain, ClientState(self.context, binding, ResponseNumber(), server_kid)
+
+
+def same_phantom(request: Message, ph_req: bytes) -> bool:
+    """Is ``request`` the phantom request ``ph_req``, by its outer code, outer options and payload
+    (observe draft App. D: "byte-by-byte ... minus the transport-related fields")?"""
+    try:
+        return serialize_message(request) == ph_req
+    except Exception:  # an unencodable request is not ours
+        return False
