@@ -276,6 +276,10 @@ async def _serve(
         return 1
     for path, text in resources:
         server.add_resource(path, TextResource(text), policy)
+    if type(security).__name__ == "DeterministicGroup":
+        from ..proxy.origin import serve_deterministic_phantoms
+
+        serve_deterministic_phantoms(server)  # recognize the phantom request through proxies (App. D)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -324,7 +328,12 @@ def _server_security(spec: str | None, lifetime: float) -> Any:
         return SelfManagedGroupSecurity(
             SelfManagedGroup.create(os.urandom), lifetime=lifetime, now=time.time()
         )
+    from ..oscore.deterministic import DeterministicGroup, load_deterministic
+
     try:
+        det = load_deterministic(spec, server=True)  # a [deterministic] table: App. D phantom requests
+        if det is not None:
+            return DeterministicGroup(det.context, det.dc)
         cfg = load_group(spec, server=True)
     except GroupConfigError as e:
         raise UsageError(str(e)) from None
@@ -424,17 +433,14 @@ async def _observe(args: argparse.Namespace) -> int:
             group_security = ClientGroupSecurity(load_group(args.group_oscore, server=False).context)
         except GroupConfigError as e:
             raise UsageError(str(e)) from None
-    kind: Any = Observer
-    if getattr(args, "proxy", None):
-        from functools import partial
+    from ..proxy.client import observer_for  # --proxy, Deterministic phantom requests (App. D)
 
-        from ..proxy.client import ProxiedObserver, SecuredProxiedObserver, proxy_hostport
-
-        try:
-            proxy_hostport(args.proxy)
-        except McObserveError as e:
-            raise UsageError(f"--proxy: {e}") from None
-        kind = partial(SecuredProxiedObserver if args.credentials else ProxiedObserver, proxy=args.proxy)
+    try:
+        kind, det_security = observer_for(args, CodePoints(content_format=args.content_format))
+    except McObserveError as e:
+        raise UsageError(f"--proxy / --group-oscore: {e}") from None
+    kind = kind or Observer
+    group_security = det_security or group_security
     observer = kind(
         args.uri,
         interface=args.interface,

@@ -15,7 +15,9 @@ Byte-exact against the draft's test vectors and against aiocoap 0.4.17 (both dir
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiocoap import CONTENT, FETCH, GET, Message
@@ -335,3 +337,71 @@ def same_phantom(request: Message, ph_req: bytes) -> bool:
         return serialize_message(request) == ph_req
     except Exception:  # an unencodable request is not ours
         return False
+
+
+@dataclass
+class DeterministicConfig:
+    """A pre-arranged group file with a ``[deterministic]`` table (see docs/proxy.md)."""
+
+    context: GroupContext
+    dc: DeterministicClient
+    server_id: bytes
+
+
+def load_deterministic(path: str | Path, *, server: bool) -> DeterministicConfig | None:
+    """Read a group TOML file (:func:`mcobserve.oscore.config.load_group`'s format) that also has
+    ``aead_alg`` (default 10, AES-CCM-16-64-128: the pairwise mode needs it) and a ``[deterministic]``
+    table with ``sender_id`` (det_senderId, hex) and ``hash_alg`` (det_hash_alg, default -16).
+    Returns None when there is no ``[deterministic]`` table. Raises :class:`GroupConfigError`."""
+    from .config import GroupConfigError, _hex
+    from .context import SenderIdentity
+    from .credentials import Ed25519SigningKey, make_ed25519_ccs
+    from .ssn import FileSequenceNumberStore, SenderSequenceNumber
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise GroupConfigError(f"cannot read {path}: {e}") from None
+    det = data.get("deterministic")
+    if det is None:
+        return None
+    srv = data.get("server")
+    if not isinstance(det, dict) or not isinstance(srv, dict):
+        raise GroupConfigError(f"{path}: [deterministic] and [server] must be tables")
+    gid = _hex(data, "gid", path)
+    master_secret = _hex(data, "master_secret", path)
+    master_salt = _hex(data, "master_salt", path, required=False) or b""
+    server_id = _hex(srv, "sender_id", path)
+    det_id = _hex(det, "sender_id", path)
+    seed = _hex(srv, "private_key", path, required=server)
+    assert gid is not None and master_secret is not None and server_id is not None and det_id is not None
+    try:
+        dc = DeterministicClient(det_id, int(det.get("hash_alg", -16)))
+        key = Ed25519SigningKey(seed) if seed is not None else None
+        credential = _hex(srv, "credential", path, required=key is None)
+        if credential is None:
+            assert key is not None
+            credential = make_ed25519_ccs(key.public_key_bytes, subject=str(srv.get("subject", "server")))
+        gm_credential = _hex(data, "gm_credential", path, required=False) or credential
+        common: dict[str, Any] = {
+            "master_secret": master_secret,
+            "master_salt": master_salt,
+            "gid": gid,
+            "gm_credential": gm_credential,
+            "aead_alg": int(data.get("aead_alg", 10)),
+        }
+        if server:
+            assert key is not None
+            ssn_file = path.parent / str(srv.get("ssn_file", path.stem + ".ssn"))
+            context = GroupContext(
+                **common,
+                sender=SenderIdentity(server_id, key, credential),
+                ssn=SenderSequenceNumber(FileSequenceNumberStore(ssn_file)),
+            )
+        else:
+            context = GroupContext(**common, recipients={server_id: credential})
+        _keys(context, dc)
+    except (OscoreError, ValueError, TypeError) as e:
+        raise GroupConfigError(f"{path}: {e}") from None
+    return DeterministicConfig(context, dc, server_id)

@@ -197,3 +197,107 @@ class SecuredProxiedObserver(ProxiedObserver):
             elif isinstance(verdict, Ended):
                 self.ended_by_server = verdict.message
                 return
+
+
+class DeterministicProxiedObserver(ProxiedObserver):
+    """Observe through a proxy with a Deterministic phantom request (observe draft App. D, proxy §9).
+
+    The client computes the phantom request itself (every member of the group gets the same bytes)
+    and sends it to the proxy. The proxy either has the group observation cached (answered at once,
+    nothing reaches the server) or forwards it once; the server recognizes its phantom request and
+    answers the proxy with an unprotected informative response. Every notification the proxy forwards
+    is verified end to end: the server's signature, a fresh Partial IV, and Request-Hash as Class I.
+    """
+
+    def __init__(self, uri: str, *, proxy: str, deterministic: Any, **kwargs: Any) -> None:
+        super().__init__(uri, proxy=proxy, **kwargs)
+        self.target = parse_uri(uri)
+        self.deterministic = deterministic  # a DeterministicConfig
+
+    def _phantom(self) -> tuple[Message, Any]:
+        from ..oscore.deterministic import protect_deterministic
+
+        plain = Message(code=GET, observe=0, uri_path=self.target.path, uri_query=self.target.query)
+        return protect_deterministic(
+            self.deterministic.context, plain, self.deterministic.dc, self.code_points
+        )
+
+    async def _run(self) -> AsyncIterator[Notification]:
+        from ..oscore.errors import OscoreError
+        from ..oscore.protect import unprotect_notification
+        from ..oscore.replay import ResponseNumber
+
+        ctx = await self._context()
+        try:
+            phantom, binding = self._phantom()
+            request = phantom
+            request.opt.proxy_scheme = self.target.scheme
+            request.opt.uri_host = self.target.host
+            if self.target.port is not None:
+                request.opt.uri_port = self.target.port
+            request.unresolved_remote = self.proxy
+            self.registrations += 1
+            pending = ctx.request(request, handle_blockwise=False)
+            response_number = ResponseNumber()
+            first = await pending.response
+
+            async def responses() -> AsyncIterator[Message]:
+                yield first
+                async for m in pending.observation:
+                    yield m
+
+            async for m in responses():
+                if m.opt.oscore is None:
+                    payload = informative_response_payload(m, self.code_points)
+                    if payload is not None:  # no proxy on the way: the server answered us (App. D)
+                        raise GroupObservationError(
+                            "the server answered the Deterministic phantom request itself: "
+                            "observe it without --proxy"
+                        )
+                    raise ResponseError(m)
+                try:
+                    result = unprotect_notification(
+                        self.deterministic.context,
+                        m,
+                        binding,
+                        response_number,
+                        expected_kid=self.deterministic.server_id,
+                    )
+                except OscoreError as e:
+                    self.dropped.append(str(e))
+                    log.warning("dropped a notification forwarded by the proxy: %s", e)
+                    continue
+                plain = result.message
+                if not plain.code.is_successful():
+                    self.ended_by_server = plain
+                    return
+                yield Notification(plain, Via.MULTICAST, self.clock())
+        finally:
+            await self.aclose()
+
+
+def observer_for(args: Any, code_points: Any) -> tuple[Any, Any]:
+    """The Observer class (or factory) and group security for ``mcobserve observe``'s ``args``.
+
+    ``--proxy`` picks :class:`ProxiedObserver`, with ``--credentials`` :class:`SecuredProxiedObserver`,
+    with a ``--group-oscore`` file that has a ``[deterministic]`` table
+    :class:`DeterministicProxiedObserver`. Returns (None, None) when none of this applies.
+    """
+    from functools import partial
+
+    from ..oscore.deterministic import DeterministicClientSecurity, load_deterministic
+
+    det = load_deterministic(args.group_oscore, server=False) if args.group_oscore else None
+    security = (
+        DeterministicClientSecurity(det.context, det.dc, server_kid=det.server_id, code_points=code_points)
+        if det is not None
+        else None
+    )
+    if not getattr(args, "proxy", None):
+        return None, security
+    proxy_hostport(args.proxy)
+    if det is not None:
+        return partial(DeterministicProxiedObserver, proxy=args.proxy, deterministic=det), security
+    if args.credentials:
+        return partial(SecuredProxiedObserver, proxy=args.proxy), security
+    return partial(ProxiedObserver, proxy=args.proxy), security
