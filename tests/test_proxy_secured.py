@@ -191,3 +191,59 @@ def test_a_proxy_altering_notifications_is_detected(lan, tools, tmp_path):
     assert stderr.count("dropped a notification forwarded by the proxy") == 2, stderr
     fwd = [e for e in bad_proc.seen if e.get("event") == "notification_forwarded"]
     assert len(fwd) >= 2  # they did reach the client (then the server's cancellation at shutdown)
+
+
+def test_trusted_proxy_with_its_own_credentials_serves_legacy_clients(lan, tools, tmp_path):
+    """``mcobserve proxy --credentials``: the proxy registers over OSCORE as itself, verifies the Group
+    OSCORE notifications, and serves a legacy client (libcoap) the plaintext (proxy draft §4)."""
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{lan.server.addr6}]", 3)
+    base = f"coap://[{lan.server.addr6}]"
+    prx_host = lan.clients[0]
+    srv = secured_server(lan, creds)
+    own_credentials = ("--credentials", str(creds / "client-1.json"))
+    prx = start(
+        prx_host,
+        "proxy",
+        ["proxy", "--bind", f"[{prx_host.addr6}]", "--interface", "eth0", "--json", *own_credentials],
+    )
+    prx.wait_event(lambda e: e.get("event") == "started")
+    values = ["plain-for-legacy-1", "plain-for-legacy-2"]
+    try:
+        with Capture(prx_host, prx_host.ifname, "udp", tmp_path / "t.pcapng") as cap:
+            legacy = lan.clients[1].popen(
+                [
+                    "coap-client-notls",
+                    "-P",
+                    f"coap://[{prx_host.addr6}]",
+                    "-s",
+                    "15",
+                    "-B",
+                    "15",
+                    f"{base}/r",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            prx.wait_event(lambda e: e.get("via") == "last_notif", timeout=15)
+            put(lan.clients[2], f"{base}/r", values, 0.5, "--credentials", str(creds / "client-3.json"))
+            prx.wait_count(
+                lambda e: e.get("event") == "notification_forwarded" and e["via"] == "multicast", 2, 15
+            )
+            legacy.terminate()
+            out, err = legacy.communicate(timeout=10)
+        prx.stop()
+    finally:
+        srv_events = srv.stop()
+    assert out.strip() == "1234" + "".join(values), (out, err)
+    regs = [e for e in srv_events if e.get("event") == "registration" and e["kind"] != "confirmation"]
+    assert len(regs) == 1 and regs[0]["kind"] == "group"
+    packets = cap.decode(ports=[5683, 61616])
+    mcast = [p for p in packets if p["ipv6.dst"] == GROUP_ADDR]
+    assert len(mcast) == 2
+    for p in mcast:  # protected on the server's side ...
+        assert any(n == OSCORE for n, _ in coap_options(p["udp.payload"]))
+        assert b"plain-for-legacy" not in bytes.fromhex(p["udp.payload"])
+    to_legacy = [p for p in packets if p["ipv6.dst"] == lan.clients[1].addr6 and p["coap.opt.observe"]]
+    assert any(b"plain-for-legacy-2" in bytes.fromhex(p["udp.payload"]) for p in to_legacy)  # ... plain here

@@ -81,8 +81,13 @@ class Proxy:
         on_event: EventSink | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        credentials: dict[str, Any] | None = None,
     ) -> None:
         self.reverse = reverse
+        #: aiocoap credentials (its JSON format) of the proxy itself toward servers: its own
+        #: registrations then travel over OSCORE and Group OSCORE notifications are verified by the
+        #: proxy, which serves its clients the plaintext (the proxy is trusted, proxy draft §4).
+        self.credentials = credentials
         self.interface = interface
         self.code_points = code_points
         self.on_event = on_event
@@ -100,6 +105,8 @@ class Proxy:
         """Serve on ``bind`` (address, port); the client side uses its own ephemeral port."""
         _glue.install_backlog_fix()  # N Confirmable notifications in flight must not cost O(N^2)
         self.client_ctx = await aiocoap.Context.create_client_context()
+        if self.credentials:
+            self.client_ctx.client_credentials.load_from_dict(self.credentials)
         self.server_ctx = await aiocoap.Context.create_server_context(ProxySite(self), bind=bind)
         self._emit("started", bind=f"[{bind[0]}]:{bind[1]}" if ":" in bind[0] else f"{bind[0]}:{bind[1]}")
 
