@@ -408,3 +408,22 @@ def test_deterministic_target_is_the_cache_key():
     assert e.register(a, "c1", 0.0).register_upstream and not e.register(b, "c2", 0.0).register_upstream
     fan = e.on_unchanged(a, _heard(), 1.0)
     assert fan.clients == ("c1", "c2") and e.register(a, "c3", 2.0).answer.opt.oscore == b"\x29\x07"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["proxy", "--bind", "not an address"],
+        ["proxy", "--bind", "[fd00:db8::2]", "--reverse", "http://example/"],
+        ["proxy", "--bind", "[fd00:db8::2]", "--run-for", "0"],
+        ["observe", "coap://[fd00:db8::1]/r", "--proxy", "coap://[fd00:db8::2]/with/path"],
+        ["observe", "coap://[fd00:db8::1]/r", "--proxy", "http://[fd00:db8::2]"],
+    ],
+)
+def test_cli_usage_errors_are_one_line_exit_64(argv, capsys):
+    """Bad usage: exit 64 and one line ``mcobserve: ...`` on stderr, no traceback, no socket opened."""
+    from mcobserve.cli.main import main
+
+    assert main(argv) == 64
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mcobserve: "), err
