@@ -99,3 +99,62 @@ def test_second_client_is_served_from_the_proxy_cache(lan, tools, tmp_path):
     assert len(det) == 1 and det[0]["ipv6.src"] == prx_host.addr6
     answer = [p for p in packets if p["ipv6.src"] == lan.server.addr6 and p["coap.code"] == "163"]
     assert answer and all(not any(n == 9 for n, _ in coap_options(p["udp.payload"])) for p in answer)
+
+
+def test_reverse_proxy_and_direct_clients_with_the_deterministic_phantom_request(lan, tools, tmp_path):
+    """Clients without an OSCORE identity of their own send the Deterministic phantom request to a
+    reverse proxy (proxy draft §10), or straight to the server, which recognizes it and answers with an
+    unprotected informative response; that client then listens to the group itself (App. D)."""
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{lan.server.addr6}]", 3)
+    srv_group, cli_group = deterministic_group(creds)
+    base = f"coap://[{lan.server.addr6}]"
+    prx_host = lan.clients[0]
+    srv = server(
+        lan.server,
+        f"[{lan.server.addr6}]",
+        GROUP6,
+        "--credentials",
+        str(creds / "server.json"),
+        "--group-oscore",
+        srv_group,
+        "--no-counting",
+    )
+    prx = start(
+        prx_host,
+        "proxy",
+        ["proxy", "--bind", f"[{prx_host.addr6}]", "--interface", "eth0", "--json", "--reverse", base],
+    )
+    prx.wait_event(lambda e: e.get("event") == "started")
+    values = ["rev-one", "rev-two"]
+    try:
+        starter = observer(
+            prx_host,
+            f"{base}/r",
+            3,
+            20,
+            "starter",
+            ("--credentials", str(creds / "client-1.json"), "--group-oscore", cli_group),
+        )
+        starter.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        behind = observer(
+            lan.clients[1], f"coap://[{prx_host.addr6}]/r", 3, 20, "behind", ("--group-oscore", cli_group)
+        )
+        direct = observer(lan.clients[2], f"{base}/r", 3, 20, "direct", ("--group-oscore", cli_group))
+        behind.wait_event(lambda e: e.get("index") == 1, timeout=20)
+        direct.wait_event(lambda e: e.get("index") == 1, timeout=20)
+        put(lan.clients[1], f"{base}/r", values, 0.5, "--credentials", str(creds / "client-3.json"))
+        for o in (starter, behind, direct):
+            o.collect(20)
+        prx.stop()
+    finally:
+        srv_events = srv.stop()
+    for o in (starter, behind, direct):
+        got = notifications(o)
+        assert [n["payload"] for n in got] == ["1234", *values], (o.name, got, o.read_stderr())
+    assert [n["via"] for n in notifications(direct)] == ["last_notif", "multicast", "multicast"]
+    recognized = [e for e in srv_events if e.get("event") == "phantom_request_recognized"]
+    assert sorted(e["remote"].rsplit(":", 1)[0] for e in recognized) == sorted(
+        [f"[{prx_host.addr6}]", f"[{lan.clients[2].addr6}]"]
+    )
+    assert len([e for e in srv_events if e.get("event") == "notification_sent"]) == len(values)

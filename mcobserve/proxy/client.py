@@ -199,27 +199,43 @@ class SecuredProxiedObserver(ProxiedObserver):
                 return
 
 
-class DeterministicProxiedObserver(ProxiedObserver):
-    """Observe through a proxy with a Deterministic phantom request (observe draft App. D, proxy §9).
+class DeterministicObserver(Observer):
+    """Observe with a Deterministic phantom request (observe draft App. D; proxy draft §9, §10).
 
-    The client computes the phantom request itself (every member of the group gets the same bytes)
-    and sends it to the proxy. The proxy either has the group observation cached (answered at once,
-    nothing reaches the server) or forwards it once; the server recognizes its phantom request and
-    answers the proxy with an unprotected informative response. Every notification the proxy forwards
-    is verified end to end: the server's signature, a fresh Partial IV, and Request-Hash as Class I.
+    The client computes the phantom request itself (every member of the group gets the same bytes;
+    no registration, no OSCORE identity of its own) and sends it to ``proxy`` (forward proxy, with
+    Proxy-Scheme + Uri-Host) or, without ``proxy``, to the URI's host, which may be the server or a
+    reverse proxy standing in for it.
+
+    * An unprotected informative response (the server recognized its phantom request): the client
+      verifies 'ph_req' by recomputing it and listens to the group itself (App. D).
+    * Protected notifications (a proxy answered from its cache or forwards the group's): each one is
+      verified end to end, the server's signature, a fresh Partial IV, Request-Hash as Class I.
     """
 
-    def __init__(self, uri: str, *, proxy: str, deterministic: Any, **kwargs: Any) -> None:
-        super().__init__(uri, proxy=proxy, **kwargs)
+    def __init__(self, uri: str, *, deterministic: Any, proxy: str | None = None, **kwargs: Any) -> None:
+        from ..oscore.deterministic import DeterministicClientSecurity
+
+        super().__init__(uri, **kwargs)
         self.target = parse_uri(uri)
+        self.proxy = proxy_hostport(proxy) if proxy else None
         self.deterministic = deterministic  # a DeterministicConfig
+        if self.group_security is None:
+            self.group_security = DeterministicClientSecurity(
+                deterministic.context,
+                deterministic.dc,
+                server_kid=deterministic.server_id,
+                code_points=self.code_points,
+            )
+
+    def _plain(self) -> Message:
+        return Message(code=GET, observe=0, uri_path=self.target.path, uri_query=self.target.query)
 
     def _phantom(self) -> tuple[Message, Any]:
         from ..oscore.deterministic import protect_deterministic
 
-        plain = Message(code=GET, observe=0, uri_path=self.target.path, uri_query=self.target.query)
         return protect_deterministic(
-            self.deterministic.context, plain, self.deterministic.dc, self.code_points
+            self.deterministic.context, self._plain(), self.deterministic.dc, self.code_points
         )
 
     async def _run(self) -> AsyncIterator[Notification]:
@@ -231,11 +247,15 @@ class DeterministicProxiedObserver(ProxiedObserver):
         try:
             phantom, binding = self._phantom()
             request = phantom
-            request.opt.proxy_scheme = self.target.scheme
-            request.opt.uri_host = self.target.host
-            if self.target.port is not None:
-                request.opt.uri_port = self.target.port
-            request.unresolved_remote = self.proxy
+            if self.proxy is not None:
+                request.opt.proxy_scheme = self.target.scheme
+                request.opt.uri_host = self.target.host
+                if self.target.port is not None:
+                    request.opt.uri_port = self.target.port
+                request.unresolved_remote = self.proxy
+            else:
+                host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
+                request.unresolved_remote = host if self.target.port is None else f"{host}:{self.target.port}"
             self.registrations += 1
             pending = ctx.request(request, handle_blockwise=False)
             response_number = ResponseNumber()
@@ -249,12 +269,12 @@ class DeterministicProxiedObserver(ProxiedObserver):
             async for m in responses():
                 if m.opt.oscore is None:
                     payload = informative_response_payload(m, self.code_points)
-                    if payload is not None:  # no proxy on the way: the server answered us (App. D)
-                        raise GroupObservationError(
-                            "the server answered the Deterministic phantom request itself: "
-                            "observe it without --proxy"
-                        )
-                    raise ResponseError(m)
+                    if payload is None:
+                        raise ResponseError(m)
+                    # The server itself answered: join the group directly (App. D).
+                    async for n in self._follow_group(self._plain(), payload):
+                        yield n
+                    return
                 try:
                     result = unprotect_notification(
                         self.deterministic.context,
@@ -276,12 +296,17 @@ class DeterministicProxiedObserver(ProxiedObserver):
             await self.aclose()
 
 
+#: The name used before reverse proxies and direct use were added.
+DeterministicProxiedObserver = DeterministicObserver
+
+
 def observer_for(args: Any, code_points: Any) -> tuple[Any, Any]:
     """The Observer class (or factory) and group security for ``mcobserve observe``'s ``args``.
 
-    ``--proxy`` picks :class:`ProxiedObserver`, with ``--credentials`` :class:`SecuredProxiedObserver`,
-    with a ``--group-oscore`` file that has a ``[deterministic]`` table
-    :class:`DeterministicProxiedObserver`. Returns (None, None) when none of this applies.
+    A ``--group-oscore`` file with a ``[deterministic]`` table and no ``--credentials`` picks
+    :class:`DeterministicObserver` (with or without ``--proxy``); otherwise ``--proxy`` picks
+    :class:`ProxiedObserver`, with ``--credentials`` :class:`SecuredProxiedObserver`. Returns
+    (None, security) when the plain :class:`Observer` applies.
     """
     from functools import partial
 
@@ -293,11 +318,15 @@ def observer_for(args: Any, code_points: Any) -> tuple[Any, Any]:
         if det is not None
         else None
     )
-    if not getattr(args, "proxy", None):
+    proxy = getattr(args, "proxy", None)
+    if proxy:
+        proxy_hostport(proxy)
+    if det is not None and not args.credentials:
+        # No OSCORE identity of its own: send the Deterministic phantom request (App. D), to the
+        # proxy or to the URI's host (the server, or a reverse proxy standing in for it).
+        return partial(DeterministicObserver, proxy=proxy, deterministic=det), security
+    if not proxy:
         return None, security
-    proxy_hostport(args.proxy)
-    if det is not None:
-        return partial(DeterministicProxiedObserver, proxy=args.proxy, deterministic=det), security
     if args.credentials:
-        return partial(SecuredProxiedObserver, proxy=args.proxy), security
-    return partial(ProxiedObserver, proxy=args.proxy), security
+        return partial(SecuredProxiedObserver, proxy=proxy), security
+    return partial(ProxiedObserver, proxy=proxy), security
