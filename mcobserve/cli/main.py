@@ -58,6 +58,7 @@ _OBSERVE_DEFAULTS: dict[str, Any] = {
     "leisure": DEFAULT_LEISURE,
     "credentials": None,
     "group_oscore": None,
+    "proxy": None,
 }
 _CONFIG_KEYS = {"server": set(_SERVER_DEFAULTS), "observe": set(_OBSERVE_DEFAULTS)}
 
@@ -276,7 +277,9 @@ async def _serve(
         return 1
     for path, text in resources:
         server.add_resource(path, TextResource(text), policy)
-    if type(security).__name__ == "DeterministicGroup":
+    from ..oscore.deterministic import DeterministicGroup
+
+    if isinstance(security, DeterministicGroup):
         from ..proxy.origin import serve_deterministic_phantoms
 
         serve_deterministic_phantoms(server)  # recognize the phantom request through proxies (App. D)
