@@ -7,9 +7,12 @@ proxy forwards each change by unicast to each client with the client's own Token
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from mcobserve.capture import Capture
@@ -108,8 +111,15 @@ def test_legacy_clients_through_the_proxy_one_multicast_per_change(lan, tools, t
                 text=True,
             )
             prx.wait_count(lambda e: e.get("event") == "client_registered", 4, timeout=15)
+            assert obs_first.stdout is not None
+            first_out = ""
+            end = time.monotonic() + 15
+            while values[-1] not in first_out and time.monotonic() < end:
+                ready, _, _ = select.select([obs_first.stdout], [], [], 0.5)
+                if ready:
+                    first_out += os.read(obs_first.stdout.fileno(), 4096).decode()
             obs_first.terminate()
-            first_out, _ = obs_first.communicate(timeout=10)
+            obs_first.communicate(timeout=10)
             libcoap.terminate()
             lib_out, lib_err = libcoap.communicate(timeout=10)
         events = prx.stop()
