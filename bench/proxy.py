@@ -260,7 +260,11 @@ def report(rows: list[dict[str, Any]]) -> str:
     lines.append("")
     for n in sorted({r["n"] for r in rows}):
         p, d = by.get((n, "proxy")), by.get((n, "direct"))
-        if p and d and d["cpu_us_per_client_notification"]:
+        if p and d and not d["cpu_us_per_client_notification"]:
+            lines.append(
+                f"* N={n}: too little CPU to compare (below the 10 ms clock tick); use more --updates"
+            )
+        elif p and d:
             ratio = p["cpu_us_per_client_notification"] / d["cpu_us_per_client_notification"]
             lines.append(
                 f"* N={n}: proxy per-client forwarding / aiocoap per-observer notification = {ratio:.2f}"

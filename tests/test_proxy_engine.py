@@ -356,3 +356,74 @@ def test_protected_notifications_forwarded_unchanged_and_cached():
         and later.answer.opt.oscore == b"\x29\x07"
     )
     assert later.answer.opt.max_age is None  # not touched: the proxy cannot read it
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.binary(max_size=64), observe=st.sampled_from([None, 0, 1]))
+def test_ticket_of_accepts_or_raises_our_error(value, observe):
+    """Fuzzed Listen-To-Multicast-Responses values: a Ticket or a ProxyError, nothing else."""
+    m = protected_phantom()
+    m.opt.observe = observe
+    m.opt.add_option(OpaqueOption(DEFAULT_CODE_POINTS.listen_to_multicast_responses, value))
+    try:
+        t = ticket_of(m)
+    except ProxyError as e:
+        assert e.code in (BAD_OPTION, BAD_REQUEST)
+        return
+    assert t is not None and t.group.host.is_multicast
+
+
+def test_listen_to_checks_ph_req_and_tp_info():
+    from mcobserve.errors import MalformedError
+    from mcobserve.proxy.engine import listen_to
+    from mcobserve.wire import InformativeResponse
+
+    ph = serialize_message(protected_phantom())
+    t = listen_to(InformativeResponse(tp_info=TP, ph_req=ph), ph)
+    assert t.token == b"\x7b" and t.group.port == 61616
+    assert listen_to(InformativeResponse(tp_info=TP), ph) == t  # 'ph_req' may be omitted (App. D)
+    with pytest.raises(MalformedError):
+        listen_to(InformativeResponse(tp_info=TP, ph_req=ph + b"x"), ph)
+    with pytest.raises(MalformedError):
+        listen_to(InformativeResponse(tp_info=TpInfo(CRI.from_uri("coap://[fd00:db8::1]"))), ph)
+
+
+def test_deterministic_target_is_the_cache_key():
+    """Two clients' identical Deterministic Requests are one target; other requests are not (§9)."""
+    from mcobserve.proxy.engine import DeterministicTarget, deterministic_target
+
+    def det(token: bytes) -> Message:
+        m = protected_phantom()
+        m.opt.request_hash = b"\x01" * 32
+        m.opt.proxy_scheme, m.opt.uri_host = "coap", "fd00:db8::1"
+        m.token = token
+        return m
+
+    a = deterministic_target(det(b"\x01"), target_of(det(b"\x01")))
+    b = deterministic_target(det(b"\x02\x03"), target_of(det(b"\x02\x03")))
+    assert isinstance(a, DeterministicTarget) and a == b
+    plain = protected_phantom()  # no Request-Hash: an ordinary OSCORE request, relayed one to one
+    assert deterministic_target(plain, R) is None
+    e = engine()
+    assert e.register(a, "c1", 0.0).register_upstream and not e.register(b, "c2", 0.0).register_upstream
+    fan = e.on_unchanged(a, _heard(), 1.0)
+    assert fan.clients == ("c1", "c2") and e.register(a, "c3", 2.0).answer.opt.oscore == b"\x29\x07"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["proxy", "--bind", "not an address"],
+        ["proxy", "--bind", "[fd00:db8::2]", "--reverse", "http://example/"],
+        ["proxy", "--bind", "[fd00:db8::2]", "--run-for", "0"],
+        ["observe", "coap://[fd00:db8::1]/r", "--proxy", "coap://[fd00:db8::2]/with/path"],
+        ["observe", "coap://[fd00:db8::1]/r", "--proxy", "http://[fd00:db8::2]"],
+    ],
+)
+def test_cli_usage_errors_are_one_line_exit_64(argv, capsys):
+    """Bad usage: exit 64 and one line ``mcobserve: ...`` on stderr, no traceback, no socket opened."""
+    from mcobserve.cli.main import main
+
+    assert main(argv) == 64
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mcobserve: "), err

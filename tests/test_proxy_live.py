@@ -7,9 +7,13 @@ proxy forwards each change by unicast to each client with the client's own Token
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 from mcobserve.capture import Capture
 
@@ -95,6 +99,27 @@ def test_legacy_clients_through_the_proxy_one_multicast_per_change(lan, tools, t
             put(lan.clients[1], f"{base}/r", values, 0.5)
             ours.collect(20)
             aio_out, aio_err = aio.communicate(timeout=30)
+            # aiocoap-client through the proxy: a plain GET is forwarded, an observation answered
+            # from the cache (0.4.17 prints only its first response, upstream issue #395).
+            cli = str(Path(sys.executable).parent / "aiocoap-client")
+            proxy_uri = f"coap://[{prx_host.addr6}]"
+            get = lan.clients[1].run([cli, "--proxy", proxy_uri, f"{base}/r"], timeout=20)
+            obs_first = lan.clients[1].popen(
+                [sys.executable, "-u", cli, "--proxy", proxy_uri, "--observe", f"{base}/r"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            prx.wait_count(lambda e: e.get("event") == "client_registered", 4, timeout=15)
+            assert obs_first.stdout is not None
+            first_out = ""
+            end = time.monotonic() + 15
+            while values[-1] not in first_out and time.monotonic() < end:
+                ready, _, _ = select.select([obs_first.stdout], [], [], 0.5)
+                if ready:
+                    first_out += os.read(obs_first.stdout.fileno(), 4096).decode()
+            obs_first.terminate()
+            obs_first.communicate(timeout=10)
             libcoap.terminate()
             lib_out, lib_err = libcoap.communicate(timeout=10)
         events = prx.stop()
@@ -109,6 +134,8 @@ def test_legacy_clients_through_the_proxy_one_multicast_per_change(lan, tools, t
     # aiocoap's own proxy client: first response and every change.
     lines = aio_out.splitlines()
     assert [ln.split()[-1] for ln in lines] == ["1234", *values], (aio_out, aio_err)
+    assert get.returncode == 0 and get.stdout.strip() == values[-1], (get.stdout, get.stderr)
+    assert first_out.strip().splitlines()[0] == values[-1], first_out
     # libcoap prints the payloads one after the other.
     assert lib_out.strip() == "1234" + "".join(values), (lib_out, lib_err)
     # Server: one registration (the proxy), a group observation, one multicast datagram per change.
@@ -129,6 +156,8 @@ def test_legacy_clients_through_the_proxy_one_multicast_per_change(lan, tools, t
     assert unicast_notifs == []  # nothing went from the server to a client by unicast as a notification
     # The proxy: one upstream registration, every notification forwarded to the 3 clients.
     assert [e["event"] for e in events if e.get("event") == "upstream_registered"] == ["upstream_registered"]
+    late = [e for e in events if e.get("event") == "client_registered"][3]
+    assert late["from_cache"] and late["clients"] == 4  # aiocoap-client's observation, from the cache
     fwd = [e for e in events if e.get("event") == "notification_forwarded" and e["via"] == "multicast"]
     assert [e["clients"] for e in fwd] == [3, 3, 3], fwd
     assert events[-1]["event"] == "stopped" and events[-1]["upstream_registrations"] == 1

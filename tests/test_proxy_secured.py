@@ -46,7 +46,7 @@ TAMPERING_PROXY = textwrap.dedent(
 )
 
 
-def secured_server(lan, creds):
+def secured_server(lan, creds, *extra: str):
     return server(
         lan.server,
         f"[{lan.server.addr6}]",
@@ -55,7 +55,7 @@ def secured_server(lan, creds):
         str(creds / "server.json"),
         "--group-oscore",
         "self-managed",
-        "--no-counting",
+        *(extra or ("--no-counting",)),
     )
 
 
@@ -63,6 +63,7 @@ def secured_via_proxy(
     host, uri: str, proxy_addr: str, creds, i: int, count: int, timeout: float = 20
 ) -> Proc:
     extra = ("--credentials", str(creds / f"client-{i}.json"), "--proxy", f"coap://[{proxy_addr}]")
+    extra += ("--leisure", "0.05")
     return observer(host, uri, count, timeout, f"observer{i}", extra)
 
 
@@ -73,7 +74,8 @@ def test_group_oscore_end_to_end_through_the_proxy(lan, tools, tmp_path):
     write_credentials(creds, f"[{lan.server.addr6}]", 3)
     base = f"coap://[{lan.server.addr6}]"
     prx_host = lan.clients[0]
-    srv = secured_server(lan, creds)
+    # rough counting on: the first notification carries Feedback-Divider 0 (everybody answers, §8)
+    srv = secured_server(lan, creds, "--confirmations", "8")
     prx = start(
         prx_host, "proxy", ["proxy", "--bind", f"[{prx_host.addr6}]", "--interface", "eth0", "--json"]
     )
@@ -105,6 +107,12 @@ def test_group_oscore_end_to_end_through_the_proxy(lan, tools, tmp_path):
     # The server counted both clients (their registrations were relayed, protected, proxy draft §5).
     regs = [e for e in srv_events if e.get("event") == "registration" and e["kind"] != "confirmation"]
     assert len(regs) == 2 and all(r["remote"].startswith(f"[{prx_host.addr6}]") for r in regs)
+    # Feedback-Divider is hidden from the proxy; each client answered on its own, through the proxy (§6).
+    sent = [e for e in srv_events if e.get("event") == "notification_sent"]
+    assert sent[0]["feedback_divider"] == 0  # with 2 observers and 8 wanted confirmations (§8.3)
+    confirmations = [e for e in srv_events if e.get("kind") == "confirmation"]
+    assert len(confirmations) == 2
+    assert all(e["remote"].startswith(f"[{prx_host.addr6}]") for e in confirmations)
     # The proxy: two ticket clients on one listener; two notifications forwarded to both.
     listening = [e for e in events if e.get("event") == "ticket_listening"]
     assert len(listening) == 1
@@ -183,3 +191,59 @@ def test_a_proxy_altering_notifications_is_detected(lan, tools, tmp_path):
     assert stderr.count("dropped a notification forwarded by the proxy") == 2, stderr
     fwd = [e for e in bad_proc.seen if e.get("event") == "notification_forwarded"]
     assert len(fwd) >= 2  # they did reach the client (then the server's cancellation at shutdown)
+
+
+def test_trusted_proxy_with_its_own_credentials_serves_legacy_clients(lan, tools, tmp_path):
+    """``mcobserve proxy --credentials``: the proxy registers over OSCORE as itself, verifies the Group
+    OSCORE notifications, and serves a legacy client (libcoap) the plaintext (proxy draft §4)."""
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{lan.server.addr6}]", 3)
+    base = f"coap://[{lan.server.addr6}]"
+    prx_host = lan.clients[0]
+    srv = secured_server(lan, creds)
+    own_credentials = ("--credentials", str(creds / "client-1.json"))
+    prx = start(
+        prx_host,
+        "proxy",
+        ["proxy", "--bind", f"[{prx_host.addr6}]", "--interface", "eth0", "--json", *own_credentials],
+    )
+    prx.wait_event(lambda e: e.get("event") == "started")
+    values = ["plain-for-legacy-1", "plain-for-legacy-2"]
+    try:
+        with Capture(prx_host, prx_host.ifname, "udp", tmp_path / "t.pcapng") as cap:
+            legacy = lan.clients[1].popen(
+                [
+                    "coap-client-notls",
+                    "-P",
+                    f"coap://[{prx_host.addr6}]",
+                    "-s",
+                    "15",
+                    "-B",
+                    "15",
+                    f"{base}/r",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            prx.wait_event(lambda e: e.get("via") == "last_notif", timeout=15)
+            put(lan.clients[2], f"{base}/r", values, 0.5, "--credentials", str(creds / "client-3.json"))
+            prx.wait_count(
+                lambda e: e.get("event") == "notification_forwarded" and e["via"] == "multicast", 2, 15
+            )
+            legacy.terminate()
+            out, err = legacy.communicate(timeout=10)
+        prx.stop()
+    finally:
+        srv_events = srv.stop()
+    assert out.strip() == "1234" + "".join(values), (out, err)
+    regs = [e for e in srv_events if e.get("event") == "registration" and e["kind"] != "confirmation"]
+    assert len(regs) == 1 and regs[0]["kind"] == "group"
+    packets = cap.decode(ports=[5683, 61616])
+    mcast = [p for p in packets if p["ipv6.dst"] == GROUP_ADDR]
+    assert len(mcast) == 2
+    for p in mcast:  # protected on the server's side ...
+        assert any(n == OSCORE for n, _ in coap_options(p["udp.payload"]))
+        assert b"plain-for-legacy" not in bytes.fromhex(p["udp.payload"])
+    to_legacy = [p for p in packets if p["ipv6.dst"] == lan.clients[1].addr6 and p["coap.opt.observe"]]
+    assert any(b"plain-for-legacy-2" in bytes.fromhex(p["udp.payload"]) for p in to_legacy)  # ... plain here

@@ -74,6 +74,7 @@ _OBSERVE_DEFAULTS: dict[str, Any] = {
     "leisure": DEFAULT_LEISURE,
     "credentials": None,
     "group_oscore": None,
+    "proxy": None,
 }
 _CONFIG_KEYS = {"server": set(_SERVER_DEFAULTS), "observe": set(_OBSERVE_DEFAULTS)}
 #: The type each command-line option converts to, per command (filled when the parser is built):
@@ -359,6 +360,12 @@ async def _serve(
         if not await open_server_store(server, args.store, out, added, args):
             await server.shutdown()
             return 65
+    from ..oscore.deterministic import DeterministicGroup
+
+    if isinstance(security, DeterministicGroup):
+        from ..proxy.origin import serve_deterministic_phantoms
+
+        serve_deterministic_phantoms(server)  # recognize the phantom request through proxies (App. D)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -409,7 +416,12 @@ def _server_security(spec: str | None, lifetime: float) -> Any:
         return SelfManagedGroupSecurity(
             SelfManagedGroup.create(os.urandom), lifetime=lifetime, now=time.time()
         )
+    from ..oscore.deterministic import DeterministicGroup, load_deterministic
+
     try:
+        det = load_deterministic(spec, server=True)  # a [deterministic] table: App. D phantom requests
+        if det is not None:
+            return DeterministicGroup(det.context, det.dc)
         cfg = load_group(spec, server=True)
     except GroupConfigError as e:
         raise UsageError(str(e)) from None
@@ -547,17 +559,14 @@ async def _observe(args: argparse.Namespace) -> int:
             group_security = ClientGroupSecurity(load_group(args.group_oscore, server=False).context)
         except GroupConfigError as e:
             raise UsageError(str(e)) from None
-    kind: Any = Observer
-    if getattr(args, "proxy", None):
-        from functools import partial
+    from ..proxy.client import observer_for  # --proxy, Deterministic phantom requests (App. D)
 
-        from ..proxy.client import ProxiedObserver, SecuredProxiedObserver, proxy_hostport
-
-        try:
-            proxy_hostport(args.proxy)
-        except McObserveError as e:
-            raise UsageError(f"--proxy: {e}") from None
-        kind = partial(SecuredProxiedObserver if args.credentials else ProxiedObserver, proxy=args.proxy)
+    try:
+        kind, det_security = observer_for(args, CodePoints(content_format=args.content_format))
+    except McObserveError as e:
+        raise UsageError(f"--proxy / --group-oscore: {e}") from None
+    kind = kind or Observer
+    group_security = det_security or group_security
     observer = kind(
         args.uri,
         interface=args.interface,

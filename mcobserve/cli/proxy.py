@@ -43,6 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="URI",
         help="reverse proxy: stand in for this origin (coap://SERVER[:PORT]); requests need no Proxy-Uri",
     )
+    p.add_argument(
+        "--credentials",
+        metavar="FILE.json",
+        help="aiocoap credentials (OSCORE) of the proxy toward servers: it registers over OSCORE and "
+        "verifies Group OSCORE notifications itself (its clients get plaintext)",
+    )
     p.add_argument("--content-format", type=int, help="Content-Format number of informative responses")
     p.add_argument("--run-for", type=float, help="stop after SECONDS (default: until SIGINT/SIGTERM)")
     p.add_argument("--json", action="store_true", help="one JSON object per event")
@@ -102,7 +108,22 @@ async def _serve(
     from ..proxy.aio import Proxy
 
     out = _printer(args.json)
-    proxy = Proxy(reverse=reverse, interface=args.interface, code_points=code_points, on_event=out)
+    credentials = None
+    if args.credentials:
+        from .main import UsageError, load_credentials
+
+        try:
+            credentials = load_credentials(args.credentials)
+        except UsageError as e:
+            print(f"mcobserve: {e}", file=sys.stderr, flush=True)
+            return 64
+    proxy = Proxy(
+        reverse=reverse,
+        interface=args.interface,
+        code_points=code_points,
+        on_event=out,
+        credentials=credentials,
+    )
     try:
         await proxy.start(bind)
     except OSError as e:

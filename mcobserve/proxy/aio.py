@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import socket
@@ -21,23 +22,28 @@ from typing import Any
 import aiocoap
 import aiocoap.interfaces
 import aiocoap.pipe
-from aiocoap import BAD_GATEWAY, GATEWAY_TIMEOUT, GET, Message
+from aiocoap import BAD_GATEWAY, GATEWAY_TIMEOUT, GET, NON, Message
 
 from ..aio import _glue
 from ..aio.client import ListenerPool, Observer, ResponseError
 from ..constants import DEFAULT_CODE_POINTS, CodePoints
+from ..engine.client import informative_response_payload
 from ..errors import McObserveError, ProxyError
 from ..proxy.engine import (
     ClientKey,
+    DeterministicTarget,
     Fanout,
     ProxyEngine,
     Target,
     Ticket,
     check_options,
+    deterministic_target,
     forward_request,
+    listen_to,
     target_of,
     ticket_of,
 )
+from ..wire import InformativeResponse, parse_message
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +81,13 @@ class Proxy:
         on_event: EventSink | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        credentials: dict[str, Any] | None = None,
     ) -> None:
         self.reverse = reverse
+        #: aiocoap credentials (its JSON format) of the proxy itself toward servers: its own
+        #: registrations then travel over OSCORE and Group OSCORE notifications are verified by the
+        #: proxy, which serves its clients the plaintext (the proxy is trusted, proxy draft §4).
+        self.credentials = credentials
         self.interface = interface
         self.code_points = code_points
         self.on_event = on_event
@@ -94,6 +105,8 @@ class Proxy:
         """Serve on ``bind`` (address, port); the client side uses its own ephemeral port."""
         _glue.install_backlog_fix()  # N Confirmable notifications in flight must not cost O(N^2)
         self.client_ctx = await aiocoap.Context.create_client_context()
+        if self.credentials:
+            self.client_ctx.client_credentials.load_from_dict(self.credentials)
         self.server_ctx = await aiocoap.Context.create_server_context(ProxySite(self), bind=bind)
         self._emit("started", bind=f"[{bind[0]}]:{bind[1]}" if ":" in bind[0] else f"{bind[0]}:{bind[1]}")
 
@@ -121,8 +134,11 @@ class Proxy:
         except ProxyError as e:
             pipe.add_response(Message(code=e.code, payload=str(e).encode()[:200]), is_last=True)
             return
+        det = deterministic_target(request, target, self.code_points) if ticket is None else None
         if ticket is not None:
             await self._observe(pipe, ticket)  # never forwarded to the server (proxy draft §5.2)
+        elif det is not None:
+            await self._observe(pipe, det)  # one exchange upstream for all, then the cache (§9)
         elif request.opt.oscore is not None:
             await self._relay(pipe, request, target)  # protected end to end: one exchange each
         elif request.code == GET and request.opt.observe == 0:
@@ -130,7 +146,7 @@ class Proxy:
         else:
             await self._forward(pipe, request, target)
 
-    async def _observe(self, pipe: aiocoap.pipe.Pipe, target: Target | Ticket) -> None:
+    async def _observe(self, pipe: aiocoap.pipe.Pipe, target: Target | Ticket | DeterministicTarget) -> None:
         """Add the client to the observers of ``target`` (RFC 7641 §5, proxy draft §4)."""
         request = pipe.request
         key: ClientKey = (request.remote, request.token)
@@ -147,7 +163,10 @@ class Proxy:
             from_cache=reg.answer is not None,
         )
         if reg.register_upstream:
-            if isinstance(target, Ticket):
+            if isinstance(target, DeterministicTarget):
+                self._upstreams[target] = asyncio.create_task(self._deterministic(target))  # type: ignore[index]
+                self.upstream_registrations += 1
+            elif isinstance(target, Ticket):
                 self._upstreams[target] = asyncio.create_task(self._listen(target))  # type: ignore[index]
                 self._emit(
                     "ticket_listening",
@@ -228,21 +247,74 @@ class Proxy:
         except Exception as e:  # aiocoap raises many types for network errors
             pipe.add_response(Message(code=BAD_GATEWAY, payload=str(e).encode()[:200]), is_last=True)
 
-    async def _listen(self, ticket: Ticket) -> None:
+    async def _deterministic(self, det: DeterministicTarget) -> None:
+        """Forward a Deterministic phantom request once (proxy draft §9): an unprotected informative
+        response tells where to listen; anything else is relayed to every client as it is."""
+        assert self.client_ctx is not None
+        out = forward_request(parse_message(det.request), det.target)
+        self._emit("upstream_registered", target=_name(det))
+        fan: Fanout | None = None
+        try:
+            pending = self.client_ctx.request(out, handle_blockwise=False)
+            first = await asyncio.wait_for(pending.response, FORWARD_TIMEOUT)
+            payload = (
+                informative_response_payload(first, self.code_points) if first.opt.oscore is None else None
+            )
+            if payload is not None:
+                listen = listen_to(InformativeResponse.decode(payload), det.request)
+                informative = InformativeResponse.decode(payload)
+                self._emit(
+                    "upstream_group_joined",
+                    target=_name(det),
+                    group=str(listen.group),
+                    token=listen.token.hex(),
+                )
+                if informative.last_notif is not None:  # populates the cache (proxy draft §4, §9)
+                    last = parse_message(informative.last_notif, token=listen.token)
+                    last.mtype = NON
+                    seeded = self.engine.on_protected(det, last, listen.server, self.clock(), listen)
+                    if seeded is not None:
+                        self._deliver(det, seeded, "last_notif", last.opt.observe)
+                await self._listen(det, listen)
+                return
+            seeded = self.engine.on_unchanged(det, first, self.clock())
+            if seeded is not None:
+                self._deliver(det, seeded, "unicast", first.opt.observe)
+            if first.opt.observe is not None:
+                async for m in pending.observation:
+                    relayed = self.engine.on_unchanged(det, m, self.clock())
+                    if relayed is not None:
+                        self._deliver(det, relayed, "unicast", m.opt.observe)
+            fan = self.engine.on_upstream_failed(det, None, "the server ended the observation")
+        except asyncio.CancelledError:
+            raise
+        except McObserveError as e:
+            fan = self.engine.on_upstream_failed(det, None, f"unusable informative response: {e}")
+        except Exception as e:  # aiocoap's network errors
+            fan = self.engine.on_upstream_failed(det, None, f"{type(e).__name__}: {e}")
+        finally:
+            if self._upstreams.get(det) is asyncio.current_task():  # type: ignore[call-overload]
+                del self._upstreams[det]  # type: ignore[arg-type]
+        if fan is not None:
+            self._deliver(det, fan, "error", None)
+
+    async def _listen(self, ticket: Ticket | DeterministicTarget, listen: Ticket | None = None) -> None:
         """Listen to the group of a ticket request and forward protected notifications (§5.2)."""
+        listen = listen if listen is not None else ticket  # type: ignore[assignment]
+        assert isinstance(listen, Ticket)
         ifindex = socket.if_nametoindex(self.interface) if self.interface else 0
-        listener = await self.pool.acquire(ticket.group, ifindex)
-        queue = listener.subscribe(ticket.token)
+        listener = await self.pool.acquire(listen.group, ifindex)
+        queue = listener.subscribe(listen.token)
         try:
             while True:
                 message, source, now = await queue.get()
-                fan = self.engine.on_protected(ticket, message, source, now)
+                fan = self.engine.on_protected(ticket, message, source, now, listen)
                 if fan is None:
-                    log.info("dropped a datagram on %s for ticket %s", ticket.group, ticket.token.hex())
+                    log.info("dropped a datagram on %s for token %s", listen.group, listen.token.hex())
                     continue
                 self._deliver(ticket, self.tamper(fan), "multicast", message.opt.observe)
         finally:
-            listener.unsubscribe(ticket.token, queue)
+            listener.unsubscribe(listen.token, queue)
             self.pool.release(listener)
 
     def tamper(self, fan: Fanout) -> Fanout:
@@ -332,10 +404,13 @@ class Proxy:
             self.on_event({"event": event, "time": round(self.clock(), 3), **fields})
 
 
-def _name(target: Target | Ticket) -> str:
-    """How events name a target: its URI, or the group and Token of a ticket request."""
+def _name(target: Target | Ticket | DeterministicTarget) -> str:
+    """How events name a target: its URI, the group and Token of a ticket request, or the URI and
+    Request-Hash prefix of a Deterministic Request."""
     if isinstance(target, Ticket):
         return f"ticket:{target.group}/{target.token.hex()}"
+    if isinstance(target, DeterministicTarget):
+        return f"deterministic:{target.target.uri()}#{hashlib.sha256(target.request).hexdigest()[:12]}"
     return target.uri()
 
 

@@ -7,6 +7,8 @@ traditional observation (draft-ietf-core-multicast-notifications-proxy §4).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,9 +28,13 @@ from ..engine.client import (
 )
 from ..errors import GroupObservationError, ProxyError
 from ..wire import InformativeResponse, parse_message
+from ..wire.feedback import set_feedback_divider
 from .engine import parse_uri, ticket_request
 
 log = logging.getLogger(__name__)
+
+#: Seconds a confirmation request gets to leave before its (never coming) response is given up.
+CONFIRMATION_SEND_WAIT = 0.5
 
 
 def proxy_hostport(proxy: str) -> str:
@@ -69,6 +75,7 @@ class SecuredProxiedObserver(ProxiedObserver):
         super().__init__(uri, proxy=proxy, **kwargs)
         self.target = parse_uri(uri)
         self.ticket_requests = 0
+        self._secctx: Any = None
 
     async def _run(self) -> AsyncIterator[Notification]:
         ctx = await self._context()
@@ -79,11 +86,8 @@ class SecuredProxiedObserver(ProxiedObserver):
                 protected, request_id = secctx.protect(inner)
             except Exception as e:  # aiocoap's credential and protection errors have many types
                 raise GroupObservationError(f"cannot protect the registration for {self.uri}: {e}") from e
-            protected.opt.proxy_scheme = self.target.scheme
-            protected.opt.uri_host = self.target.host
-            if self.target.port is not None:
-                protected.opt.uri_port = self.target.port
-            protected.unresolved_remote = self.proxy
+            self._secctx = secctx
+            self._via_proxy(protected)
             self.registrations += 1
             pending = ctx.request(protected, handle_blockwise=False)
             outer = await pending.response
@@ -102,6 +106,43 @@ class SecuredProxiedObserver(ProxiedObserver):
                 yield n
         finally:
             await self.aclose()
+
+    def _via_proxy(self, protected: Message) -> None:
+        """Outer Proxy-Scheme + Uri-Host (+ Uri-Port), sent to the proxy (RFC 8613 §4.1.3.3)."""
+        protected.opt.proxy_scheme = self.target.scheme
+        protected.opt.uri_host = self.target.host
+        if self.target.port is not None:
+            protected.opt.uri_port = self.target.port
+        protected.unresolved_remote = self.proxy
+
+    async def _confirm(self, delay: float) -> None:
+        """The confirmation of rough counting (observe draft §8.2), protected, through the proxy (§6).
+
+        Feedback-Divider is inside the ciphertext, so only the clients see it and answer.
+        """
+        await asyncio.sleep(delay)
+        ctx = self._ctx
+        if ctx is None or self._secctx is None:
+            return
+        inner = Message(
+            code=GET, uri=self.uri, observe=0, no_response=26, transport_tuning=aiocoap.Unreliable
+        )
+        set_feedback_divider(inner, 0, self.code_points)
+        try:
+            protected, _ = self._secctx.protect(inner)
+        except Exception as e:  # aiocoap protection errors
+            log.warning("cannot protect a confirmation: %s", e)
+            return
+        self._via_proxy(protected)
+        protected.mtype = NON
+        pending = ctx.request(protected, handle_blockwise=False)
+        self.confirmations_sent += 1
+        # No response is expected; give the request time to be resolved and sent before dropping it.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(pending.response), CONFIRMATION_SEND_WAIT)
+        pending.response.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pending.response
 
     @staticmethod
     def _unprotect(secctx: Any, message: Message, request_id: Any) -> Message:
@@ -145,8 +186,10 @@ class SecuredProxiedObserver(ProxiedObserver):
         async for m in responses():
             m.token = client.token  # as sent to the group, for the binding check (§9.3.2)
             m.mtype = NON
-            verdict = client.on_multicast(m, client.server, self.clock())
+            verdict = client.on_multicast(m, client.server, self.clock(), self.rng, self.leisure)
             if isinstance(verdict, Accepted):
+                if verdict.confirm_in is not None:
+                    self._schedule_confirmation(verdict.confirm_in)
                 yield verdict.notification
             elif isinstance(verdict, Dropped):
                 self.dropped.append(verdict.reason)
@@ -154,3 +197,136 @@ class SecuredProxiedObserver(ProxiedObserver):
             elif isinstance(verdict, Ended):
                 self.ended_by_server = verdict.message
                 return
+
+
+class DeterministicObserver(Observer):
+    """Observe with a Deterministic phantom request (observe draft App. D; proxy draft §9, §10).
+
+    The client computes the phantom request itself (every member of the group gets the same bytes;
+    no registration, no OSCORE identity of its own) and sends it to ``proxy`` (forward proxy, with
+    Proxy-Scheme + Uri-Host) or, without ``proxy``, to the URI's host, which may be the server or a
+    reverse proxy standing in for it.
+
+    * An unprotected informative response (the server recognized its phantom request): the client
+      verifies 'ph_req' by recomputing it and listens to the group itself (App. D).
+    * Protected notifications (a proxy answered from its cache or forwards the group's): each one is
+      verified end to end, the server's signature, a fresh Partial IV, Request-Hash as Class I.
+    """
+
+    def __init__(self, uri: str, *, deterministic: Any, proxy: str | None = None, **kwargs: Any) -> None:
+        from ..oscore.deterministic import DeterministicClientSecurity
+
+        super().__init__(uri, **kwargs)
+        self.target = parse_uri(uri)
+        self.proxy = proxy_hostport(proxy) if proxy else None
+        self.deterministic = deterministic  # a DeterministicConfig
+        if self.group_security is None:
+            self.group_security = DeterministicClientSecurity(
+                deterministic.context,
+                deterministic.dc,
+                server_kid=deterministic.server_id,
+                code_points=self.code_points,
+            )
+
+    def _plain(self) -> Message:
+        return Message(code=GET, observe=0, uri_path=self.target.path, uri_query=self.target.query)
+
+    def _phantom(self) -> tuple[Message, Any]:
+        from ..oscore.deterministic import protect_deterministic
+
+        return protect_deterministic(
+            self.deterministic.context, self._plain(), self.deterministic.dc, self.code_points
+        )
+
+    async def _run(self) -> AsyncIterator[Notification]:
+        from ..oscore.errors import OscoreError
+        from ..oscore.protect import unprotect_notification
+        from ..oscore.replay import ResponseNumber
+
+        ctx = await self._context()
+        try:
+            phantom, binding = self._phantom()
+            request = phantom
+            if self.proxy is not None:
+                request.opt.proxy_scheme = self.target.scheme
+                request.opt.uri_host = self.target.host
+                if self.target.port is not None:
+                    request.opt.uri_port = self.target.port
+                request.unresolved_remote = self.proxy
+            else:
+                host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
+                request.unresolved_remote = host if self.target.port is None else f"{host}:{self.target.port}"
+            self.registrations += 1
+            pending = ctx.request(request, handle_blockwise=False)
+            response_number = ResponseNumber()
+            first = await pending.response
+
+            async def responses() -> AsyncIterator[Message]:
+                yield first
+                async for m in pending.observation:
+                    yield m
+
+            async for m in responses():
+                if m.opt.oscore is None:
+                    payload = informative_response_payload(m, self.code_points)
+                    if payload is None:
+                        raise ResponseError(m)
+                    # The server itself answered: join the group directly (App. D).
+                    async for n in self._follow_group(self._plain(), payload):
+                        yield n
+                    return
+                try:
+                    result = unprotect_notification(
+                        self.deterministic.context,
+                        m,
+                        binding,
+                        response_number,
+                        expected_kid=self.deterministic.server_id,
+                    )
+                except OscoreError as e:
+                    self.dropped.append(str(e))
+                    log.warning("dropped a notification forwarded by the proxy: %s", e)
+                    continue
+                plain = result.message
+                if not plain.code.is_successful():
+                    self.ended_by_server = plain
+                    return
+                yield Notification(plain, Via.MULTICAST, self.clock())
+        finally:
+            await self.aclose()
+
+
+#: The name used before reverse proxies and direct use were added.
+DeterministicProxiedObserver = DeterministicObserver
+
+
+def observer_for(args: Any, code_points: Any) -> tuple[Any, Any]:
+    """The Observer class (or factory) and group security for ``mcobserve observe``'s ``args``.
+
+    A ``--group-oscore`` file with a ``[deterministic]`` table and no ``--credentials`` picks
+    :class:`DeterministicObserver` (with or without ``--proxy``); otherwise ``--proxy`` picks
+    :class:`ProxiedObserver`, with ``--credentials`` :class:`SecuredProxiedObserver`. Returns
+    (None, security) when the plain :class:`Observer` applies.
+    """
+    from functools import partial
+
+    from ..oscore.deterministic import DeterministicClientSecurity, load_deterministic
+
+    det = load_deterministic(args.group_oscore, server=False) if args.group_oscore else None
+    security = (
+        DeterministicClientSecurity(det.context, det.dc, server_kid=det.server_id, code_points=code_points)
+        if det is not None
+        else None
+    )
+    proxy = getattr(args, "proxy", None)
+    if proxy:
+        proxy_hostport(proxy)
+    if det is not None and not args.credentials:
+        # No OSCORE identity of its own: send the Deterministic phantom request (App. D), to the
+        # proxy or to the URI's host (the server, or a reverse proxy standing in for it).
+        return partial(DeterministicObserver, proxy=proxy, deterministic=det), security
+    if not proxy:
+        return None, security
+    if args.credentials:
+        return partial(SecuredProxiedObserver, proxy=proxy), security
+    return partial(ProxiedObserver, proxy=proxy), security

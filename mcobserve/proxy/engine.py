@@ -29,7 +29,7 @@ from aiocoap.optiontypes import OpaqueOption
 from ..constants import COAP_PORT, DEFAULT_CODE_POINTS, DEFAULT_MAX_AGE, CodePoints
 from ..engine.common import Endpoint, observe_is_fresh
 from ..errors import MalformedError, ProxyError
-from ..wire import TpInfo, cbor_decode, cbor_encode, serialize_message
+from ..wire import InformativeResponse, TpInfo, cbor_decode, cbor_encode, serialize_message
 
 #: Observe numbers are 24-bit (RFC 7641 §4.4).
 OBSERVE_MODULO = 1 << 24
@@ -226,7 +226,8 @@ class ProxyEngine:
         start = up is None
         if up is None:
             up = _Upstream(
-                observe=self.rng.randrange(OBSERVE_MODULO // 2), unchanged=isinstance(target, Ticket)
+                observe=self.rng.randrange(OBSERVE_MODULO // 2),
+                unchanged=isinstance(target, Ticket | DeterministicTarget),
             )
             self._up[target] = up
         up.clients[client] = None
@@ -301,19 +302,32 @@ class ProxyEngine:
             del self._up[target]
         return Fanout(message, clients, last)
 
-    def on_protected(self, ticket: Ticket, message: Message, source: Endpoint, now: float) -> Fanout | None:
-        """A datagram heard on the group of a ticket request (proxy draft §5.2).
+    def on_protected(
+        self, key: Hashable, message: Message, source: Endpoint, now: float, listen: Ticket | None = None
+    ) -> Fanout | None:
+        """A datagram heard on the group of a ticket request (proxy draft §5.2), or of a Deterministic
+        phantom request (§9; then ``listen`` says what its informative response announced).
 
         The proxy cannot read it (Group OSCORE): it checks only what the client engine checks before
         decryption (Token T, source SRV_ADDR:SRV_PORT, a NON response, a fresh outer Observe, RFC 7641
         §3.4) and forwards it unchanged but for the Token; the client verifies it end to end.
         """
-        up = self._up.get(ticket)
-        if up is None:
-            return None
-        if message.token != ticket.token or source != ticket.server:
+        listen = listen if listen is not None else key if isinstance(key, Ticket) else None
+        if listen is None:
+            raise TypeError("on_protected needs the Token and server to match")
+        if message.token != listen.token or source != listen.server:
             return None
         if not message.code.is_response() or message.mtype != NON:
+            return None
+        return self.on_unchanged(key, message, now)
+
+    def on_unchanged(self, key: Hashable, message: Message, now: float) -> Fanout | None:
+        """Forward a protected response as it is to every client of ``key`` and cache it (§5.2, §9).
+
+        Only the outer Observe is looked at: an older one than the last forwarded is dropped.
+        """
+        up = self._up.get(key)
+        if up is None:
             return None
         observe = message.opt.observe
         if observe is not None:
@@ -357,6 +371,28 @@ class Ticket:
     group: Endpoint
 
 
+@dataclass(frozen=True)
+class DeterministicTarget:
+    """An observation request that is a Deterministic Request (proxy draft §9): every client sends the
+    same bytes, so the proxy serves them all from one upstream exchange and its cache."""
+
+    target: Target
+    #: The request's outer code, outer options (no proxy options) and payload.
+    request: bytes
+
+
+def deterministic_target(
+    request: Message, target: Target, code_points: CodePoints = DEFAULT_CODE_POINTS
+) -> DeterministicTarget | None:
+    """A :class:`DeterministicTarget` for an OSCORE request with Request-Hash and Observe 0, else None
+    (cacheable-oscore §3.3: Request-Hash is part of the cache key)."""
+    if request.opt.oscore is None or request.opt.observe != 0:
+        return None
+    if not request.opt.get_option(code_points.request_hash):
+        return None
+    return DeterministicTarget(target, serialize_message(forward_request(request, target)))
+
+
 def ticket_of(request: Message, code_points: CodePoints = DEFAULT_CODE_POINTS) -> Ticket | None:
     """The ticket request carried by ``request``, if it has Listen-To-Multicast-Responses (§5.1, §5.2).
 
@@ -396,6 +432,35 @@ def ticket_of(request: Message, code_points: CodePoints = DEFAULT_CODE_POINTS) -
         phantom.opt.add_option(option)
     return Ticket(
         serialize_message(phantom),
+        cbor_encode(tp.to_cbor_obj()),
+        tp.tpi_token,
+        Endpoint.of(tp.tpi_server.host, tp.tpi_server.effective_port()),
+        group,
+    )
+
+
+def listen_to(informative: InformativeResponse, phantom: bytes) -> Ticket:
+    """Where to listen for the group observation an unprotected informative response announces, for
+    the Deterministic phantom request ``phantom`` (proxy draft §9; observe draft §5.2 step 1).
+
+    'ph_req', when present, must be the very request sent (observe draft App. D); raises
+    :class:`MalformedError` otherwise or when 'tp_info' cannot be listened to.
+    """
+    tp = informative.tp_info
+    if tp is None or tp.tpi_client is None or tp.tpi_token is None:
+        raise MalformedError("the informative response lacks 'tp_info' with tpi_details")
+    if informative.ph_req is not None and informative.ph_req != phantom:
+        raise MalformedError("'ph_req' differs from the Deterministic Request sent (observe draft App. D)")
+    hosts = (tp.tpi_server.host, tp.tpi_client.host)
+    if tp.tpi_server.scheme_id != -1 or not all(
+        isinstance(h, ipaddress.IPv4Address | ipaddress.IPv6Address) for h in hosts
+    ):
+        raise MalformedError("only coap over UDP with IP addresses in 'tp_info'")
+    group = Endpoint.of(tp.tpi_client.host, tp.tpi_client.effective_port())
+    if not group.host.is_multicast:
+        raise MalformedError("'tpi_client' is not a multicast address")
+    return Ticket(
+        phantom,
         cbor_encode(tp.to_cbor_obj()),
         tp.tpi_token,
         Endpoint.of(tp.tpi_server.host, tp.tpi_server.effective_port()),
