@@ -644,18 +644,14 @@ class NatsBackend:
             try:
                 await create(replicas)
                 return await self._js.stream_info(name)
-            except nats.js.errors.BadRequestError as e:
-                if (replicas > 1 and "replica" in (e.description or "").lower()) or (
-                    replicas > 1 and e.err_code in (10074, 10023)
-                ):
-                    log.warning("mcobserve: NATS cannot place %d replicas of %s (%s); trying %d",
-                                replicas, name, e.description, replicas - 1)
-                    replicas -= 1
-                    continue
-                raise
-            except nats.js.errors.ServiceUnavailableError as e:
-                if replicas > 1 and "insufficient" in (e.description or "").lower():
-                    replicas -= 1
+            except nats.js.errors.APIError as e:
+                # 10074: "replicas > 1 not supported in non-clustered mode" (a single server): R1.
+                # Too few servers up in a cluster (10023, insufficient resources) is retried as it is
+                # (by the caller), never silently created with fewer replicas.
+                if replicas > 1 and e.err_code == 10074:
+                    log.warning("mcobserve: NATS at %s is a single server: %s created with 1 replica, not %d",
+                                ",".join(self.options.urls), name, replicas)
+                    replicas = 1
                     continue
                 raise
 
