@@ -305,9 +305,15 @@ class NatsBackend:
         store: Any = None,
         *,
         clock: Callable[[], float] = time.time,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        """Configure; nothing connects before :meth:`start`."""
+        """Configure; nothing connects before :meth:`start`.
+
+        ``on_event`` receives the node's cluster events (the broker's event stream: ``--json``):
+        ``cluster_joined``, ``cluster_disconnected``, ``cluster_reconnected``, ``cluster_offline``.
+        """
         self.options = options
+        self.on_event = on_event
         self.store = store
         self._clock = clock
         self.node = options.node or socket.gethostname()
@@ -380,6 +386,7 @@ class NatsBackend:
                 ",".join(self.options.urls),
                 len(self._topics),
             )
+            self._emit("cluster_offline", topics=len(self._topics), node=self.node)
 
     def _joined_before(self) -> bool:
         """True if this node's store holds a local copy from an earlier run in the cluster."""
@@ -461,6 +468,14 @@ class NatsBackend:
                 await asyncio.wait_for(nc.close(), 5.0)
 
     # -- writes --------------------------------------------------------------------------------
+
+    def _emit(self, name: str, **fields: Any) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event({"event": name, "time": round(self._clock(), 3), **fields})
+        except Exception as e:  # a broken event consumer must not break replication
+            self._rl("event", logging.ERROR, "mcobserve: event sink failed: %r", e)
 
     def _unavailable(self, why: str) -> BackendUnavailable:
         self.stats.writes_refused += 1
@@ -707,6 +722,8 @@ class NatsBackend:
         await self._wait_target("data", data)
         self._ready = True
         self._synced.set()
+        self._emit("cluster_joined", node=self.node, topics=len(self._topics), kv_seq=self._kv_seq,
+                   data_seq=self._data_seq, server=self._server_url())
         log.info("mcobserve: joined NATS (%d topics, kv seq %d, data seq %d)",
                  len(self._topics), self._kv_seq, self._data_seq)
 
@@ -750,16 +767,24 @@ class NatsBackend:
     async def _on_error(self, e: Exception) -> None:
         self._rl("nats-error", logging.WARNING, "mcobserve: NATS: %r", e)
 
+    def _server_url(self) -> str:
+        nc = self._nc
+        if nc is None or nc.connected_url is None:
+            return ""
+        return str(nc.connected_url.netloc)
+
     async def _on_disconnected(self) -> None:
         self.stats.disconnects += 1
         if not self._closing:
+            self._emit("cluster_disconnected", node=self.node)
             self._rl("disconnected", logging.WARNING,
                      "mcobserve: disconnected from NATS; local subscribers keep their last values,"
                      " publications are answered 5.03 until NATS is back")
 
     async def _on_reconnected(self) -> None:
         self.stats.reconnects += 1
-        url = self._nc.connected_url.netloc if self._nc is not None and self._nc.connected_url else "?"
+        url = self._server_url()
+        self._emit("cluster_reconnected", node=self.node, server=url)
         self._rl("reconnected", logging.WARNING, "mcobserve: reconnected to NATS at %s", url)
 
     # -- applying the streams ------------------------------------------------------------------
