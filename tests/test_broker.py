@@ -369,3 +369,30 @@ async def test_observer_check_makes_a_notification_confirmable(env):
         (b"v3", "NON"),
         (b"v4", "CON"),
     ]
+
+
+async def test_protected_writes_and_the_authorisation_hook():
+    calls = []
+
+    def authorize(request, action, topic_id):
+        calls.append((action, topic_id))
+        return action != "delete"
+
+    e = await make_env(Store.open(":memory:"), authorize=authorize)
+    try:
+        loc, props = await e.create({0: "auth", 2: "core.ps.data"})
+        assert (await e.req(PUT, props[1], b"1")).code.dotted == "2.01"
+        r = await e.req(DELETE, loc)
+        assert r.code.dotted == "4.03" and (await e.req(GET, loc)).code.dotted == "2.05"
+        assert [c[0] for c in calls] == ["create", "publish", "delete"]
+    finally:
+        await e.ctx.shutdown()
+        await e.broker.shutdown()
+    e = await make_env(Store.open(":memory:"), protected_writes=True)
+    try:
+        r = await e.req(POST, "/ps", cbor_encode({0: "x", 2: "core.ps.data"}), content_format=CF)
+        assert r.code.dotted == "4.01"  # an unprotected write to a secured broker
+        assert (await e.req(GET, "/ps")).code.dotted == "2.05"  # reading stays open
+    finally:
+        await e.ctx.shutdown()
+        await e.broker.shutdown()

@@ -220,3 +220,186 @@ def test_topic_metadata_announces_the_group_observation_and_a_client_joins_from_
         events = b.stop()
     regs = [e for e in events if e.get("event") == "registration"]
     assert [r["kind"] for r in regs] == ["silent"]  # counted (No-Response 16), never answered (§5.1)
+
+
+def test_secured_broker_takes_writes_over_oscore_only_and_protects_notifications(onehost, tmp_path):
+    from mcobserve.cli.credentials import write_credentials
+
+    h = onehost
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{h.addr6}]", 2)
+    base = f"coap://[{h.addr6}]"
+    client = ("--credentials", str(creds / "client-1.json"))
+    b = broker(
+        h,
+        str(tmp_path / "b.sqlite"),
+        "--group",
+        GROUP6,
+        "--credentials",
+        str(creds / "server.json"),
+        "--group-oscore",
+        "self-managed",
+        "--no-counting",
+    )
+    try:
+        res = h.run([*PY, "topic", "create", base, "secret"], 30)
+        assert res.returncode == 1 and "4.01" in res.stderr  # unprotected configuration is refused
+        t = cli(h, "topic", "create", base, "secret", "--json", *client)
+        data_uri = base + t["topic_data"]
+        res = h.run([*PY, "publish", data_uri, "--count", "1", "--values", "x"], 30)
+        assert res.returncode != 0  # an unprotected publication is refused too
+        publish_args = ["--credentials", str(creds / "client-2.json")]
+        res = h.run([*PY, "publish", data_uri, "--count", "1", "--values", "s0", *publish_args], 30)
+        assert res.returncode == 0, res.stderr
+        sub = start(
+            h,
+            "sub",
+            ["subscribe", base, "secret", "--json", "--count", "3", "--interface", h.ifname, *client],
+        )
+        sub.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        res = h.run(
+            [*PY, "publish", data_uri, "--count", "2", "--every", "0.3", "--values", "s1,s2", *publish_args],
+            30,
+        )
+        assert res.returncode == 0, res.stderr
+        sub.collect(30)
+        assert [(n["via"], n["payload"]) for n in notifications(sub)] == [
+            ("last_notif", "s0"),
+            ("multicast", "s1"),
+            ("multicast", "s2"),
+        ]
+    finally:
+        b.stop()
+
+
+def test_deleting_topic_data_and_topic_cancels_the_group_observation(onehost, tmp_path):
+    """DELETE on topic-data (HALF CREATED) and on the topic end the group observation with the multicast
+    5.03 (draft §4.5); the subscriber's iteration ends; a new publication needs a new registration."""
+    h = onehost
+    base = f"coap://[{h.addr6}]"
+    b = broker(h, str(tmp_path / "b.sqlite"), "--group", GROUP6)
+    try:
+        t = cli(h, "topic", "create", base, "gone", "--json")
+        data_uri = base + t["topic_data"]
+        publish(h, data_uri, ["g0"])
+        sub = subscriber(h, base, "gone", 5, "sub")
+        sub.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        res = h.run([sys.executable, "-c", DELETE, data_uri], 30)
+        assert res.stdout.strip() == "2.02", res.stderr
+        sub.collect(20)
+        assert sub.popen.returncode == 3  # ended before --count: the broker cancelled
+        assert "cancelled" in sub.read_stderr()
+        cancelled = b.wait_event(lambda e: e.get("event") == "cancelled")
+        assert cancelled["reason"] == "topic-data deleted"
+        res = h.run([sys.executable, "-c", GET, data_uri], 30)
+        assert res.stdout.strip() == "4.04"  # HALF CREATED again
+        publish(h, data_uri, ["g1"])
+        sub2 = subscriber(h, base, "gone", 5, "sub2")
+        sub2.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        b.wait_count(lambda e: e.get("event") == "group_observation_started", 2)  # a new one
+        res = h.run([*PY, "topic", "delete", base, "gone"], 30)
+        assert res.returncode == 0, res.stderr
+        sub2.collect(20)
+        assert sub2.popen.returncode == 3
+        reasons = [e["reason"] for e in b.wait_count(lambda e: e.get("event") == "cancelled", 2)]
+        assert reasons == ["topic-data deleted", "resource removed"]
+    finally:
+        b.stop()
+
+
+DELETE = r"""
+import asyncio, sys, aiocoap
+async def main():
+    ctx = await aiocoap.Context.create_client_context()
+    r = await ctx.request(aiocoap.Message(code=aiocoap.DELETE, uri=sys.argv[1])).response
+    print(r.code.dotted)
+    await ctx.shutdown()
+asyncio.run(main())
+"""
+GET = DELETE.replace("aiocoap.DELETE", "aiocoap.GET")
+
+
+def test_self_managed_group_oscore_broker_resumes_after_sigkill(onehost, tools, tmp_path):
+    """Self-managed Group OSCORE (App. C) with its keying material and SSN in the store: after SIGKILL the
+    subscriber keeps verifying notifications on the same Token, and no Partial IV repeats (tshark)."""
+    import os
+
+    from mcobserve.capture import Capture
+    from mcobserve.cli.credentials import write_credentials
+
+    h = onehost
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{h.addr6}]", 2)
+    base = f"coap://[{h.addr6}]"
+    store = str(tmp_path / "b.sqlite")
+    secured = ("--credentials", str(creds / "server.json"), "--group-oscore", "self-managed", "--no-counting")
+    pub = ("--credentials", str(creds / "client-2.json"))
+    host = h.host if hasattr(h, "host") else h
+    with Capture(host, h.ifname, "udp port 61616", tmp_path / "k.pcapng") as cap:
+        b = broker(h, store, "--group", GROUP6, *secured)
+        try:
+            t = cli(h, "topic", "create", base, "sm", "--json", *pub)
+            data_uri = base + t["topic_data"]
+            assert (
+                h.run([*PY, "publish", data_uri, "--count", "1", "--values", "s0", *pub], 30).returncode == 0
+            )
+            argv = [
+                "subscribe",
+                base,
+                "sm",
+                "--json",
+                "--count",
+                "5",
+                "--timeout",
+                "40",
+                "--interface",
+                h.ifname,
+            ]
+            sub = start(h, "sub", [*argv, "--credentials", str(creds / "client-1.json")])
+            sub.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+            token = b.wait_event(lambda e: e.get("event") == "group_observation_started")["token"]
+            vals = ["--count", "2", "--every", "0.3", "--values"]
+            assert h.run([*PY, "publish", data_uri, *vals, "s1,s2", *pub], 30).returncode == 0
+            sub.wait_count(lambda e: e.get("via") == "multicast", 2, timeout=20)
+            b.popen.send_signal(signal.SIGKILL)
+            b.collect(5)
+            assert oct(os.stat(store).st_mode & 0o777) == "0o600"  # it holds keying material
+            b = broker(h, store, "--group", GROUP6, *secured)
+            assert b.wait_event(lambda e: e.get("event") == "group_observation_resumed")["token"] == token
+            assert h.run([*PY, "publish", data_uri, *vals, "s3,s4", *pub], 30).returncode == 0
+            sub.collect(30)
+        finally:
+            b.stop()
+    got = notifications(sub)
+    assert [(n["via"], n["payload"]) for n in got] == [("last_notif", "s0")] + [
+        ("multicast", f"s{i}") for i in range(1, 5)
+    ], (got, sub.read_stderr())
+    assert {n["token"] for n in got} == {token}
+    packets = [p for p in cap.decode(ports=[61616]) if p["ipv6.dst"] == "ff35:30:2001:db8::23"]
+    pivs = [int(p["coap.opt.object_security_piv"], 16) for p in packets]
+    assert len(pivs) >= 4 and len(set(pivs)) == len(pivs), pivs
+
+
+def test_max_subscribers_counts_the_group_observation(onehost, tmp_path):
+    """max-subscribers 2: two subscribers join the group observation (COUNT 2); a third gets 2.05
+    without Observe (pub-sub §4.2.2, RFC 7641 §4.1) and its observation ends at once."""
+    h = onehost
+    base = f"coap://[{h.addr6}]"
+    b = broker(h, str(tmp_path / "b.sqlite"), "--group", GROUP6)
+    try:
+        t = cli(h, "topic", "create", base, "few", "--max-subscribers", "2", "--json")
+        data_uri = base + t["topic_data"]
+        publish(h, data_uri, ["f0"])
+        subs = [subscriber(h, base, "few", 2, f"s{i}") for i in range(2)]
+        for s in subs:
+            s.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        third = start(h, "third", ["observe", data_uri, "--json", "--count", "2", "--timeout", "10"])
+        third.collect(20)
+        assert third.popen.returncode == 3  # one response, no observation
+        assert [(n["via"], n["payload"], n["observe"]) for n in notifications(third)] == [
+            ("unicast", "f0", None)
+        ]
+    finally:
+        events = b.stop()
+    # the second joined from the topic metadata and was counted with No-Response 16 (§5.1)
+    assert [r["kind"] for r in events if r.get("event") == "registration"] == ["group", "silent"]

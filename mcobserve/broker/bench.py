@@ -44,11 +44,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="one multicast group per topic (--group-prefix ff35:30:2001:db8::/96)",
     )
+    p.add_argument(
+        "--fanout",
+        metavar="N,N,...",
+        help="instead: publication to N subscribers, our broker (group, traditional) against the "
+        "editor's broker",
+    )
+    p.add_argument("--modes", default="group,traditional,editor", help="with --fanout: which brokers")
     p.add_argument("--out", metavar="DIR", help="write broker.md and broker.json there")
     p.set_defaults(func=_cmd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    if args.fanout:
+        return _cmd_fanout(args)
     try:
         topics = [int(t) for t in args.topics.split(",") if t.strip()]
         if not topics or min(topics) < 1 or args.publications < 1:
@@ -77,6 +86,40 @@ def _cmd(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "broker.md").write_text(text + "\n")
         (out / "broker.json").write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def _cmd_fanout(args: argparse.Namespace) -> int:
+    from ..netlab import NetlabError, OneHost, can_use_netns
+    from .bench_fanout import MODES, fanout_report, run_fanout
+
+    try:
+        ns = [int(x) for x in args.fanout.split(",") if x.strip()]
+        modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+        if not ns or min(ns) < 1 or args.publications < 1 or not set(modes) <= set(MODES):
+            raise ValueError
+    except ValueError:
+        print(
+            f"mcobserve: --fanout takes positive integers, --modes some of {','.join(MODES)}", file=sys.stderr
+        )
+        return 64
+    ok, why = can_use_netns()
+    if not ok:
+        print(f"mcobserve: the broker benchmark needs network namespaces: {why}", file=sys.stderr)
+        return 1
+    try:
+        with OneHost() as lab:
+            rows = run_fanout(lab, ns, args.publications, modes)
+    except (RuntimeError, NetlabError) as e:
+        print(f"mcobserve: {e}", file=sys.stderr)
+        return 1
+    text = fanout_report(rows)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "broker-fanout.md").write_text(text + "\n")
+        (out / "broker-fanout.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
 

@@ -33,15 +33,18 @@ from aiocoap import (
     CREATED,
     DELETED,
     FETCH,
+    FORBIDDEN,
     GET,
     NON,
     NOT_FOUND,
     SERVICE_UNAVAILABLE,
+    UNAUTHORIZED,
     UNSUPPORTED_CONTENT_FORMAT,
     Message,
 )
 from aiocoap.numbers.codes import Code
 
+from ..aio import _glue
 from ..aio.server import GroupObservableResource, GroupServer
 from ..constants import (
     CONTENT_FORMAT_PUBSUB,
@@ -92,6 +95,12 @@ class BrokerConfig:
     #: Start the group observation of a topic at its first publication (before any subscriber), so the
     #: topic metadata can announce it (observe-multicast Appendix A.1).
     announce: bool = False
+    #: Topic configuration and publications only over OSCORE (4.01 otherwise): set when the broker has
+    #: credentials (pub-sub §6: writes SHOULD be access-controlled).
+    protected_writes: bool = False
+    #: Authorisation of writes: ``authorize(request, action, topic_id)`` with action one of "create",
+    #: "update", "delete", "publish", "delete-data"; False gives 4.03. None: no further check.
+    authorize: Callable[[Message, str, str | None], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.publish_rate <= 0 or self.publish_burst < 1:
@@ -246,6 +255,8 @@ class TopicResource(aiocoap.resource.Resource):
     async def render_delete(self, request: Message) -> Message:
         if self._topic() is None:
             return _error(NOT_FOUND, "no such topic")
+        if (refusal := self.broker.refused(request, "delete", self.topic_id)) is not None:
+            return refusal
         try:
             await self.broker.backend.delete_topic(self.topic_id)
         except BackendUnavailable as e:
@@ -296,6 +307,8 @@ class TopicDataResource(GroupObservableResource):
         topic = self._topic()
         if topic is None or not topic.fully_created:
             return _error(NOT_FOUND, "no topic-data")
+        if (refusal := self.broker.refused(request, "delete-data", self.topic_id)) is not None:
+            return refusal
         try:
             await self.broker.backend.publish(self.topic_id, b"", DATA_DELETED)
         except BackendUnavailable as e:
@@ -681,6 +694,20 @@ class Broker:
 
     # -- requests ------------------------------------------------------------------------------
 
+    def refused(self, request: Message, action: str, topic_id: str | None = None) -> Message | None:
+        """4.01 for an unprotected write to a secured broker, 4.03 when the authorisation says no."""
+        if self.config.protected_writes and not _glue.is_oscore_protected(request):
+            return _error(UNAUTHORIZED, "this broker takes topic changes and publications over OSCORE only")
+        if self.config.authorize is not None:
+            try:
+                allowed = self.config.authorize(request, action, topic_id)
+            except Exception:
+                log.exception("authorisation hook failed")
+                allowed = False
+            if not allowed:
+                return _error(FORBIDDEN, f"not allowed to {action}")
+        return None
+
     def props_response(self, code: Code, props: dict[int, Any]) -> Message:
         return Message(
             code=code, content_format=self.config.pubsub_content_format, payload=cbor_encode(props)
@@ -722,6 +749,8 @@ class Broker:
 
     async def create_topic(self, request: Message) -> Message:
         """POST to the collection (pub-sub §3.1.3): 2.01, Location-Path, the full property map."""
+        if (refusal := self.refused(request, "create")) is not None:
+            return refusal
         if self._content_format(request) not in (None, self.config.pubsub_content_format):
             return _error(UNSUPPORTED_CONTENT_FORMAT, "topic representation must be core-pubsub+cbor")
         try:
@@ -765,6 +794,8 @@ class Broker:
         topic = self.topics.get(topic_id)
         if topic is None:
             return _error(NOT_FOUND, "no such topic")
+        if (refusal := self.refused(request, "update", topic_id)) is not None:
+            return refusal
         if self._content_format(request) not in (None, self.config.pubsub_content_format):
             return _error(UNSUPPORTED_CONTENT_FORMAT, "topic representation must be core-pubsub+cbor")
         try:
@@ -794,6 +825,8 @@ class Broker:
         topic = self.topics.get(topic_id)
         if topic is None:
             return _error(NOT_FOUND, "no such topic")
+        if (refusal := self.refused(request, "publish", topic_id)) is not None:
+            return refusal
         want = topic.props.get(P.TOPIC_CONTENT_FORMAT)
         cf = self._content_format(request)
         if want is not None and cf != want:
@@ -859,6 +892,22 @@ class Broker:
     # -- events --------------------------------------------------------------------------------
 
     def _server_event(self, event: dict[str, Any]) -> None:
+        try:
+            self._keep(event)
+        except McObserveError as e:  # the store failed: keep serving, say so
+            log.error("store: %s", e)
+            self._emit("store_error", error=str(e))
+        if self.on_event is not None:
+            tid = self._by_data.get(str(event.get("resource")))
+            if tid is not None:
+                event = {**event, "topic": tid}
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("event sink failed")
+
+    def _keep(self, event: dict[str, Any]) -> None:
+        """Mirror the group observations into the store (and the Token index for introspection)."""
         kind = event.get("event")
         if kind == "group_observation_started":
             token = bytes.fromhex(event["token"])
@@ -886,14 +935,6 @@ class Broker:
                 obs = server.engine.by_token(bytes.fromhex(event["token"]))
                 if obs is not None:
                     self._keeper.counted(server, obs)
-        if self.on_event is not None:
-            tid = self._by_data.get(str(event.get("resource")))
-            if tid is not None:
-                event = {**event, "topic": tid}
-            try:
-                self.on_event(event)
-            except Exception:
-                log.exception("event sink failed")
 
     def _server_of(self, event: dict[str, Any]) -> GroupServer | None:
         tid = self._by_data.get(str(event.get("resource")))

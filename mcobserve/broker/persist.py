@@ -22,8 +22,9 @@ from aiocoap import Message
 
 from ..engine.common import OBSERVE_MODULUS
 from ..engine.server import GroupObservation, RenderReason
-from ..errors import McObserveError, StoreError
+from ..errors import MalformedError, McObserveError, StoreError
 from ..store import ObservationRecord, Store
+from ..wire.cbor import cbor_decode, cbor_encode
 
 if TYPE_CHECKING:
     from ..aio.server import GroupServer
@@ -94,6 +95,7 @@ class ObservationKeeper:
             started_at=obs.started_at,
             ending=obs.ending,
             committed_until=obs.committed_until,
+            binding=_binding_blob(obs),
         )
 
     def started(self, server: GroupServer, obs: GroupObservation) -> None:
@@ -174,18 +176,27 @@ class ObservationKeeper:
             or engine.observation(path) is not None
             or rec.token in engine.tokens
             or (rec.ending is not None and rec.ending <= now)
-            or engine.security is not None  # a protected phantom request is not rebuilt (documented)
         ):
             self.store.delete_observation(rec.scope, rec.path)
             return None
+        original = engine.security
+        if original is not None:
+            resumed_security = _resumed_security(original, rec.binding)
+            if resumed_security is None:  # not a group we can resume on (see _resumed_security)
+                self.store.delete_observation(rec.scope, rec.path)
+                return None
+            engine.security = resumed_security
         try:
             obs, _shifted = engine.start(path, now, _FixedToken(rec.token))
         except McObserveError:
             self.store.delete_observation(rec.scope, rec.path)
             return None
-        if obs.token != rec.token:  # the engine drew T differently: cannot resume
+        finally:
+            engine.security = original
+        expected = _blob(rec.binding).get(3) if original is not None else None
+        if obs.token != rec.token or (expected is not None and obs.ph_req != expected):
+            # the engine drew T differently, or the protected phantom request does not come back
             engine.cancel(obs, now, "resume failed")
-            engine.tokens.release(obs.token)
             self.store.delete_observation(rec.scope, rec.path)
             return None
         obs.observe = rec.observe_ceiling
@@ -202,5 +213,182 @@ class ObservationKeeper:
         return obs
 
 
-def _unused(*_: Any) -> None:  # pragma: no cover
-    pass
+def _binding_blob(obs: GroupObservation) -> bytes | None:
+    """What a Group OSCORE group observation needs to resume (draft §9.2.1): the protected phantom
+    request's kid, Partial IV and kid context, the Gid of its group and 'ph_req' itself."""
+    b = obs.binding
+    request = getattr(b, "request", None)
+    context = getattr(b, "context", None)
+    if b is None or request is None or context is None:
+        return None
+    try:
+        return cbor_encode(
+            {
+                0: bytes(request.kid),
+                1: bytes(request.piv),
+                2: bytes(request.kid_context),
+                3: obs.ph_req,
+                4: bytes(context.gid),
+                5: getattr(b, "expires_at", None),
+            }
+        )
+    except (AttributeError, TypeError, McObserveError):
+        return None
+
+
+def _blob(data: bytes | None) -> dict[int, Any]:
+    if not data:
+        return {}
+    try:
+        item = cbor_decode(data)
+    except MalformedError:
+        return {}
+    return item if isinstance(item, dict) else {}
+
+
+class _ResumingSecurity:
+    """The server's group security, except that the next phantom request is the stored one (§9.2.1):
+    same kid, Partial IV and protected bytes, so 'ph_req' and the external_aad of every notification
+    stay what the subscribers hold. Notifications still get fresh Partial IVs from the persisted SSN."""
+
+    def __init__(self, inner: Any, protected: Message, binding: Any) -> None:
+        self._inner = inner
+        self._protected = protected
+        self._binding = binding
+
+    def protect_phantom(self, phantom: Message, now: float) -> tuple[Message, Any]:
+        return self._protected, self._binding
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _resumed_security(security: Any, data: bytes | None) -> _ResumingSecurity | None:
+    """The security to resume a stored observation with: a pre-arranged group (fixed Sender Context, SSN
+    persisted) whose Gid is still the stored one, or a self-managed group kept in the store
+    (:mod:`mcobserve.broker.durable_oscore`) that still knows the stored Gid; else None."""
+    from ..oscore.groupobs import PreArrangedGroup, SelfManagedGroupSecurity, ServerBinding
+    from ..oscore.protect import RequestBinding
+    from ..wire import parse_message
+    from .durable_oscore import DurableSelfManagedGroup
+
+    blob = _blob(data)
+    if not all(isinstance(blob.get(k), bytes) for k in (0, 1, 2, 3, 4)):
+        return None
+    try:
+        request = RequestBinding(kid=blob[0], piv=blob[1], kid_context=blob[2])
+        protected = parse_message(blob[3])
+    except (McObserveError, ValueError):
+        return None
+    expires_at = blob.get(5)
+    if isinstance(security, DurableSelfManagedGroup):  # its material is in the store too
+        binding = security.binding_for(
+            blob[4], request, float(expires_at) if expires_at is not None else None
+        )
+        return None if binding is None else _ResumingSecurity(security, protected, binding)
+    if not isinstance(security, PreArrangedGroup) or isinstance(security, SelfManagedGroupSecurity):
+        return None
+    if blob[4] != security.context.gid:
+        return None
+    binding = ServerBinding(security.context, request, None, dict(security.parameters))
+    return _ResumingSecurity(security, protected, binding)
+
+
+class ServerPersistence:
+    """``mcobserve server --store``: the group observations of one GroupServer, kept and resumed.
+
+    It takes the server's event sink (and forwards every event to ``forward``); after the resources are
+    added, :meth:`resume` restarts the stored group observations on their Token T (see the module).
+    """
+
+    def __init__(self, server: GroupServer, store: Store, forward: Any = None) -> None:
+        self.server = server
+        self.keeper = ObservationKeeper(store)
+        self.forward = forward
+        server.on_event = self.on_event
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        token_hex = event.get("token")
+        obs = None
+        if isinstance(token_hex, str) and kind in ("group_observation_started", "notification_sent", "count"):
+            try:
+                obs = self.server.engine.by_token(bytes.fromhex(token_hex))
+            except ValueError:
+                obs = None
+        try:
+            if kind == "group_observation_started" and obs is not None:
+                self.keeper.started(self.server, obs)
+            elif kind == "notification_sent" and obs is not None:
+                self.keeper.notified(self.server, obs)
+            elif kind == "count" and obs is not None:
+                self.keeper.counted(self.server, obs)
+            elif kind == "cancelled" and isinstance(event.get("resource"), str):
+                self.keeper.ended(self.server, event["resource"])
+        except McObserveError as e:  # the store failed: keep serving, say so
+            if self.forward is not None:
+                self.forward({"event": "store_error", "time": event.get("time"), "error": str(e)})
+        if self.forward is not None:
+            self.forward(event)
+
+    async def resume(self, render: Any, now: float) -> list[GroupObservation]:
+        """Resume every stored group observation of this server; ``render(path)`` gives INIT_NOTIF."""
+        resumed = []
+        scope = str(self.server.engine.group)
+        for rec, server in list(self.keeper.pending({scope: self.server})):
+            path = tuple(p for p in rec.path.split("/") if p)
+            init = None
+            if server.engine.is_group_observable(path):
+                try:
+                    init = await render(path)
+                except Exception:  # the application's render failed: do not resume
+                    init = None
+            if init is not None and not init.code.is_successful():
+                init = None
+            obs = self.keeper.resume(rec, server, init, now)
+            if obs is not None:
+                resumed.append(obs)
+                server._wake.set()  # private: let its timer loop see the resumed deadlines
+                if self.forward is not None:
+                    self.forward(
+                        {
+                            "event": "group_observation_resumed",
+                            "time": round(now, 3),
+                            "resource": rec.path,
+                            "token": obs.token.hex(),
+                            "observe": obs.observe,
+                            "group": str(obs.group),
+                        }
+                    )
+        return resumed
+
+
+async def open_server_store(server: GroupServer, path: str, forward: Any, resources: dict[Any, Any]) -> bool:
+    """``mcobserve server --store PATH``: keep and resume ``server``'s group observations.
+
+    False (after one line ``mcobserve: ...`` on stderr) when the store is not usable.
+    """
+    import sys
+    import time
+
+    from aiocoap import GET
+
+    try:
+        store = Store.open(path)
+    except StoreError as e:
+        print(f"mcobserve: {e}", file=sys.stderr, flush=True)
+        return False
+    persistence = ServerPersistence(server, store, forward)
+
+    async def render(p: tuple[str, ...]) -> Message | None:
+        from ..aio import _glue  # a locally built request is marked incoming, as for the phantom request
+
+        resource = resources.get(tuple(p))
+        if resource is None:
+            return None
+        return await resource.render(
+            _glue.incoming(Message(code=GET, uri_path=p), getattr(server, "_remote", None))
+        )
+
+    await persistence.resume(render, server.clock() if hasattr(server, "clock") else time.time())
+    return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import json
 import signal
@@ -190,6 +191,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
             max_topics=args.max_topics,
             group_prefix=prefix,
             announce=args.announce,
+            protected_writes=bool(args.credentials),
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -232,11 +234,23 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
             ) from None
         try:
             backend = cluster.make_backend(args.cluster, args, store=store, on_event=out)
+            if inspect.isawaitable(backend):
+                backend = await backend
         except McObserveError as e:
             store.close()
             _reason(str(e))
             return 1
-    security = _server_security(args.group_oscore, args.key_lifetime)
+    if args.group_oscore == "self-managed" and store.path != ":memory:":
+        from ..broker.durable_oscore import load_self_managed
+
+        try:  # its keying material and SSN live in the store: observations resume after a crash
+            security = load_self_managed(store, lifetime=args.key_lifetime, now=time.time())
+        except StoreError as e:
+            store.close()
+            _reason(str(e))
+            return EXIT_STORE
+    else:
+        security = _server_security(args.group_oscore, args.key_lifetime)
     server_credentials = None
     if args.credentials:
         import aiocoap.credentials
@@ -520,6 +534,9 @@ def _subscribe_parser(sub: argparse._SubParsersAction) -> None:
         "--register", action="store_true", help="always register (ignore the topic's group observation data)"
     )
     p.add_argument(
+        "--group-oscore", metavar="GROUP.toml", help="pre-arranged Group OSCORE group (client side)"
+    )
+    p.add_argument(
         "--no-count",
         action="store_true",
         help="joining from metadata, do not send the No-Response 16 registration that gets us counted",
@@ -536,38 +553,12 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
 async def _subscribe(args: argparse.Namespace) -> int:
     import aiocoap
 
-    from ..broker import properties as P
-    from ..broker.client import PubSubClient, PubSubError, group_observation_metadata
+    from ..broker.client import PubSubError
     from ..errors import McObserveError
-    from .main import load_credentials
 
     ctx = await aiocoap.Context.create_client_context()
-    try:
-        if args.credentials:
-            ctx.client_credentials.load_from_dict(load_credentials(args.credentials))
-        client = PubSubClient(ctx, args.broker, pubsub_content_format=args.pubsub_content_format)
-        path = await asyncio.wait_for(client.by_name(args.name), 20.0)
-        props = await asyncio.wait_for(client.get(path), 20.0)
-        data = props.get(P.TOPIC_DATA)
-        if not isinstance(data, str):
-            _reason(f"topic {args.name!r} has no topic-data URI")
-            return 1
-        group = props.get(args.group_property)
-        metadata = group_observation_metadata(props, args.group_property)
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "event": "topic",
-                        "topic": path,
-                        "topic_data": client.uri(data),
-                        "group_observation": _jsonable(group) if group is not None else None,
-                        "join": "metadata" if metadata is not None and not args.register else "register",
-                    }
-                ),
-                flush=True,
-            )
-        uri = client.uri(data)
+    try:  # one context: its OSCORE contexts (and their file locks) serve discovery and observation
+        return await _discover_and_follow(args, ctx)
     except PubSubError as e:
         _reason(f"the broker answered {e}")
         return 1
@@ -578,25 +569,69 @@ async def _subscribe(args: argparse.Namespace) -> int:
         _reason(str(e))
         return 1
     except Exception as e:
+        if type(e).__name__ == "UsageError":
+            raise
         _reason(f"{type(e).__name__}: {e}")
         return 1
     finally:
         await ctx.shutdown()
-    return await _follow(args, uri, metadata)
 
 
-async def _follow(args: argparse.Namespace, uri: str, metadata: bytes | None) -> int:
+async def _discover_and_follow(args: argparse.Namespace, ctx: Any) -> int:
+    from ..broker import properties as P
+    from ..broker.client import PubSubClient, group_observation_metadata
+    from .main import load_credentials
+
+    if args.credentials:
+        ctx.client_credentials.load_from_dict(load_credentials(args.credentials))
+    client = PubSubClient(ctx, args.broker, pubsub_content_format=args.pubsub_content_format)
+    path = await asyncio.wait_for(client.by_name(args.name), 20.0)
+    props = await asyncio.wait_for(client.get(path), 20.0)
+    data = props.get(P.TOPIC_DATA)
+    if not isinstance(data, str):
+        _reason(f"topic {args.name!r} has no topic-data URI")
+        return 1
+    group = props.get(args.group_property)
+    metadata = group_observation_metadata(props, args.group_property)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "event": "topic",
+                    "topic": path,
+                    "topic_data": client.uri(data),
+                    "group_observation": _jsonable(group) if group is not None else None,
+                    "join": "metadata" if metadata is not None and not args.register else "register",
+                }
+            ),
+            flush=True,
+        )
+    return await _follow(args, client.uri(data), metadata, ctx)
+
+
+async def _follow(args: argparse.Namespace, uri: str, metadata: bytes | None, ctx: Any) -> int:
     """Observe ``uri`` (or join from ``metadata``) and print notifications like ``mcobserve observe``."""
     from ..aio.client import Observer
     from ..broker.client import MetadataObserver
     from ..constants import CodePoints
     from ..errors import McObserveError
-    from .main import _notification_json, load_credentials
+    from .main import _notification_json
 
+    group_security = None
+    if args.group_oscore:
+        from ..oscore.config import GroupConfigError, load_group
+        from ..oscore.groupobs import ClientGroupSecurity
+        from .main import UsageError
+
+        try:
+            group_security = ClientGroupSecurity(load_group(args.group_oscore, server=False).context)
+        except GroupConfigError as e:
+            raise UsageError(str(e)) from None
     kwargs: dict[str, Any] = {
+        "group_security": group_security,
         "interface": args.interface,
         "code_points": CodePoints(content_format=args.content_format),
-        "credentials": load_credentials(args.credentials) if args.credentials else None,
+        "context": ctx,
     }
     observer = (
         MetadataObserver(uri, metadata, counted=not args.no_count, **kwargs)

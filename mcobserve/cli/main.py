@@ -46,6 +46,7 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "credentials": None,
     "group_oscore": None,
     "key_lifetime": 3600.0,
+    "store": None,
 }
 #: Every setting of ``mcobserve observe`` with its default (TOML ``[observe]``).
 _OBSERVE_DEFAULTS: dict[str, Any] = {
@@ -132,6 +133,7 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
         help=f"Content-Format number of informative responses (default {DEFAULT_CODE_POINTS.content_format})",
     )
     p.add_argument("--run-for", type=float, help="shut down (cancelling group observations) after SECONDS")
+    p.add_argument("--store", help="SQLite file: group observations survive a crash (docs/broker.md)")
     s = p.add_argument_group("security (draft §9, Appendix C)")
     s.add_argument(
         "--credentials",
@@ -274,8 +276,15 @@ async def _serve(
     except (OSError, ValueError) as e:
         _reason(f"cannot serve on {bind} for group {group}: {e}")
         return 1
-    for path, text in resources:
-        server.add_resource(path, TextResource(text), policy)
+    added = {path: TextResource(text) for path, text in resources}
+    for path, resource in added.items():
+        server.add_resource(path, resource, policy)
+    if args.store:  # resume stored group observations on their Token T (broker/persist.py)
+        from ..broker.persist import open_server_store
+
+        if not await open_server_store(server, args.store, out, added):
+            await server.shutdown()
+            return 65
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

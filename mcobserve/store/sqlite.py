@@ -112,6 +112,12 @@ class Store:
                 p.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise StoreError(f"cannot create the folder of the store {spath}: {e.strerror}") from None
+        if fresh:  # it may hold keying material (a self-managed OSCORE group): owner only
+            try:
+                os.close(os.open(spath, os.O_CREAT | os.O_WRONLY, 0o600))
+                os.chmod(spath, 0o600)
+            except OSError as e:
+                raise StoreError(f"cannot create the store {spath}: {e.strerror}") from None
         try:
             conn = sqlite3.connect(spath, isolation_level=None, check_same_thread=False, timeout=5.0)
         except sqlite3.Error as e:
