@@ -287,6 +287,9 @@ class _Follower:
             try:
                 await self._create()
                 self.resets += 1
+            except nats.js.errors.NotFoundError:
+                # the stream is gone: NATS came back without its storage
+                self.b._resetup(f"the NATS stream {self.stream} is gone")
             except Exception as e:
                 self.b._rl("follow-" + self.stream, logging.WARNING,
                            "mcobserve: cannot follow NATS stream %s yet (%r); retrying", self.stream, e)
@@ -323,6 +326,7 @@ class NatsBackend:
         self._js: Any = None
         self._subs: list[Any] = []
         self._task: asyncio.Task[None] | None = None
+        self._check_task: asyncio.Task[None] | None = None
         self._closing = False
         self._ready = False  # connected, streams exist, consumers subscribed
         self._synced = asyncio.Event()
@@ -432,11 +436,12 @@ class NatsBackend:
         """Leave NATS (bounded), keep the local copy (and where this node stopped reading)."""
         self._closing = True
         self._ready = False
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        for task in (self._task, self._check_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._check_task = None
         for f in self._subs:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(f.stop(), 2.0)
@@ -624,6 +629,14 @@ class NatsBackend:
             kw["password"] = o.password or ""
         return await nats.connect(**kw)
 
+    def _resetup(self, why: str) -> None:
+        """Create the streams again and resynchronise from them (once at a time)."""
+        if self._closing or (self._task is not None and not self._task.done()):
+            return
+        log.warning("mcobserve: %s; creating the streams again and resynchronising", why)
+        self._ready = False
+        self._task = asyncio.create_task(self._run(), name="mcobserve-nats")
+
     async def _run(self) -> None:
         """Connect (retrying while NATS is away), then set up streams and consumers (retrying)."""
         backoff = 0.5
@@ -745,8 +758,12 @@ class NatsBackend:
             self.stats.resyncs += 1
             if kind == "kv":
                 self._kv_seq = 0
+                for topic in self._topics:  # generations are revisions of the old bucket
+                    self._topics[topic] = 0
             else:
                 self._data_seq = 0
+                self._topic_seq.clear()  # sequences of the old stream
+                self._pending.clear()
         setattr(self, "_epoch_" + kind, epoch)
         self._cache("set_meta", meta, epoch)
 
@@ -786,6 +803,30 @@ class NatsBackend:
         url = self._server_url()
         self._emit("cluster_reconnected", node=self.node, server=url)
         self._rl("reconnected", logging.WARNING, "mcobserve: reconnected to NATS at %s", url)
+        if self._check_task is None or self._check_task.done():
+            self._check_task = asyncio.create_task(self._check_streams(), name="mcobserve-nats-check")
+
+    async def _check_streams(self) -> None:
+        """After a reconnect: are these still the streams this node followed? (NATS may have come
+        back without its storage.) Retries while JetStream elects its leaders (bounded)."""
+        o = self.options
+        for attempt in range(30):
+            if self._closing or self._js is None:
+                return
+            try:
+                for name, kind in ((f"KV_{o.bucket}", "kv"), (o.stream, "data")):
+                    info = await self._js.stream_info(name)
+                    epoch = str(info.created) if info.created is not None else ""
+                    known = getattr(self, "_epoch_" + kind, None)
+                    if known is not None and known != epoch:
+                        self._resetup(f"the NATS {kind} stream was created again")
+                        return
+                return
+            except nats.js.errors.NotFoundError:
+                self._resetup("the NATS streams are gone")
+                return
+            except Exception:
+                await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))
 
     # -- applying the streams ------------------------------------------------------------------
 
@@ -844,7 +885,7 @@ class NatsBackend:
         if self._full_kv_replay:
             self._replay_seen.add(topic)
         gen = self._topics.get(topic)
-        if gen is None:
+        if not gen:
             gen = seq
             self._topics[topic] = gen
             self._cache("set_meta", META_GEN + topic, str(gen))
