@@ -278,7 +278,14 @@ async def test_node_starts_from_local_copy_while_nats_is_down(tmp_path: Path) ->
             cluster.start(wait=False)  # the node finds NATS again by itself
             assert await b.wait_synced(40.0)
             await _until(lambda: b.available, 10.0)
-            await b.publish("t1", b"after", 0)
+            deadline = time.monotonic() + 30.0
+            while True:  # 5.03 until JetStream has elected the stream's leader again
+                try:
+                    await b.publish("t1", b"after", 0)
+                    break
+                except BackendUnavailable:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.2)
             assert sink.values["t1"] == (b"after", 0)
             assert sink.pubs("t1") == [b"last", b"after"]
         finally:

@@ -340,6 +340,8 @@ class NatsBackend:
         self._backlog: deque[tuple[float, int, Msg]] = deque()
         self._backlog_task: asyncio.Task[None] | None = None
         self._live_sub: Any = None
+        # (origin time, payload) of the local copy's publication per topic, until NATS shows it again
+        self._copied: dict[str, tuple[float, bytes]] = {}
         self._kv_target = 0
         self._data_target = 0
         self._full_kv_replay = False
@@ -433,9 +435,14 @@ class NatsBackend:
         await self._wait_topic(topic_id, seq)
 
     async def close(self) -> None:
-        """Leave NATS (bounded), keep the local copy (and where this node stopped reading)."""
+        """Leave NATS (bounded), keep the local copy (and where this node stopped reading).
+
+        Nothing reaches the broker any more once this is called (it shuts down first); what the
+        consumer brought but did not apply yet is read again at the next start.
+        """
         self._closing = True
         self._ready = False
+        self._sink = None
         for task in (self._task, self._check_task):
             if task is not None:
                 task.cancel()
@@ -455,9 +462,17 @@ class NatsBackend:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._backlog_task
             self._backlog_task = None
-        while self._backlog:  # apply what the consumer already brought (in order), then save it
-            _, seq, msg = self._backlog.popleft()
-            self._consumed(seq, msg)
+        while self._backlog:  # skip over what the live path applied already; stop at the first gap
+            _, seq, msg = self._backlog[0]
+            try:
+                topic = key_topic(msg.subject[len(self._data_prefix):])
+            except ClusterError:
+                topic = ""
+            if seq > self._topic_seq.get(topic, 0):
+                break
+            self._backlog.popleft()
+            self._data_seq = max(self._data_seq, seq)
+        self._backlog.clear()
         if self._data_seq:
             self._cache("set_meta", META_DATA_SEQ, str(self._data_seq))
         for heap in [*self._waiters.values(), *self._topic_waiters.values()]:
@@ -467,7 +482,6 @@ class NatsBackend:
         self._waiters = {"kv": [], "data": []}
         self._topic_waiters = {}
         nc, self._nc = self._nc, None
-        self._sink = None
         if nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 5.0)
@@ -577,6 +591,8 @@ class NatsBackend:
             self._call_sink("apply_topic", rec.topic_id, props)
             if rec.payload is not None and rec.content_format is not None:
                 self._call_sink("apply_publication", rec.topic_id, rec.payload, rec.content_format)
+                if rec.published_at is not None:
+                    self._copied[rec.topic_id] = (float(rec.published_at), bytes(rec.payload))
 
     def _cache(self, fn: str, *args: Any) -> None:
         """Write the local copy; a failing store is logged (NATS stays the truth), never raised."""
@@ -981,6 +997,16 @@ class NatsBackend:
         if seq <= self._topic_seq.get(topic, 0):
             self.stats.duplicates_skipped += 1
             return
+        copied = self._copied.pop(topic, None) if self._copied else None
+        if copied is not None and topic not in self._topic_seq:
+            try:
+                same = float(hdrs.get(HDR_TIME, "nan")) == copied[0] and payload == copied[1]
+            except ValueError:
+                same = False
+            if same:  # the publication the local copy already holds (read again after a restart)
+                self._topic_seq[topic] = seq
+                self.stats.duplicates_skipped += 1
+                return
         known = self._topics.get(topic)
         if known is None:
             # The topic's configuration has not reached this node yet (bucket and stream are not
