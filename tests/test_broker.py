@@ -396,3 +396,50 @@ async def test_protected_writes_and_the_authorisation_hook():
     finally:
         await e.ctx.shutdown()
         await e.broker.shutdown()
+
+
+@pytest.mark.parametrize(
+    "data", ["/ps/abc", "/.well-known/core", "/ps/data/", "/ps/data/../x", "ps/data/x", "/ps/data/a?b"]
+)
+async def test_topic_data_of_the_clients_choice_stays_under_the_data_root(env, data):
+    r = await env.req(POST, "/ps", cbor_encode({0: "t", 1: data, 2: "core.ps.data"}), content_format=CF)
+    assert r.code.dotted == "4.00" and "topic-data" in r.payload.decode()
+
+
+async def test_topic_data_of_the_clients_choice(env):
+    _, props = await env.create({0: "mine", 1: "/ps/data/kitchen/temp", 2: "core.ps.data"})
+    assert props[1] == "/ps/data/kitchen/temp"
+    assert (await env.req(PUT, "/ps/data/kitchen/temp", b"1")).code.dotted == "2.01"
+    r = await env.req(
+        POST,
+        "/ps",
+        cbor_encode({0: "mine2", 1: "/ps/data/kitchen/temp", 2: "core.ps.data"}),
+        content_format=CF,
+    )
+    assert r.code.dotted == "4.00" and "in use" in r.payload.decode()
+
+
+async def test_max_topics_bounds_the_broker():
+    e = await make_env(Store.open(":memory:"), max_topics=2)
+    try:
+        await e.create({0: "a", 2: "core.ps.data"})
+        await e.create({0: "b", 2: "core.ps.data"})
+        r = await e.req(POST, "/ps", cbor_encode({0: "c", 2: "core.ps.data"}), content_format=CF)
+        assert r.code.dotted == "4.03"
+        assert len(e.broker.topics) == 2
+    finally:
+        await e.ctx.shutdown()
+        await e.broker.shutdown()
+
+
+async def test_metadata_that_cannot_be_joined_falls_back_to_registering(env):
+    from mcobserve.broker.client import MetadataObserver
+
+    _, props = await env.create({0: "fb", 2: "core.ps.data"})
+    await env.req(PUT, props[1], b"v1")
+    bogus = cbor_encode({1: b"\x01", 2: b"\x45"})  # no 'tp_info': not joinable (draft §5.2)
+    observer = MetadataObserver(env.base + props[1], bogus, counted=False, context=env.ctx)
+    it = observer.__aiter__()
+    first = await asyncio.wait_for(it.__anext__(), 10)
+    assert (first.via.value, first.payload) == ("unicast", b"v1")
+    await it.aclose()

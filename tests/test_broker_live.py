@@ -3,6 +3,7 @@ publication, SIGKILL and restart on the same Token T, and per-topic multicast gr
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import sys
@@ -164,8 +165,20 @@ def test_per_topic_groups_keep_other_topics_out(lan, tmp_path):
         assert {e["group"] for e in started} == {ga, gb}
         sent_b = b.wait_count(lambda e: e.get("event") == "notification_sent" and e["token"] == token_b, 2)
         assert len(sent_b) == 2  # B's datagrams did leave, to B's group
+        for token, group in ((token_a, ga), (token_b, gb)):  # introspection answers for every topic's T
+            res = lan.clients[0].run(
+                [sys.executable, "-c", GET_HEX, f"{base}/.well-known/core/mc-sender?token={token}"], 30
+            )
+            code, cf, payload = res.stdout.split()
+            intro = cbor_decode(bytes.fromhex(payload))
+            assert (code, cf, intro[0][2].hex()) == ("2.05", "65000", token)
+            assert intro[0][1][1][0] == ipaddress.IPv6Address(group[1 : group.index("]")]).packed
     finally:
-        b.stop()
+        events = b.stop()
+    # SIGTERM: both groups' observations are cancelled with their multicast 5.03 (draft §4.5)
+    cancelled = [e for e in events if e.get("event") == "cancelled"]
+    assert sorted(e["token"] for e in cancelled) == sorted([token_a, token_b])
+    assert {e["reason"] for e in cancelled} == {"shutdown"}
 
 
 GET_HEX = r"""
@@ -240,6 +253,7 @@ def test_secured_broker_takes_writes_over_oscore_only_and_protects_notifications
         "--group-oscore",
         "self-managed",
         "--no-counting",
+        "--announce",  # the group observation (and the topic metadata) exists before the subscriber
     )
     try:
         res = h.run([*PY, "topic", "create", base, "secret"], 30)
@@ -256,6 +270,7 @@ def test_secured_broker_takes_writes_over_oscore_only_and_protects_notifications
             "sub",
             ["subscribe", base, "secret", "--json", "--count", "3", "--interface", h.ifname, *client],
         )
+        assert sub.wait_event(lambda e: e.get("event") == "topic")["join"] == "metadata"
         sub.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
         res = h.run(
             [*PY, "publish", data_uri, "--count", "2", "--every", "0.3", "--values", "s1,s2", *publish_args],
@@ -269,7 +284,10 @@ def test_secured_broker_takes_writes_over_oscore_only_and_protects_notifications
             ("multicast", "s2"),
         ]
     finally:
-        b.stop()
+        events = b.stop()
+    # Read over OSCORE, the topic metadata carried the group's keying material (App. C): the subscriber
+    # joined from it and was only counted (No-Response 16), never answered.
+    assert [e["kind"] for e in events if e.get("event") == "registration"] == ["silent"]
 
 
 def test_deleting_topic_data_and_topic_cancels_the_group_observation(onehost, tmp_path):
@@ -390,8 +408,8 @@ def test_max_subscribers_counts_the_group_observation(onehost, tmp_path):
         t = cli(h, "topic", "create", base, "few", "--max-subscribers", "2", "--json")
         data_uri = base + t["topic_data"]
         publish(h, data_uri, ["f0"])
-        subs = [subscriber(h, base, "few", 2, f"s{i}") for i in range(2)]
-        for s in subs:
+        for i in range(2):  # one after the other: the second finds the group observation in the metadata
+            s = subscriber(h, base, "few", 2, f"s{i}")
             s.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
         third = start(h, "third", ["observe", data_uri, "--json", "--count", "2", "--timeout", "10"])
         third.collect(20)

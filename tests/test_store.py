@@ -98,3 +98,33 @@ def test_failed_transaction_rolls_back(tmp_path):
     assert [t.topic_id for t in s.load_topics()] == ["a"]
     s.put_topic("c", b"\xa0")  # the store is still usable
     assert len(s.load_topics()) == 2
+
+
+def test_resume_draws_the_stored_token_from_the_engine():
+    """The engine's public start() with a random source that yields T: the group observation comes back
+    on T, its Observe continues at the ceiling, INIT_NOTIF is stored (not sent)."""
+    from aiocoap import CONTENT, Message
+
+    from mcobserve.broker.persist import OBSERVE_LEAD, _FixedToken
+    from mcobserve.engine.common import Endpoint
+    from mcobserve.engine.server import GroupPolicy, RenderReason, ServerEngine
+
+    engine = ServerEngine(Endpoint.parse("[2001:db8::1]:5683"), Endpoint.parse("[ff35::1]:61616"))
+    engine.add_resource(("r",), GroupPolicy())
+    obs, _ = engine.start(("r",), 10.0, _FixedToken(b"\xbe\xef"))
+    assert obs.token == b"\xbe\xef" and b"\xbe\xef" in engine.tokens
+    obs.observe = 5000
+    obs.rendering = RenderReason.INIT
+    assert engine.rendered(obs, Message(code=CONTENT, payload=b"x"), 10.0) == []
+    assert obs.latest is not None and obs.latest.opt.observe == 5001
+    assert engine.by_token(b"\xbe\xef") is obs
+    assert OBSERVE_LEAD < 2**23  # a resumed number is always "fresh" (RFC 7641 §3.4)
+
+
+def test_one_process_per_store(tmp_path):
+    path = tmp_path / "s.sqlite"
+    first = Store.open(path)
+    with pytest.raises(StoreError, match="in use by another process"):
+        Store.open(path)
+    first.close()
+    Store.open(path).close()  # free again once closed

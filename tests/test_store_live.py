@@ -39,6 +39,43 @@ def test_server_store_resumes_group_observation_after_sigkill(onehost, tmp_path)
     assert not [e for e in events if e.get("event") == "registration" and e["kind"] != "confirmation"]
 
 
+def test_server_store_resumes_a_self_managed_group_observation(onehost, tmp_path):
+    """``mcobserve server --store --group-oscore self-managed``: the group material lives in the store."""
+    from mcobserve.cli.credentials import write_credentials
+
+    creds = tmp_path / "creds"
+    write_credentials(creds, f"[{onehost.addr6}]", 2)
+    bind, base = f"[{onehost.addr6}]", f"coap://[{onehost.addr6}]"
+    args = ("--credentials", str(creds / "server.json"), "--group-oscore", "self-managed", "--no-counting")
+    args += ("--store", str(tmp_path / "server.sqlite"))
+    srv = server(onehost, bind, GROUP6, *args)
+    try:
+        o = observer(
+            onehost, f"{base}/r", count=3, timeout=40, extra=("--credentials", str(creds / "client-1.json"))
+        )
+        o.wait_event(lambda e: e.get("via") == "last_notif", timeout=20)
+        token = srv.wait_event(lambda e: e.get("event") == "group_observation_started")["token"]
+        put(onehost, f"{base}/r", ["m1"], 0.3, "--credentials", str(creds / "client-2.json"))
+        o.wait_count(lambda e: e.get("via") == "multicast", 1, timeout=20)
+        srv.popen.send_signal(signal.SIGKILL)
+        srv.collect(5)
+        srv = server(onehost, bind, GROUP6, *args)
+        assert (
+            srv.wait_event(lambda e: e.get("event") == "group_observation_resumed", timeout=10)["token"]
+            == token
+        )
+        put(onehost, f"{base}/r", ["m2"], 0.3, "--credentials", str(creds / "client-2.json"))
+        o.collect(30)
+    finally:
+        srv.stop()
+    assert [(n["via"], n["payload"]) for n in notifications(o)] == [
+        ("last_notif", "1234"),
+        ("multicast", "m1"),
+        ("multicast", "m2"),
+    ]
+    assert {n["token"] for n in notifications(o)} == {token}
+
+
 def test_server_store_refuses_a_foreign_file(onehost, tmp_path):
     from .livekit import PY
 

@@ -15,7 +15,8 @@ Exact API (the cluster backend, :mod:`mcobserve.cluster`, implements the same):
   ``CborTag(1, t)`` for expiration-date); then ``sink.apply_topic(topic_id, props)``.
 * ``await backend.delete_topic(topic_id)``: then ``sink.apply_delete(topic_id)``.
 * ``await backend.publish(topic_id, payload, content_format)``: the latest publication, retained;
-  then ``sink.apply_publication(topic_id, payload, content_format)``. ``content_format`` equal to
+  then ``sink.apply_publication(topic_id, payload, content_format)`` (the PUT's Content-Format, 0 when it
+  carried none). ``content_format`` equal to
   :data:`DATA_DELETED` (``-1``, with an empty payload) means the topic-data resource was deleted
   (pub-sub §4.2.4: back to HALF CREATED); retaining it as the last value is what a replica needs.
 * ``await backend.close()``.

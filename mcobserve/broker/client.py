@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,11 +16,12 @@ from aiocoap.numbers.codes import Code
 from ..aio.client import Observer
 from ..constants import CONTENT_FORMAT_PUBSUB, TOPIC_PROPERTY_GROUP_OBSERVATION
 from ..engine.client import Notification
-from ..errors import MalformedError, McObserveError
+from ..errors import GroupObservationError, MalformedError, McObserveError
 from ..wire.cbor import cbor_decode, cbor_encode
 from . import properties as P
 
 IPATCH = Code(7)
+log = logging.getLogger(__name__)
 
 
 class PubSubError(McObserveError):
@@ -194,10 +196,14 @@ class MetadataObserver(Observer):
     an observer that got an informative response (draft §5.2).
     """
 
-    def __init__(self, uri: str, metadata: bytes, *, counted: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, uri: str, metadata: bytes, *, counted: bool = True, protected: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(uri, **kwargs)
         self.metadata = metadata
         self.counted = counted
+        #: The metadata came over OSCORE (then App. C keying material in it may be used, §9).
+        self.protected = protected
 
     async def _run(self) -> AsyncIterator[Notification]:
         ctx = await self._context()
@@ -211,7 +217,18 @@ class MetadataObserver(Observer):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pending.response
             # Private to Observer: the §5.2 join from an informative payload, here from metadata.
-            async for n in self._follow_group(self._request(), self.metadata, False):
+            joined = False
+            try:
+                async for n in self._follow_group(self._request(), self.metadata, self.protected):
+                    joined = True
+                    yield n
+                return
+            except (MalformedError, GroupObservationError) as e:
+                if joined:
+                    raise
+                # e.g. protected metadata without the group's keying material: register instead (§5.2)
+                log.info("cannot join from the topic metadata (%s); registering", e)
+            async for n in Observer._run(self):
                 yield n
         finally:
             await self.aclose()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import heapq
 import ipaddress
@@ -32,7 +33,6 @@ from aiocoap import (
     CONTENT,
     CREATED,
     DELETED,
-    FETCH,
     FORBIDDEN,
     GET,
     NON,
@@ -56,6 +56,7 @@ from ..engine.common import Endpoint
 from ..engine.server import GroupPolicy, GroupSecurity, ServerEngine
 from ..errors import BackendUnavailable, McObserveError, TopicError
 from ..store import Store
+from ..wire import InformativeResponse
 from ..wire.cbor import cbor_decode, cbor_encode
 from . import properties as P
 from .backend import DATA_DELETED, BrokerBackend, LocalBackend
@@ -231,7 +232,7 @@ class TopicResource(aiocoap.resource.Resource):
         topic = self._topic()
         if topic is None:
             return _error(NOT_FOUND, "no such topic")
-        return self.broker.props_response(CONTENT, self.broker.representation(topic))
+        return self.broker.props_response(CONTENT, self.broker.representation(topic, request))
 
     async def render_fetch(self, request: Message) -> Message:
         topic = self._topic()
@@ -243,7 +244,7 @@ class TopicResource(aiocoap.resource.Resource):
             keys = P.decode_key_array(request.payload)
         except TopicError as e:
             return _error(BAD_REQUEST, str(e))
-        full = self.broker.representation(topic)
+        full = self.broker.representation(topic, request)
         return self.broker.props_response(CONTENT, {k: full[k] for k in keys if k in full})
 
     async def render_post(self, request: Message) -> Message:
@@ -440,6 +441,7 @@ class Broker:
         self._expiry_task: asyncio.Task[None] | None = None
         self._keeper = ObservationKeeper(store) if store is not None else None
         self._restoring = False
+        self._group_port = server.engine.group.port  # GRP_PORT of groups derived from the prefix
         server.on_event = self._server_event
         site = server.site
         site.add_resource(self.config.collection, CollectionResource(self))
@@ -600,7 +602,7 @@ class Broker:
             self._by_data[data_uri] = topic_id
             self.server.site.add_resource((*self.config.collection, topic_id), conf)
             server.add_resource(data_path, res, self.config.policy)
-            if P.INITIALIZE in props and not self._restoring_data(topic_id):
+            if P.INITIALIZE in props:
                 self._set_data(topic, props[P.INITIALIZE], props.get(P.TOPIC_CONTENT_FORMAT))
             self._emit(
                 "topic_created",
@@ -622,9 +624,6 @@ class Broker:
         if topic.expires_at is not None:
             heapq.heappush(self._expiry, (topic.expires_at, topic_id))
             self._expiry_wake.set()
-
-    def _restoring_data(self, topic_id: str) -> bool:
-        return False
 
     def apply_delete(self, topic_id: str) -> None:
         """Delete a topic: its topic-data goes, subscribers get 4.04, the group observation 5.03."""
@@ -713,13 +712,26 @@ class Broker:
             code=code, content_format=self.config.pubsub_content_format, payload=cbor_encode(props)
         )
 
-    def representation(self, topic: Topic) -> dict[int, Any]:
-        """The topic's property map, with the group observation when one exists (Appendix A.1)."""
+    def representation(self, topic: Topic, request: Message | None = None) -> dict[int, Any]:
+        """The topic's property map, with the group observation when one exists (Appendix A.1).
+
+        Under Group OSCORE, a request that came over OSCORE also gets the group parameters that an
+        informative response carries (§9.1 signalling, or the App. C keying material), so that the
+        client can join from the metadata as from an informative response.
+        """
         props = dict(topic.props)
-        obs = topic.server.engine.observation(topic.data_path)
+        engine = topic.server.engine
+        obs = engine.observation(topic.data_path)
         if obs is not None and obs.ready:
-            payload = topic.server.engine.introspect(obs.token, self.clock())
+            now = self.clock()
+            payload = engine.introspect(obs.token, now)
             if payload is not None:
+                if engine.security is not None and request is not None and _glue.is_oscore_protected(request):
+                    try:
+                        extra = engine.security.informative_parameters(obs.binding, now)
+                        payload = dataclasses.replace(InformativeResponse.decode(payload), **extra).encode()
+                    except (McObserveError, TypeError) as e:
+                        log.warning("group parameters left out of the topic metadata: %s", e)
                 props[self.config.group_property] = cbor_decode(payload)
                 if self._keeper is not None:
                     self._keeper.committed(topic.server, obs)
@@ -767,8 +779,11 @@ class Broker:
             topic_id = self._new_id(lambda c: c in self.topics or (*self.config.collection, c) == ())
             if P.TOPIC_DATA in props:
                 data_uri = props[P.TOPIC_DATA]
-                if not data_uri.startswith("/") or "//" in data_uri or "?" in data_uri or "#" in data_uri:
-                    raise TopicError("topic-data must be an absolute path on this broker")
+                root = "/" + "/".join(self.config.data_root) + "/"
+                rest = data_uri[len(root) :] if data_uri.startswith(root) else ""
+                bad = set("?#%") & set(rest) or any(seg in ("", ".", "..") for seg in rest.split("/"))
+                if not rest or bad:
+                    raise TopicError(f"topic-data must be a path under {root} on this broker")
                 if data_uri in self._by_data or _path_of(data_uri) == self.config.collection:
                     raise TopicError("topic-data is already in use")
             else:
@@ -976,10 +991,8 @@ __all__ = [
     "Broker",
     "BrokerConfig",
     "CollectionResource",
-    "McObserveError",
     "Topic",
     "TopicDataResource",
     "TopicResource",
     "group_for",
 ]
-_ = FETCH

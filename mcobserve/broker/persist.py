@@ -49,6 +49,18 @@ class _FixedToken(random.Random):
             return int.from_bytes(self._token, "big")
         return super().getrandbits(k)
 
+    def randbytes(self, n: int) -> bytes:  # the same draw, should the Token space take bytes
+        if not self._used and n == len(self._token):
+            self._used = True
+            return self._token
+        return super().randbytes(n)
+
+    def randrange(self, *args: Any, **kwargs: Any) -> int:  # or an index into the space
+        if not self._used and len(args) == 1 and args[0] == 1 << (8 * len(self._token)):
+            self._used = True
+            return int.from_bytes(self._token, "big")
+        return super().randrange(*args, **kwargs)
+
 
 def start_observation(
     server: GroupServer,
@@ -363,7 +375,9 @@ class ServerPersistence:
         return resumed
 
 
-async def open_server_store(server: GroupServer, path: str, forward: Any, resources: dict[Any, Any]) -> bool:
+async def open_server_store(
+    server: GroupServer, path: str, forward: Any, resources: dict[Any, Any], args: Any = None
+) -> bool:
     """``mcobserve server --store PATH``: keep and resume ``server``'s group observations.
 
     False (after one line ``mcobserve: ...`` on stderr) when the store is not usable.
@@ -378,6 +392,16 @@ async def open_server_store(server: GroupServer, path: str, forward: Any, resour
     except StoreError as e:
         print(f"mcobserve: {e}", file=sys.stderr, flush=True)
         return False
+    if getattr(args, "group_oscore", None) == "self-managed" and not any(server.engine.observations()):
+        # The self-managed group's keying material and SSN move into the store, so that its group
+        # observations can be resumed too (durable_oscore); nothing was protected with the old one yet.
+        from .durable_oscore import load_self_managed
+
+        try:
+            server.engine.security = load_self_managed(store, lifetime=args.key_lifetime, now=time.time())
+        except StoreError as e:
+            print(f"mcobserve: {e}", file=sys.stderr, flush=True)
+            return False
     persistence = ServerPersistence(server, store, forward)
 
     async def render(p: tuple[str, ...]) -> Message | None:

@@ -86,6 +86,12 @@ def _broker_parser(sub: argparse._SubParsersAction) -> None:
         "--store",
         help="SQLite state file (default: ~/.local/share/mcobserve/broker.sqlite; ':memory:' keeps nothing)",
     )
+    p.add_argument(
+        "--store-sync",
+        choices=("FULL", "NORMAL"),
+        default="FULL",
+        help="SQLite synchronous mode: FULL survives power loss, NORMAL only a crash (default FULL)",
+    )
     p.add_argument("--collection", default="/ps", help="path of the topic collection (default /ps)")
     p.add_argument(
         "--group-after", type=int, default=1, help="start group observation at the N-th subscriber"
@@ -200,10 +206,10 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     return asyncio.run(_run_broker(args, bind, group, config))
 
 
-def _open_store(path: str | None) -> Any:
+def _open_store(path: str | None, sync: str = "FULL") -> Any:
     from ..store import Store, default_store_path
 
-    return Store.open(path if path else default_store_path())
+    return Store.open(path if path else default_store_path(), synchronous=sync)
 
 
 async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: Any) -> int:
@@ -214,7 +220,7 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
 
     out = _EventPrinter(args.json)
     try:
-        store = _open_store(args.store)
+        store = _open_store(args.store, args.store_sync)
     except ForeignStoreError as e:
         _reason(f"{e}")
         return EXIT_STORE
@@ -634,7 +640,7 @@ async def _follow(args: argparse.Namespace, uri: str, metadata: bytes | None, ct
         "context": ctx,
     }
     observer = (
-        MetadataObserver(uri, metadata, counted=not args.no_count, **kwargs)
+        MetadataObserver(uri, metadata, counted=not args.no_count, protected=bool(args.credentials), **kwargs)
         if metadata is not None and not args.register
         else Observer(uri, **kwargs)
     )

@@ -282,7 +282,7 @@ async def _serve(
     if args.store:  # resume stored group observations on their Token T (broker/persist.py)
         from ..broker.persist import open_server_store
 
-        if not await open_server_store(server, args.store, out, added):
+        if not await open_server_store(server, args.store, out, added, args):
             await server.shutdown()
             return 65
     stop = asyncio.Event()

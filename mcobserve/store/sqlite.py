@@ -86,10 +86,11 @@ class ObservationRecord:
 class Store:
     """An mcobserve state file. Not thread-safe beyond a lock around each transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str, lock_fd: int | None = None) -> None:
         self._conn = conn
         self.path = path
         self._lock = threading.Lock()
+        self._lock_fd = lock_fd
         self.transactions = 0
 
     # -- opening -------------------------------------------------------------------------------
@@ -104,6 +105,15 @@ class Store:
             store._create()
             return store
         p = Path(spath)
+        lock_fd = _lock_exclusively(spath)
+        try:
+            return cls._open_file(spath, p, synchronous, lock_fd)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    @classmethod
+    def _open_file(cls, spath: str, p: Path, synchronous: str, lock_fd: int) -> Store:
         fresh = not p.exists() or p.stat().st_size == 0
         if not fresh:
             _check_header(p)
@@ -122,7 +132,7 @@ class Store:
             conn = sqlite3.connect(spath, isolation_level=None, check_same_thread=False, timeout=5.0)
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the store {spath}: {e}") from None
-        store = cls(conn, spath)
+        store = cls(conn, spath, lock_fd)
         try:
             if fresh:
                 store._create()
@@ -176,6 +186,9 @@ class Store:
             self._conn.close()
         except sqlite3.Error:
             pass
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -369,6 +382,27 @@ class _Transaction:
                     raise StoreError(f"cannot write the store {self._store.path}: {exc}") from None
         finally:
             self._store._lock.release()
+
+
+def _lock_exclusively(spath: str) -> int:
+    """One process per store: an exclusive flock on ``PATH-lock`` (a second broker would corrupt the
+    state of the first, e.g. reuse its Tokens)."""
+    import fcntl
+
+    lock_path = spath + "-lock"
+    try:
+        Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot create the lock file {lock_path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(
+            f"the store {spath} is in use by another process; stop it or give another --store"
+        ) from None
+    return fd
 
 
 def _check_header(p: Path) -> None:
