@@ -278,7 +278,14 @@ async def test_node_starts_from_local_copy_while_nats_is_down(tmp_path: Path) ->
             cluster.start(wait=False)  # the node finds NATS again by itself
             assert await b.wait_synced(40.0)
             await _until(lambda: b.available, 10.0)
-            await b.publish("t1", b"after", 0)
+            deadline = time.monotonic() + 30.0
+            while True:  # 5.03 until JetStream has elected the stream's leader again
+                try:
+                    await b.publish("t1", b"after", 0)
+                    break
+                except BackendUnavailable:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.2)
             assert sink.values["t1"] == (b"after", 0)
             assert sink.pubs("t1") == [b"last", b"after"]
         finally:
@@ -380,3 +387,44 @@ async def test_fresh_node_without_nats_fails_cleanly(tmp_path: Path) -> None:
         assert time.monotonic() - t0 < 5.0
     finally:
         store.close()
+
+
+async def test_nats_back_without_its_storage_resynchronises_running_nodes(tmp_path: Path) -> None:
+    """The NATS cluster returns empty (store folders lost): running nodes create the streams again,
+    take NATS as the truth (its topics: none) and work again, without a restart."""
+    import shutil
+
+    _need_nats()
+    cluster = NatsCluster(tmp_path / "nats", 3).start()
+    try:
+        sinks = [Sink(), Sink()]
+        nodes = [NatsBackend(_opts(cluster, "wipe", f"n{i}")) for i in range(2)]
+        for n, s in zip(nodes, sinks, strict=True):
+            await n.start(s)
+        try:
+            await nodes[0].put_topic("old", PROPS)
+            await nodes[0].publish("old", b"v1", 0)
+            await _until(lambda: all(s.values.get("old") == (b"v1", 0) for s in sinks), 2.0)
+            cluster.stop()
+            for srv in cluster.servers:
+                shutil.rmtree(srv.store_dir)
+            cluster.start(wait=False)
+            await _until(lambda: all("old" not in s.topics for s in sinks), 60.0, step=0.1)
+            assert all(("delete", "old") in s.events for s in sinks)
+            await _until(lambda: all(n.available for n in nodes), 30.0, step=0.1)
+            deadline = time.monotonic() + 30.0
+            while True:
+                try:
+                    await nodes[1].put_topic("new", {**PROPS, 1: "/ps/data/new"})
+                    await nodes[1].publish("new", b"n1", 0)
+                    break
+                except BackendUnavailable:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.2)
+            await _until(lambda: all(s.values.get("new") == (b"n1", 0) for s in sinks), 10.0)
+            assert all(n.stats.resyncs >= 1 for n in nodes)
+        finally:
+            for n in nodes:
+                await n.close()
+    finally:
+        cluster.stop()

@@ -67,6 +67,9 @@ def get(host, uri: str) -> tuple[str, str]:
 def test_three_sites_one_datagram_per_publication_per_site_and_node_restart(sites):
     b = {k: sites.broker(k) for k in (1, 2, 3)}
     try:
+        for k, p in b.items():
+            joined = p.wait_event(lambda e: e.get("event") == "cluster_joined")
+            assert joined["node"] == f"site{k}" and joined["server"].startswith(f"10.79.{k}.1:")
         created = cli(sites.client(1), "topic", "create", sites.base(1), "temperature",
                       "--content-format", "0", "--json")
         topic_id = created["topic"].rsplit("/", 1)[-1]
@@ -170,7 +173,8 @@ def test_nats_faults_lose_nothing_refuse_with_503_and_recover(sites):
         # 2. NATS entirely down: 5.03 + Max-Age to publishers, subscribers keep their values
         for srv in sites.nats.servers:
             sites.nats.kill(srv)
-        time.sleep(1.0)
+        for p in b.values():
+            p.wait_event(lambda e: e.get("event") == "cluster_disconnected", timeout=15)
         r = publish(sites.client(1), sites.base(1) + data, ["down"])
         assert [(x["code"], x["max_age"]) for x in r] == [("5.03", 2)]
         assert get(sites.client(2), sites.base(2) + data) == ("2.05", "v30")
@@ -180,6 +184,8 @@ def test_nats_faults_lose_nothing_refuse_with_503_and_recover(sites):
             sites.nats.start_server(srv)
         r = publish(sites.client(1), sites.base(1) + data, ["back"], patience=60)
         assert r[-1]["code"] == "2.04", r
+        for p in b.values():
+            p.wait_event(lambda e: e.get("event") == "cluster_reconnected", timeout=15)
         for k, s in subs.items():
             s.wait_event(lambda e: e.get("payload") == "back", timeout=30)
             got = [n["payload"] for n in notifications(s)]

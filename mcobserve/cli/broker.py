@@ -239,7 +239,7 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
                 "--cluster needs mcobserve.cluster, which is not installed in this build"
             ) from None
         try:
-            backend = cluster.make_backend(args.cluster, args, store=store)
+            backend = cluster.make_backend(args.cluster, args, store=store, on_event=out)
             if inspect.isawaitable(backend):
                 backend = await backend
         except McObserveError as e:

@@ -25,11 +25,15 @@ __all__ = [
 ]
 
 
-def make_backend(urls: str | list[str] | tuple[str, ...], args: Any = None, store: Any = None) -> NatsBackend:
+def make_backend(
+    urls: str | list[str] | tuple[str, ...], args: Any = None, store: Any = None, on_event: Any = None
+) -> NatsBackend:
     """The broker backend for ``--cluster URLS`` and the ``--nats-*`` options in ``args``.
 
     ``store`` is the node's open :class:`mcobserve.store.Store` (its local copy of topics and latest
-    publications, next to the broker's group observations), or None.
+    publications, next to the broker's group observations), or None; ``on_event`` receives the
+    cluster events (``cluster_joined``, ``cluster_disconnected``, ``cluster_reconnected``,
+    ``cluster_offline``) for the broker's ``--json`` stream.
     Raises :class:`ClusterError` for bad options or when nats-py is missing.
     """
     options = options_from_args(urls, args)
@@ -37,7 +41,7 @@ def make_backend(urls: str | list[str] | tuple[str, ...], args: Any = None, stor
         from .backend import NatsBackend
     except ImportError as e:  # pragma: no cover - nats-py is a dependency
         raise ClusterError(f"the NATS client is not installed ({e}): pip install nats-py") from None
-    return NatsBackend(options, store)
+    return NatsBackend(options, store, on_event=on_event)
 
 
 def __getattr__(name: str) -> Any:

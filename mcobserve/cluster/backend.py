@@ -287,6 +287,9 @@ class _Follower:
             try:
                 await self._create()
                 self.resets += 1
+            except nats.js.errors.NotFoundError:
+                # the stream is gone: NATS came back without its storage
+                self.b._resetup(f"the NATS stream {self.stream} is gone")
             except Exception as e:
                 self.b._rl("follow-" + self.stream, logging.WARNING,
                            "mcobserve: cannot follow NATS stream %s yet (%r); retrying", self.stream, e)
@@ -305,9 +308,15 @@ class NatsBackend:
         store: Any = None,
         *,
         clock: Callable[[], float] = time.time,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        """Configure; nothing connects before :meth:`start`."""
+        """Configure; nothing connects before :meth:`start`.
+
+        ``on_event`` receives the node's cluster events (the broker's event stream: ``--json``):
+        ``cluster_joined``, ``cluster_disconnected``, ``cluster_reconnected``, ``cluster_offline``.
+        """
         self.options = options
+        self.on_event = on_event
         self.store = store
         self._clock = clock
         self.node = options.node or socket.gethostname()
@@ -317,6 +326,7 @@ class NatsBackend:
         self._js: Any = None
         self._subs: list[Any] = []
         self._task: asyncio.Task[None] | None = None
+        self._check_task: asyncio.Task[None] | None = None
         self._closing = False
         self._ready = False  # connected, streams exist, consumers subscribed
         self._synced = asyncio.Event()
@@ -330,6 +340,8 @@ class NatsBackend:
         self._backlog: deque[tuple[float, int, Msg]] = deque()
         self._backlog_task: asyncio.Task[None] | None = None
         self._live_sub: Any = None
+        # (origin time, payload) of the local copy's publication per topic, until NATS shows it again
+        self._copied: dict[str, tuple[float, bytes]] = {}
         self._kv_target = 0
         self._data_target = 0
         self._full_kv_replay = False
@@ -380,6 +392,7 @@ class NatsBackend:
                 ",".join(self.options.urls),
                 len(self._topics),
             )
+            self._emit("cluster_offline", topics=len(self._topics), node=self.node)
 
     def _joined_before(self) -> bool:
         """True if this node's store holds a local copy from an earlier run in the cluster."""
@@ -422,14 +435,20 @@ class NatsBackend:
         await self._wait_topic(topic_id, seq)
 
     async def close(self) -> None:
-        """Leave NATS (bounded), keep the local copy (and where this node stopped reading)."""
+        """Leave NATS (bounded), keep the local copy (and where this node stopped reading).
+
+        Nothing reaches the broker any more once this is called (it shuts down first); what the
+        consumer brought but did not apply yet is read again at the next start.
+        """
         self._closing = True
         self._ready = False
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        self._sink = None
+        for task in (self._task, self._check_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._check_task = None
         for f in self._subs:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(f.stop(), 2.0)
@@ -443,9 +462,17 @@ class NatsBackend:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._backlog_task
             self._backlog_task = None
-        while self._backlog:  # apply what the consumer already brought (in order), then save it
-            _, seq, msg = self._backlog.popleft()
-            self._consumed(seq, msg)
+        while self._backlog:  # skip over what the live path applied already; stop at the first gap
+            _, seq, msg = self._backlog[0]
+            try:
+                topic = key_topic(msg.subject[len(self._data_prefix):])
+            except ClusterError:
+                topic = ""
+            if seq > self._topic_seq.get(topic, 0):
+                break
+            self._backlog.popleft()
+            self._data_seq = max(self._data_seq, seq)
+        self._backlog.clear()
         if self._data_seq:
             self._cache("set_meta", META_DATA_SEQ, str(self._data_seq))
         for heap in [*self._waiters.values(), *self._topic_waiters.values()]:
@@ -455,12 +482,19 @@ class NatsBackend:
         self._waiters = {"kv": [], "data": []}
         self._topic_waiters = {}
         nc, self._nc = self._nc, None
-        self._sink = None
         if nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 5.0)
 
     # -- writes --------------------------------------------------------------------------------
+
+    def _emit(self, name: str, **fields: Any) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event({"event": name, "time": round(self._clock(), 3), **fields})
+        except Exception as e:  # a broken event consumer must not break replication
+            self._rl("event", logging.ERROR, "mcobserve: event sink failed: %r", e)
 
     def _unavailable(self, why: str) -> BackendUnavailable:
         self.stats.writes_refused += 1
@@ -557,6 +591,8 @@ class NatsBackend:
             self._call_sink("apply_topic", rec.topic_id, props)
             if rec.payload is not None and rec.content_format is not None:
                 self._call_sink("apply_publication", rec.topic_id, rec.payload, rec.content_format)
+                if rec.published_at is not None:
+                    self._copied[rec.topic_id] = (float(rec.published_at), bytes(rec.payload))
 
     def _cache(self, fn: str, *args: Any) -> None:
         """Write the local copy; a failing store is logged (NATS stays the truth), never raised."""
@@ -609,6 +645,14 @@ class NatsBackend:
             kw["password"] = o.password or ""
         return await nats.connect(**kw)
 
+    def _resetup(self, why: str) -> None:
+        """Create the streams again and resynchronise from them (once at a time)."""
+        if self._closing or (self._task is not None and not self._task.done()):
+            return
+        log.warning("mcobserve: %s; creating the streams again and resynchronising", why)
+        self._ready = False
+        self._task = asyncio.create_task(self._run(), name="mcobserve-nats")
+
     async def _run(self) -> None:
         """Connect (retrying while NATS is away), then set up streams and consumers (retrying)."""
         backoff = 0.5
@@ -644,18 +688,14 @@ class NatsBackend:
             try:
                 await create(replicas)
                 return await self._js.stream_info(name)
-            except nats.js.errors.BadRequestError as e:
-                if (replicas > 1 and "replica" in (e.description or "").lower()) or (
-                    replicas > 1 and e.err_code in (10074, 10023)
-                ):
-                    log.warning("mcobserve: NATS cannot place %d replicas of %s (%s); trying %d",
-                                replicas, name, e.description, replicas - 1)
-                    replicas -= 1
-                    continue
-                raise
-            except nats.js.errors.ServiceUnavailableError as e:
-                if replicas > 1 and "insufficient" in (e.description or "").lower():
-                    replicas -= 1
+            except nats.js.errors.APIError as e:
+                # 10074: "replicas > 1 not supported in non-clustered mode" (a single server): R1.
+                # Too few servers up in a cluster (10023, insufficient resources) is retried as it is
+                # (by the caller), never silently created with fewer replicas.
+                if replicas > 1 and e.err_code == 10074:
+                    log.warning("mcobserve: NATS at %s is a single server: %s created with 1 replica, not %d",
+                                ",".join(self.options.urls), name, replicas)
+                    replicas = 1
                     continue
                 raise
 
@@ -711,6 +751,8 @@ class NatsBackend:
         await self._wait_target("data", data)
         self._ready = True
         self._synced.set()
+        self._emit("cluster_joined", node=self.node, topics=len(self._topics), kv_seq=self._kv_seq,
+                   data_seq=self._data_seq, server=self._server_url())
         log.info("mcobserve: joined NATS (%d topics, kv seq %d, data seq %d)",
                  len(self._topics), self._kv_seq, self._data_seq)
 
@@ -732,8 +774,12 @@ class NatsBackend:
             self.stats.resyncs += 1
             if kind == "kv":
                 self._kv_seq = 0
+                for topic in self._topics:  # generations are revisions of the old bucket
+                    self._topics[topic] = 0
             else:
                 self._data_seq = 0
+                self._topic_seq.clear()  # sequences of the old stream
+                self._pending.clear()
         setattr(self, "_epoch_" + kind, epoch)
         self._cache("set_meta", meta, epoch)
 
@@ -754,17 +800,49 @@ class NatsBackend:
     async def _on_error(self, e: Exception) -> None:
         self._rl("nats-error", logging.WARNING, "mcobserve: NATS: %r", e)
 
+    def _server_url(self) -> str:
+        nc = self._nc
+        if nc is None or nc.connected_url is None:
+            return ""
+        return str(nc.connected_url.netloc)
+
     async def _on_disconnected(self) -> None:
         self.stats.disconnects += 1
         if not self._closing:
+            self._emit("cluster_disconnected", node=self.node)
             self._rl("disconnected", logging.WARNING,
                      "mcobserve: disconnected from NATS; local subscribers keep their last values,"
                      " publications are answered 5.03 until NATS is back")
 
     async def _on_reconnected(self) -> None:
         self.stats.reconnects += 1
-        url = self._nc.connected_url.netloc if self._nc is not None and self._nc.connected_url else "?"
+        url = self._server_url()
+        self._emit("cluster_reconnected", node=self.node, server=url)
         self._rl("reconnected", logging.WARNING, "mcobserve: reconnected to NATS at %s", url)
+        if self._check_task is None or self._check_task.done():
+            self._check_task = asyncio.create_task(self._check_streams(), name="mcobserve-nats-check")
+
+    async def _check_streams(self) -> None:
+        """After a reconnect: are these still the streams this node followed? (NATS may have come
+        back without its storage.) Retries while JetStream elects its leaders (bounded)."""
+        o = self.options
+        for attempt in range(30):
+            if self._closing or self._js is None:
+                return
+            try:
+                for name, kind in ((f"KV_{o.bucket}", "kv"), (o.stream, "data")):
+                    info = await self._js.stream_info(name)
+                    epoch = str(info.created) if info.created is not None else ""
+                    known = getattr(self, "_epoch_" + kind, None)
+                    if known is not None and known != epoch:
+                        self._resetup(f"the NATS {kind} stream was created again")
+                        return
+                return
+            except nats.js.errors.NotFoundError:
+                self._resetup("the NATS streams are gone")
+                return
+            except Exception:
+                await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))
 
     # -- applying the streams ------------------------------------------------------------------
 
@@ -823,7 +901,7 @@ class NatsBackend:
         if self._full_kv_replay:
             self._replay_seen.add(topic)
         gen = self._topics.get(topic)
-        if gen is None:
+        if not gen:
             gen = seq
             self._topics[topic] = gen
             self._cache("set_meta", META_GEN + topic, str(gen))
@@ -919,6 +997,16 @@ class NatsBackend:
         if seq <= self._topic_seq.get(topic, 0):
             self.stats.duplicates_skipped += 1
             return
+        copied = self._copied.pop(topic, None) if self._copied else None
+        if copied is not None and topic not in self._topic_seq:
+            try:
+                same = float(hdrs.get(HDR_TIME, "nan")) == copied[0] and payload == copied[1]
+            except ValueError:
+                same = False
+            if same:  # the publication the local copy already holds (read again after a restart)
+                self._topic_seq[topic] = seq
+                self.stats.duplicates_skipped += 1
+                return
         known = self._topics.get(topic)
         if known is None:
             # The topic's configuration has not reached this node yet (bucket and stream are not

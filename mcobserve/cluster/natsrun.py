@@ -87,6 +87,7 @@ class NatsCluster:
         argv_prefix: Sequence[str] = (),
         cluster_name: str = "mco",
         port_probe_host: str | None = None,
+        extra_conf: str = "",
     ) -> None:
         """Describe the cluster; nothing runs before :meth:`start`."""
         binary = find_nats_server()
@@ -98,6 +99,7 @@ class NatsCluster:
         self.route_host = route_host
         self.argv_prefix = list(argv_prefix)
         self.cluster_name = cluster_name
+        self.extra_conf = extra_conf  # appended to every server's configuration (tls, authorization)
         probe = port_probe_host or ("127.0.0.1" if client_host in ("0.0.0.0", "127.0.0.1") else client_host)
         ports = free_ports(3 * n, probe)
         self.servers: list[NatsServer] = []
@@ -144,6 +146,8 @@ class NatsCluster:
                 f"  routes: [{routes}]",
                 "}",
             ]
+        if self.extra_conf:
+            lines.append(self.extra_conf)
         s.conf.write_text("\n".join(lines) + "\n")
 
     def start_server(self, s: NatsServer) -> None:

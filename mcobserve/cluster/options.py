@@ -18,7 +18,7 @@ from .errors import ClusterError
 #: Prefix of every NATS name this broker uses: KV bucket ``<prefix>_topics``, stream
 #: ``<prefix>_data``, subjects ``<prefix>.data.<key>``. Brokers with the same prefix act as one broker.
 DEFAULT_PREFIX = "mcobserve"
-#: JetStream replicas of the bucket and the stream (capped at the number of servers when created).
+#: JetStream replicas of the bucket and the stream when a node creates them (1 on a single server).
 DEFAULT_REPLICAS = 3
 #: How long one write may wait for JetStream's acknowledgement (retries with the same message id,
 #: so JetStream de-duplicates them) before the broker answers 5.03.
@@ -146,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--nats-prefix", default=DEFAULT_PREFIX,
                    help="name prefix of the bucket, stream and subjects (brokers sharing it act as one)")
     g.add_argument("--nats-replicas", type=int, default=DEFAULT_REPLICAS,
-                   help="JetStream replicas of topics and publications (default 3, capped at the servers)")
+                   help="JetStream replicas of topics and publications (default 3; 1 on a single server)")
     g.add_argument("--nats-node", default=None, help="this node's name in NATS (default: host name)")
     g.add_argument("--nats-creds", default=None, metavar="FILE", help="NATS credentials file (JWT + nkey)")
     g.add_argument("--nats-nkey", default=None, metavar="FILE", help="NATS nkey seed file")
