@@ -685,6 +685,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "credentials",
     "bench",
     "lab",
+    "dissector",
 )
 
 
