@@ -106,6 +106,11 @@ CASES: list[tuple[str, int | None, str]] = [
     ("lab exec server", USAGE, "give the command"),
     ("lab --name zzqnone exec server -- true", FAILURE, "no lab 'zzqnone' is up"),
     ("lab --name zzqnone status", FAILURE, "mcobserve lab up"),
+    # dissector, top
+    ("dissector", USAGE, "required"),
+    ("dissector install --dir {d}/file", USAGE, "not a folder"),
+    ("top {d}/missing.jsonl", USAGE, "cannot read"),
+    ("top --interval 0 {d}/bad.json", USAGE, "--interval"),
 ]
 
 

@@ -686,6 +686,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "bench",
     "lab",
     "dissector",
+    "top",
 )
 
 
