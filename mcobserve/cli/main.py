@@ -580,7 +580,7 @@ async def _observe(args: argparse.Namespace) -> int:
         raise
     except Exception as e:  # aiocoap's errors (network, timeouts, OSCORE) have many types
         if isinstance(e, ResponseError):
-            _reason(f"{args.uri}: {e} (check the path and what the server serves)")
+            _reason(f"{args.uri}: {e}{response_hint(e.response.code.dotted)}")
         else:
             _reason(describe_network_error(e, args.uri, loop.time() - started))
         return EXIT_FAILURE
@@ -590,6 +590,20 @@ async def _observe(args: argparse.Namespace) -> int:
 
 
 _reason = reason
+
+_RESPONSE_HINTS = {
+    "4.01": "the server wants OSCORE: give --credentials FILE.json (mcobserve credentials writes them)",
+    "4.03": "these credentials may not do that on this server",
+    "4.04": "no such resource: check the path (GET /.well-known/core lists what the server has)",
+    "4.05": "the resource does not allow this method",
+    "5.03": "the server is unavailable for now; try again later",
+}
+
+
+def response_hint(code: str) -> str:
+    """What to do about an error response, as ``"; ..."``, or ``""``."""
+    hint = _RESPONSE_HINTS.get(code)
+    return f"; {hint}" if hint else ""
 
 
 # -- inspect -----------------------------------------------------------------------------------
