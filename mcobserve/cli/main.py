@@ -340,7 +340,7 @@ async def _serve(
         return EXIT_FAILURE
     except ValueError as e:
         _reason(f"cannot serve on {bind} for group {group}: {e}")
-        return EXIT_FAILURE
+        return 1
     for path, text in resources:
         server.add_resource(path, TextResource(text), policy)
     stop = asyncio.Event()
