@@ -60,6 +60,10 @@ CASES: list[tuple[str, int | None, str]] = [
     ("server --config {d}/type.toml", USAGE, "group_after in [server]"),
     ("server --config {d}/broken.toml", USAGE, "not valid TOML"),
     ("server --config {d}/missing.toml", USAGE, "no such file"),
+    ("server --config {d}", USAGE, "a folder, not a file"),
+    ("server --bind 127.0.0.1 --group 239.255.0.1 --resource t --content-format -1", USAGE, "0..65535"),
+    ("server --bind 127.0.0.1 --group 10.0.0.1 --resource t", USAGE, "not a multicast address"),
+    ("server --bind 127.0.0.1:99999 --group 239.255.0.1 --resource t", USAGE, "out of range"),
     ("server --bind 127.0.0.1 --group 239.255.0.1 --resource t --credentials {d}/bad.json", USAGE, "JSON"),
     ("server --bind 127.0.0.1 --group 239.255.0.1 --resource t --group-oscore self-managed", USAGE, "needs"),
     # observe
@@ -71,6 +75,9 @@ CASES: list[tuple[str, int | None, str]] = [
     ("observe coap://127.0.0.1/t --count 0", USAGE, "--count"),
     ("observe coap://127.0.0.1/t --timeout -1", USAGE, "--timeout"),
     ("observe coap://127.0.0.1/t --timeout nan", USAGE, "--timeout"),
+    ("observe coap://127.0.0.1/t --leisure -1", USAGE, "--leisure"),
+    ("observe coap://127.0.0.1/t --content-format 99999999", USAGE, "0..65535"),
+    ("observe coap://[::1", USAGE, "not a valid URI"),
     ("observe coap://127.0.0.1/t --interface eth9", USAGE, "no interface 'eth9'"),
     ("observe coap://127.0.0.1/t --credentials {d}/missing.json", USAGE, "no such file"),
     ("observe coap://127.0.0.1/t --credentials {d}/list.json", USAGE, "JSON object"),
@@ -109,7 +116,8 @@ CASES: list[tuple[str, int | None, str]] = [
     # dissector, top
     ("dissector", USAGE, "required"),
     ("dissector install --dir {d}/file", USAGE, "not a folder"),
-    ("top {d}/missing.jsonl", USAGE, "cannot read"),
+    ("top {d}/missing.jsonl", USAGE, "no such file"),
+    ("top {d}", USAGE, "a folder"),
     ("top --interval 0 {d}/bad.json", USAGE, "--interval"),
 ]
 

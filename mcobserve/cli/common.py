@@ -77,13 +77,14 @@ _ERRNO_WORDS = {
     errno.EPERM: "operation not permitted (needs root or CAP_NET_ADMIN)",
     errno.ENODEV: "no such interface (list them with `ip link`)",
     errno.ENOENT: "no such file",
+    errno.EISDIR: "a folder, not a file",
 }
 
 
-def describe_os_error(e: OSError) -> str:
-    """An OSError in words: what happened and what to do."""
+def describe_os_error(e: OSError, name: bool = True) -> str:
+    """An OSError in words: what happened and what to do (``name``: starting with the file name)."""
     words = _ERRNO_WORDS.get(e.errno or 0)
-    where = f"{e.filename}: " if e.filename else ""
+    where = f"{e.filename}: " if e.filename and name else ""
     if words:
         return f"{where}{words}"
     return f"{where}{e.strerror or e}"

@@ -129,7 +129,7 @@ def _load_config(path: str | None, command: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as e:
-        raise UsageError(f"cannot read configuration {path}: {describe_os_error(e)}") from None
+        raise UsageError(f"cannot read configuration {path}: {describe_os_error(e, name=False)}") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"configuration {path} is not valid TOML: {e}") from None
     table = data.get(command, data)
@@ -268,6 +268,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         raise UsageError("--hops must be within 0..255 (the multicast hop limit)")
     if not 1 <= args.token_length <= 8:
         raise UsageError("--token-length must be within 1..8 bytes")
+    check_content_format(args.content_format)
     check_interface(args.interface)
     try:
         bind = Endpoint.parse(args.bind)
@@ -368,7 +369,7 @@ def load_credentials(path: str) -> dict[str, Any]:
         with open(path) as f:
             data = json.load(f)
     except OSError as e:
-        raise UsageError(f"cannot read credentials {path}: {describe_os_error(e)}") from None
+        raise UsageError(f"cannot read credentials {path}: {describe_os_error(e, name=False)}") from None
     except json.JSONDecodeError as e:
         raise UsageError(f"credentials {path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
@@ -464,7 +465,14 @@ def _cmd_observe(args: argparse.Namespace) -> int:
     if args.leisure is not None and not (math.isfinite(args.leisure) and args.leisure >= 0):
         raise UsageError("--leisure must be a number of seconds >= 0")
     check_interface(args.interface)
+    check_content_format(args.content_format)
     return asyncio.run(_observe(args))
+
+
+def check_content_format(number: int) -> None:
+    """A Content-Format number (RFC 7252 §12.3: 0..65535), or a UsageError."""
+    if not 0 <= number <= 0xFFFF:
+        raise UsageError(f"--content-format must be within 0..65535, not {number}")
 
 
 def check_uri(uri: str) -> None:

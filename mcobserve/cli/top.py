@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .common import UsageError
+from .common import UsageError, describe_os_error
 
 RATE_WINDOW = 10.0
 
@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             stream = open(args.file)  # closed below
         except OSError as e:
-            raise UsageError(f"cannot read {args.file}: {e.strerror}") from None
+            raise UsageError(f"cannot read {args.file}: {describe_os_error(e, name=False)}") from None
     console = Console(soft_wrap=False)
     if not console.is_terminal:
         console = Console(soft_wrap=False, width=200)
