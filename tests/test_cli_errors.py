@@ -3,11 +3,14 @@ documented exit code (README "Exit codes")."""
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import aiocoap.error
 import pytest
 
 from mcobserve.cli.main import SUBCOMMAND_MODULES, build_parser, main
@@ -186,3 +189,31 @@ def test_argparse_error_exits_64_in_a_real_process():
     assert proc.stderr.strip().splitlines() == [
         "mcobserve: unrecognized arguments: --bogus (see: mcobserve --help)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda: _wrapped(errno.ECONNREFUSED), "coap://h/t: port closed"),
+        (lambda: _wrapped(errno.EHOSTUNREACH), "coap://h/t: no route to the host"),
+        (lambda: _wrapped(errno.ENETUNREACH), "coap://h/t: no route to the network"),
+        (lambda: aiocoap.error.ConRetransmitsExceeded(), "coap://h/t: no answer after 93 s"),
+        (lambda: aiocoap.error.ResolutionError("x"), "coap://h/t: the host name does not resolve"),
+        (lambda: aiocoap.error.NetworkError(), "coap://h/t: network error without details"),
+    ],
+)
+def test_network_failures_are_named_in_words(make, words):
+    from mcobserve.cli.common import describe_network_error
+
+    assert describe_network_error(make(), "coap://h/t", 93.2).startswith(words)
+
+
+def _wrapped(code: int) -> Exception:
+    """What aiocoap raises for a socket error: a NetworkError whose __cause__ is the OSError."""
+    try:
+        try:
+            raise OSError(code, os.strerror(code))
+        except OSError as e:
+            raise aiocoap.error.NetworkError(str(e)) from e
+    except aiocoap.error.NetworkError as outer:
+        return outer

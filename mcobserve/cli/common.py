@@ -118,6 +118,11 @@ def describe_network_error(e: BaseException, target: str, waited: float | None =
             "--credentials here or start the server with them)"
         )
     text = str(e).strip()
+    if name == "NetworkError" and text in ("", "Network error: NetworkError"):
+        return (
+            f"{target}: network error without details from aiocoap (check that the address is reachable "
+            "from here: `ip route get ADDRESS`; -v shows aiocoap's log)"
+        )
     if not text or text == name:
         return f"{target}: {name}"
     return f"{target}: {text}"
