@@ -47,6 +47,7 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "hops": 1,
     "run_for": None,
     "json": False,
+    "control": None,
     "content_format": DEFAULT_CODE_POINTS.content_format,
     "confirmations": 8,
     "dampener": 4,
@@ -240,6 +241,11 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
         "observation."
     )
     p.add_argument("--json", action="store_true", default=None, help="one JSON object per event on stdout")
+    p.add_argument(
+        "--control",
+        metavar="PATH.sock",
+        help="a local Unix socket streaming the events as JSON lines (for: mcobserve top --socket PATH)",
+    )
     p.add_argument("--config", help="TOML file with the same settings ([server] table)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=_cmd_server)
@@ -316,7 +322,12 @@ async def _serve(
     from ..aio.resources import TextResource
     from ..aio.server import GroupServer
 
-    out = _EventPrinter(args.json)
+    out: Any = _EventPrinter(args.json)
+    hub = None
+    if args.control:  # the same events for `mcobserve top --socket` (cli/control.py)
+        from .control import EventHub
+
+        hub = out = EventHub(out)
     security = _server_security(args.group_oscore, args.key_lifetime)
     server_credentials = None
     if args.credentials:
@@ -355,11 +366,18 @@ async def _serve(
 
     loop.add_signal_handler(signal.SIGUSR1, cancel_all)
     try:
+        if hub is not None:
+            try:
+                await hub.start(args.control)
+            except OSError as e:
+                raise UsageError(f"--control {args.control}: {describe_os_error(e, name=False)}") from None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.run_for)
     finally:
         await server.shutdown()
         out({"event": "stopped", "time": round(time.time(), 3), "datagrams_sent": server.datagrams_sent})
+        if hub is not None:
+            await hub.close()
     return 0
 
 
@@ -401,16 +419,23 @@ def _server_security(spec: str | None, lifetime: float) -> Any:
     return PreArrangedGroup(cfg.context, sec_gp=cfg.sec_gp, join_uri=cfg.join_uri, as_uri=cfg.as_uri)
 
 
+def _line(text: str) -> None:
+    """One line on stdout in one write, so lines of processes sharing a pipe never interleave (even
+    with PYTHONUNBUFFERED, where print() writes the text and the newline separately)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 class _EventPrinter:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self.as_json:
-            print(json.dumps(event), flush=True)
+            _line(json.dumps(event))
         else:
             fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "time"))
-            print(f"{event['event']:<26} {fields}", flush=True)
+            _line(f"{event['event']:<26} {fields}")
 
 
 # -- observe -----------------------------------------------------------------------------------
@@ -579,10 +604,10 @@ async def _observe(args: argparse.Namespace) -> int:
                 return EXIT_TIMEOUT
             received += 1
             if args.json:
-                print(json.dumps(_notification_json(n, received)), flush=True)
+                _line(json.dumps(_notification_json(n, received)))
             else:
                 text = n.payload.decode("utf-8", "replace")
-                print(f"{n.code} observe={n.observe} via={n.via.value}: {text}", flush=True)
+                _line(f"{n.code} observe={n.observe} via={n.via.value}: {text}")
         return EXIT_OK
     except UsageError:
         raise

@@ -1,11 +1,12 @@
 """``mcobserve top``: a live terminal view of a running server from its ``--json`` event stream.
 
-``mcobserve server ... --json | mcobserve top`` (or ``mcobserve top events.jsonl``, or ``tail -f``
-into it) shows, per group observation (draft §4): resource, Token, group, the estimated number of
-observers (the latest registration count or rough-counting estimate, draft §8), notifications sent and
-per second (last 10 s), and what the single multicast notification saved against unicast (RFC 7641):
-datagrams and payload bytes, ``(observers - 1)`` per notification. It updates in place (rich) on a
-terminal; with ``--once`` or when stdout is not a terminal it prints one table at the end of the input.
+``mcobserve server ... --json | mcobserve top``, ``mcobserve top --socket PATH`` (a server started
+with ``--control PATH``, :mod:`.control`), or ``mcobserve top events.jsonl`` shows, per group
+observation (draft §4): resource, Token, group, the estimated number of observers (the latest
+registration count or rough-counting estimate, draft §8), notifications sent and per second (last
+10 s), and what the single multicast notification saved against unicast (RFC 7641): datagrams and
+payload bytes, ``(observers - 1)`` per notification. It updates in place (rich) on a terminal; with
+``--once`` or when stdout is not a terminal it prints one table at the end of the input.
 
 Each event costs O(1): it touches one observation's counters; rendering runs on a timer.
 """
@@ -131,6 +132,15 @@ class TopState:
             obs.datagrams_saved += extra
             obs.bytes_saved += extra * size
             obs.recent.append(now)
+        elif kind == "notifications_so_far":  # a control socket's snapshot (cli/control.py)
+            obs = self._obs(event)
+            if obs is not None:
+                n, size = int(event.get("notifications") or 0), int(event.get("payload_bytes") or 0)
+                obs.notifications += n
+                obs.payload_bytes += size
+                extra = max(0.0, obs.observers - 1.0)
+                obs.datagrams_saved += extra * n
+                obs.bytes_saved += extra * size
         elif kind == "count":
             obs = self._obs(event)
             if obs is not None:
@@ -211,6 +221,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "against unicast. Example: mcobserve server ... --json | mcobserve top",
     )
     p.add_argument("file", nargs="?", default="-", help="event stream (default: stdin)")
+    p.add_argument(
+        "--socket", metavar="PATH.sock", help="read a server's control socket (mcobserve server --control)"
+    )
     p.add_argument("--once", action="store_true", help="read to the end, then print one table")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between redraws (default 0.5)")
     p.set_defaults(func=run)
@@ -231,8 +244,24 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.interval > 0:
         raise UsageError("--interval must be a positive number of seconds")
-    if args.file == "-":
-        stream: IO[str] = sys.stdin
+    if args.socket:
+        if args.file != "-":
+            raise UsageError("give FILE or --socket, not both")
+        import socket as socketlib
+
+        sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+        try:
+            sock.connect(args.socket)
+        except OSError as e:
+            sock.close()
+            raise UsageError(
+                f"cannot connect to {args.socket}: {describe_os_error(e, name=False)} "
+                "(start the server with --control PATH)"
+            ) from None
+        stream: IO[str] = sock.makefile("r", encoding="utf-8")
+        sock.close()  # the file object keeps the connection
+    elif args.file == "-":
+        stream = sys.stdin
         if stream.isatty() and not args.once:
             raise UsageError("pipe a server's events in: mcobserve server ... --json | mcobserve top")
     else:
