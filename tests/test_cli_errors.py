@@ -121,6 +121,8 @@ CASES: list[tuple[str, int | None, str]] = [
     ("dissector install --dir {d}/file", USAGE, "not a folder"),
     ("top {d}/missing.jsonl", USAGE, "no such file"),
     ("top {d}", USAGE, "a folder"),
+    ("top --socket {d}/none.sock", USAGE, "start the server with --control"),
+    ("top {d}/bad.json --socket {d}/none.sock", USAGE, "not both"),
     ("top --interval 0 {d}/bad.json", USAGE, "--interval"),
 ]
 

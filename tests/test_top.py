@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 from mcobserve.cli.top import TopState
 
@@ -86,3 +87,36 @@ def test_text_output_gets_a_hint():
     res = subprocess.run([*PY, "top"], input="started server=x\n", capture_output=True, text=True, timeout=60)
     assert res.returncode == 0
     assert "is the server running with --json?" in res.stdout
+
+
+def test_top_reads_a_servers_control_socket(lan, tmp_path):
+    """server --control PATH: a reader that connects late gets a snapshot (the observation, its
+    observers, the notifications so far), then the live events until the server stops."""
+    from .livekit import observer, put, server
+
+    sock = tmp_path / "ctl.sock"
+    base = f"coap://[{lan.server.addr6}]"
+    srv = server(lan.server, f"[{lan.server.addr6}]", "[ff35:30:2001:db8::23]:61616", "--control", str(sock))
+    try:
+        o1 = observer(lan.clients[0], f"{base}/r", count=4)
+        o2 = observer(lan.clients[1], f"{base}/r", count=4, name="o2")
+        o1.wait_event(lambda e: e.get("via") == "last_notif")
+        o2.wait_event(lambda e: e.get("via") == "last_notif")
+        put(lan.clients[2], f"{base}/r", ["a", "bb"])  # before top connects: in the snapshot
+        assert sock.is_socket() and oct(sock.stat().st_mode & 0o777) == "0o600"
+        top = subprocess.Popen([*PY, "top", "--socket", str(sock)], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        put(lan.clients[2], f"{base}/r", ["ccc"])  # while top reads
+        o1.collect(15)
+        o2.collect(15)
+    finally:
+        events = srv.stop()
+    out, _ = top.communicate(timeout=30)
+    assert top.returncode == 0
+    sent = [e for e in events if e.get("event") == "notification_sent"]
+    assert len(sent) == 3
+    assert "1 group observations, 3 multicast notifications, 3 datagrams and 6 payload bytes saved" in out
+    row = next(line for line in out.splitlines() if "/r" in line)
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert cells[3:5] == ["2.0", "3"] and cells[9] == "cancelled (shutdown)"
+    assert not sock.exists()  # removed at exit
