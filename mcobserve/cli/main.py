@@ -753,7 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
         "3 observation ended by the server, 64 usage error, 70 internal error, 130 interrupted.",
     )
     parser.add_argument(
-        "-v", "--verbose", dest="verbose_global", action="count", default=0,
+        "-v",
+        "--verbose",
+        dest="verbose_global",
+        action="count",
+        default=0,
         help="more output: -v shows INFO lines and third-party warnings, -vv debugging",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
