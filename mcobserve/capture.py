@@ -211,12 +211,20 @@ def decode(
     fields: Sequence[str] = DEFAULT_FIELDS,
     display_filter: str = DEFAULT_DISPLAY_FILTER,
     timeout: float = 60.0,
+    lua_script: str | Path | None = None,
+    options: Sequence[str] = (),
 ) -> list[dict[str, str | None]]:
     """Decode CoAP packets of a pcap(ng) file; ``ports`` are decoded as CoAP (besides 5683).
 
-    Returns one dict per CoAP packet with every name in ``fields`` as key (``None`` when absent).
+    ``lua_script`` loads a dissector (e.g. :data:`mcobserve.dissector.LUA`); ``options`` are tshark
+    ``-o NAME:VALUE`` preferences. Returns one dict per CoAP packet with every name in ``fields`` as key
+    (``None`` when absent).
     """
     argv = ["tshark", "-r", str(path), "-n"]
+    if lua_script is not None:
+        argv += ["-X", f"lua_script:{lua_script}"]
+    for option in options:
+        argv += ["-o", option]
     for p in sorted(set(ports)):
         argv += ["-d", f"udp.port=={int(p)},coap"]
     argv += ["-Y", display_filter, "-T", "json"]

@@ -203,3 +203,17 @@ def test_the_benchmark_is_in_the_package():
     files = {p.name for p in importlib.resources.files("mcobserve.bench").iterdir()}
     assert {"harness.py", "server_proc.py", "clients.py", "report.py", "secured.py", "sections"} <= files
     assert harness.PACKAGE_ROOT == Path(harness.__file__).resolve().parents[2]
+
+
+def test_the_wheel_carries_the_benchmark_and_the_dissector():
+    """What setuptools puts in the wheel (pyproject.toml): the bench packages and the Lua file."""
+    import tomllib
+
+    import setuptools
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set(setuptools.find_packages(str(root), include=config["packages"]["find"]["include"]))
+    assert {"mcobserve.bench", "mcobserve.bench.sections", "mcobserve.dissector"} <= found
+    assert "bench" not in found  # the old top-level package is gone; bench/ holds data and docs
+    assert config["package-data"]["mcobserve.dissector"] == ["*.lua"]

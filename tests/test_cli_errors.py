@@ -3,11 +3,14 @@ documented exit code (README "Exit codes")."""
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import aiocoap.error
 import pytest
 
 from mcobserve.cli.main import SUBCOMMAND_MODULES, build_parser, main
@@ -60,6 +63,10 @@ CASES: list[tuple[str, int | None, str]] = [
     ("server --config {d}/type.toml", USAGE, "group_after in [server]"),
     ("server --config {d}/broken.toml", USAGE, "not valid TOML"),
     ("server --config {d}/missing.toml", USAGE, "no such file"),
+    ("server --config {d}", USAGE, "a folder, not a file"),
+    ("server --bind 127.0.0.1 --group 239.255.0.1 --resource t --content-format -1", USAGE, "0..65535"),
+    ("server --bind 127.0.0.1 --group 10.0.0.1 --resource t", USAGE, "not a multicast address"),
+    ("server --bind 127.0.0.1:99999 --group 239.255.0.1 --resource t", USAGE, "out of range"),
     ("server --bind 127.0.0.1 --group 239.255.0.1 --resource t --credentials {d}/bad.json", USAGE, "JSON"),
     ("server --bind 127.0.0.1 --group 239.255.0.1 --resource t --group-oscore self-managed", USAGE, "needs"),
     # observe
@@ -71,6 +78,9 @@ CASES: list[tuple[str, int | None, str]] = [
     ("observe coap://127.0.0.1/t --count 0", USAGE, "--count"),
     ("observe coap://127.0.0.1/t --timeout -1", USAGE, "--timeout"),
     ("observe coap://127.0.0.1/t --timeout nan", USAGE, "--timeout"),
+    ("observe coap://127.0.0.1/t --leisure -1", USAGE, "--leisure"),
+    ("observe coap://127.0.0.1/t --content-format 99999999", USAGE, "0..65535"),
+    ("observe coap://[::1", USAGE, "not a valid URI"),
     ("observe coap://127.0.0.1/t --interface eth9", USAGE, "no interface 'eth9'"),
     ("observe coap://127.0.0.1/t --credentials {d}/missing.json", USAGE, "no such file"),
     ("observe coap://127.0.0.1/t --credentials {d}/list.json", USAGE, "JSON object"),
@@ -106,6 +116,14 @@ CASES: list[tuple[str, int | None, str]] = [
     ("lab exec server", USAGE, "give the command"),
     ("lab --name zzqnone exec server -- true", FAILURE, "no lab 'zzqnone' is up"),
     ("lab --name zzqnone status", FAILURE, "mcobserve lab up"),
+    # dissector, top
+    ("dissector", USAGE, "required"),
+    ("dissector install --dir {d}/file", USAGE, "not a folder"),
+    ("top {d}/missing.jsonl", USAGE, "no such file"),
+    ("top {d}", USAGE, "a folder"),
+    ("top --socket {d}/none.sock", USAGE, "start the server with --control"),
+    ("top {d}/bad.json --socket {d}/none.sock", USAGE, "not both"),
+    ("top --interval 0 {d}/bad.json", USAGE, "--interval"),
 ]
 
 
@@ -173,3 +191,31 @@ def test_argparse_error_exits_64_in_a_real_process():
     assert proc.stderr.strip().splitlines() == [
         "mcobserve: unrecognized arguments: --bogus (see: mcobserve --help)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda: _wrapped(errno.ECONNREFUSED), "coap://h/t: port closed"),
+        (lambda: _wrapped(errno.EHOSTUNREACH), "coap://h/t: no route to the host"),
+        (lambda: _wrapped(errno.ENETUNREACH), "coap://h/t: no route to the network"),
+        (lambda: aiocoap.error.ConRetransmitsExceeded(), "coap://h/t: no answer after 93 s"),
+        (lambda: aiocoap.error.ResolutionError("x"), "coap://h/t: the host name does not resolve"),
+        (lambda: aiocoap.error.NetworkError(), "coap://h/t: network error without details"),
+    ],
+)
+def test_network_failures_are_named_in_words(make, words):
+    from mcobserve.cli.common import describe_network_error
+
+    assert describe_network_error(make(), "coap://h/t", 93.2).startswith(words)
+
+
+def _wrapped(code: int) -> Exception:
+    """What aiocoap raises for a socket error: a NetworkError whose __cause__ is the OSError."""
+    try:
+        try:
+            raise OSError(code, os.strerror(code))
+        except OSError as e:
+            raise aiocoap.error.NetworkError(str(e)) from e
+    except aiocoap.error.NetworkError as outer:
+        return outer

@@ -4,11 +4,13 @@ README's lab example runs word for word in a lab of its own."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -133,12 +135,54 @@ def test_readme_lab_example_runs_word_for_word(tmp_path):
     out = res.stdout.splitlines()
     text_lines = [x for x in out if x.startswith("2.05 observe=")]
     json_lines = [json.loads(x) for x in out if x.startswith("{") and '"via"' in x]
-    # observer1: last_notif then 3 multicast notifications; observer2 the same as JSON
-    assert [x.split("via=")[1].split(":")[0] for x in text_lines] == ["last_notif"] + ["multicast"] * 3
-    assert [n["via"] for n in json_lines] == ["last_notif"] + ["multicast"] * 3
-    assert text_lines[0].endswith(": 21.0 C") and json_lines[0]["payload"] == "21.0 C"
-    assert [x.split(": ", 1)[1] for x in text_lines[1:]] == [n["payload"] for n in json_lines[1:]]
+    # each observer: its informative response's last_notif, then multicast notifications until 3
+    assert [x.split("via=")[1].split(":")[0] for x in text_lines] == ["last_notif"] + ["multicast"] * 2, out
+    assert [n["via"] for n in json_lines] == ["last_notif"] + ["multicast"] * 2, out
+    walk = {f"{21.0 + 2.5 * math.sin(i / 3):.1f} C" for i in range(4)}  # what `publish` sends
+    assert {x.split(": ", 1)[1] for x in text_lines[1:]} <= walk
+    assert {n["payload"] for n in json_lines[1:]} <= walk
+    assert text_lines[0].endswith(" C") and json_lines[0]["payload"].endswith(" C")
     assert len({n["token"] for n in json_lines}) == 1
     assert any(x.startswith("cancelled") for x in out)  # lab down stopped the server: it cancelled
     assert f"lab '{name}' removed" in res.stdout
     assert not any(n.startswith(f"{name}-") for n in os.listdir("/run/netns"))
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(90)
+def test_lab_up_ipv4_prints_commands_that_work():
+    """`mcobserve lab up --ipv4` prints server, observe and publish commands; they run as printed."""
+    name = f"v4{os.getpid() % 100000}"
+    env = dict(os.environ, MCOBSERVE_LAB=name)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    mco = [sys.executable, "-m", "mcobserve.cli.main"]
+    try:
+        up = subprocess.run([*mco, "lab", "up", "--observers", "1", "--ipv4"], capture_output=True,
+                            text=True, timeout=60, env=env)  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        prefix = f"MCOBSERVE_LAB={name} "
+        cmds = [line.strip() for line in up.stdout.splitlines() if line.strip().startswith(prefix)]
+        server_cmd, observe_cmd, publish_cmd = cmds[:3]
+        assert "--bind 10.77.0.1:5683 --group 239.255.0.23:61616" in server_cmd
+        srv = subprocess.Popen(["bash", "-c", f"{server_cmd} --json"], stdout=subprocess.PIPE,
+                               text=True, env=env)  # fmt: skip
+        try:
+            assert srv.stdout is not None and '"started"' in srv.stdout.readline()
+            obs = subprocess.Popen(
+                ["bash", "-c", f"{observe_cmd} --count 3 --timeout 30"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            )  # fmt: skip
+            time.sleep(2)
+            pub = subprocess.run(["bash", "-c", publish_cmd.replace("--count 10", "--count 2")],
+                                 capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
+            assert pub.returncode == 0, pub.stderr
+            out, err = obs.communicate(timeout=40)
+        finally:
+            srv.terminate()
+            srv.wait(10)
+    finally:
+        down = subprocess.run([*mco, "lab", "down"], capture_output=True, text=True, timeout=30, env=env)
+    assert obs.returncode == 0, err
+    assert [line.split("via=")[1].split(":")[0] for line in out.splitlines()] == [
+        "last_notif", "multicast", "multicast"]  # fmt: skip
+    assert f"lab '{name}' removed" in down.stdout

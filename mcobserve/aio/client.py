@@ -607,9 +607,6 @@ class Observer:
             code=GET, uri=self.uri, observe=0, no_response=26, transport_tuning=aiocoap.Unreliable
         )
         set_feedback_divider(request, 0, self.code_points)
-        # Resolve first, so aiocoap's send task hands the message over without waiting; withdrawing
-        # interest before that made aiocoap warn "on_interest_end callback ... added after ... ended".
-        await ctx.find_remote_and_interface(request)
         pending = ctx.request(request, handle_blockwise=False)
         self.confirmations_sent += 1
         # No response is expected; cancelling at once could abort the request before it leaves.
@@ -633,3 +630,5 @@ async def observing(uri: str, **kwargs: Any) -> AsyncIterator[AsyncIterator[Noti
         yield gen
     finally:
         await gen.aclose()
+
+

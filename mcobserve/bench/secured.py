@@ -9,7 +9,7 @@ mode uses a self-managed group (draft App. C), whose material travels in the inf
 
 * The server loads ``server.json`` into an aiocoap ``CredentialsMap`` (aiocoap's own
   ``FilesystemSecurityContext`` per client, with its lock file, sequence-number file and fsyncs), as
-  ``mcobserve serve --credentials`` does.
+  ``mcobserve server --credentials`` does.
 * The simulated clients keep their contexts in memory (:class:`MemoryContext`): aiocoap's own
   OSCORE protection code without the files, so thousands of observers per process stay cheap.
 """

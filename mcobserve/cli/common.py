@@ -77,13 +77,14 @@ _ERRNO_WORDS = {
     errno.EPERM: "operation not permitted (needs root or CAP_NET_ADMIN)",
     errno.ENODEV: "no such interface (list them with `ip link`)",
     errno.ENOENT: "no such file",
+    errno.EISDIR: "a folder, not a file",
 }
 
 
-def describe_os_error(e: OSError) -> str:
-    """An OSError in words: what happened and what to do."""
+def describe_os_error(e: OSError, name: bool = True) -> str:
+    """An OSError in words: what happened and what to do (``name``: starting with the file name)."""
     words = _ERRNO_WORDS.get(e.errno or 0)
-    where = f"{e.filename}: " if e.filename else ""
+    where = f"{e.filename}: " if e.filename and name else ""
     if words:
         return f"{where}{words}"
     return f"{where}{e.strerror or e}"
@@ -117,6 +118,11 @@ def describe_network_error(e: BaseException, target: str, waited: float | None =
             "--credentials here or start the server with them)"
         )
     text = str(e).strip()
+    if name == "NetworkError" and text in ("", "Network error: NetworkError"):
+        return (
+            f"{target}: network error without details from aiocoap (check that the address is reachable "
+            "from here: `ip route get ADDRESS`; -v shows aiocoap's log)"
+        )
     if not text or text == name:
         return f"{target}: {name}"
     return f"{target}: {text}"

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from .common import UsageError
+from .common import RuntimeFailure, UsageError, reason
 
 COLOURS = ["cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan", "bright_magenta"]
 
@@ -62,13 +62,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.updates < 1 or not args.every > 0:
         raise UsageError("--updates must be at least 1 and --every a positive number of seconds")
     console = Console(highlight=False, soft_wrap=True)
-    ok, reason = can_use_netns()
+    ok, why = can_use_netns()
     if not ok:
-        console.print(
-            "[bold red]The demo cannot run here:[/] it builds a private network of namespaces and needs "
-            f"root or unprivileged user namespaces.\n{escape(reason)}"
+        raise RuntimeFailure(
+            "the demo cannot run here: it builds a private network of namespaces and needs root or "
+            f"unprivileged user namespaces ({why})"
         )
-        return 2
     py = [sys.executable, "-m", "mcobserve.cli.main"]
     with Lan(clients=args.observers + 1) as lan:
         srv, sensor, observers = lan.server, lan.clients[-1], lan.clients[:-1]
@@ -105,8 +104,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         _reader("server", server, lines)
         events: list[dict[str, Any]] = []
         if not _pump(lines, events, console, 10.0, until=lambda e: e.get("event") == "started"):
-            console.print("[red]the server did not start[/]")
-            return 1
+            raise RuntimeFailure("the demo's server did not start within 10 s (mcobserve -v demo shows why)")
         procs = {}
         for i, host in enumerate(observers):
             name = f"observer{i + 1}"
@@ -184,7 +182,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"(+{len(cancels)} cancellation) with group observation, against {k} x {updates} = {k * updates} "
             f"unicast notifications with traditional observe ({k}x fewer).[/]"
         )
-        return 0 if all(v == args.updates + 1 for v in received.values()) else 1
+        short = {name: v for name, v in received.items() if v != args.updates + 1}
+        if short:
+            missing = ", ".join(f"{name} {v}" for name, v in short.items())
+            reason(f"not every observer got all {args.updates + 1} notifications ({missing}); try --every 2")
+            return 1
+        return 0
 
 
 def _server_line(line: str, events: list[dict[str, Any]], console: Console) -> None:

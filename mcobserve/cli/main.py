@@ -48,6 +48,7 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "hops": 1,
     "run_for": None,
     "json": False,
+    "control": None,
     "content_format": DEFAULT_CODE_POINTS.content_format,
     "confirmations": 8,
     "dampener": 4,
@@ -133,7 +134,7 @@ def _load_config(path: str | None, command: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as e:
-        raise UsageError(f"cannot read configuration {path}: {describe_os_error(e)}") from None
+        raise UsageError(f"cannot read configuration {path}: {describe_os_error(e, name=False)}") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"configuration {path} is not valid TOML: {e}") from None
     table = data.get(command, data)
@@ -247,6 +248,11 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
         "observation."
     )
     p.add_argument("--json", action="store_true", default=None, help="one JSON object per event on stdout")
+    p.add_argument(
+        "--control",
+        metavar="PATH.sock",
+        help="a local Unix socket streaming the events as JSON lines (for: mcobserve top --socket PATH)",
+    )
     p.add_argument("--config", help="TOML file with the same settings ([server] table)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=_cmd_server)
@@ -275,6 +281,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         raise UsageError("--hops must be within 0..255 (the multicast hop limit)")
     if not 1 <= args.token_length <= 8:
         raise UsageError("--token-length must be within 1..8 bytes")
+    check_content_format(args.content_format)
     check_interface(args.interface)
     try:
         bind = Endpoint.parse(args.bind)
@@ -323,7 +330,12 @@ async def _serve(
     from ..aio.server import GroupServer
     from ..engine.server import CongestionControl
 
-    out = _EventPrinter(args.json)
+    out: Any = _EventPrinter(args.json)
+    hub = None
+    if args.control:  # the same events for `mcobserve top --socket` (cli/control.py)
+        from .control import EventHub
+
+        hub = out = EventHub(out)
     security = _server_security(args.group_oscore, args.key_lifetime)
     server_credentials = None
     if args.credentials:
@@ -377,11 +389,18 @@ async def _serve(
 
     loop.add_signal_handler(signal.SIGUSR1, cancel_all)
     try:
+        if hub is not None:
+            try:
+                await hub.start(args.control)
+            except OSError as e:
+                raise UsageError(f"--control {args.control}: {describe_os_error(e, name=False)}") from None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.run_for)
     finally:
         await server.shutdown()
         out({"event": "stopped", "time": round(time.time(), 3), "datagrams_sent": server.datagrams_sent})
+        if hub is not None:
+            await hub.close()
     return 0
 
 
@@ -391,7 +410,7 @@ def load_credentials(path: str) -> dict[str, Any]:
         with open(path) as f:
             data = json.load(f)
     except OSError as e:
-        raise UsageError(f"cannot read credentials {path}: {describe_os_error(e)}") from None
+        raise UsageError(f"cannot read credentials {path}: {describe_os_error(e, name=False)}") from None
     except json.JSONDecodeError as e:
         raise UsageError(f"credentials {path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
@@ -428,16 +447,23 @@ def _server_security(spec: str | None, lifetime: float) -> Any:
     return PreArrangedGroup(cfg.context, sec_gp=cfg.sec_gp, join_uri=cfg.join_uri, as_uri=cfg.as_uri)
 
 
+def _line(text: str) -> None:
+    """One line on stdout in one write, so lines of processes sharing a pipe never interleave (even
+    with PYTHONUNBUFFERED, where print() writes the text and the newline separately)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 class _EventPrinter:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self.as_json:
-            print(json.dumps(event), flush=True)
+            _line(json.dumps(event))
         else:
             fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "time"))
-            print(f"{event['event']:<26} {fields}", flush=True)
+            _line(f"{event['event']:<26} {fields}")
 
 
 # -- observe -----------------------------------------------------------------------------------
@@ -493,7 +519,14 @@ def _cmd_observe(args: argparse.Namespace) -> int:
     if args.leisure is not None and not (math.isfinite(args.leisure) and args.leisure >= 0):
         raise UsageError("--leisure must be a number of seconds >= 0")
     check_interface(args.interface)
+    check_content_format(args.content_format)
     return asyncio.run(_observe(args))
+
+
+def check_content_format(number: int) -> None:
+    """A Content-Format number (RFC 7252 §12.3: 0..65535), or a UsageError."""
+    if not 0 <= number <= 0xFFFF:
+        raise UsageError(f"--content-format must be within 0..65535, not {number}")
 
 
 def check_uri(uri: str) -> None:
@@ -608,16 +641,16 @@ async def _observe(args: argparse.Namespace) -> int:
                 return EXIT_TIMEOUT
             received += 1
             if args.json:
-                print(json.dumps(_notification_json(n, received)), flush=True)
+                _line(json.dumps(_notification_json(n, received)))
             else:
                 text = n.payload.decode("utf-8", "replace")
-                print(f"{n.code} observe={n.observe} via={n.via.value}: {text}", flush=True)
+                _line(f"{n.code} observe={n.observe} via={n.via.value}: {text}")
         return EXIT_OK
     except UsageError:
         raise
     except Exception as e:  # aiocoap's errors (network, timeouts, OSCORE) have many types
         if isinstance(e, ResponseError):
-            _reason(f"{args.uri}: {e} (check the path and what the server serves)")
+            _reason(f"{args.uri}: {e}{response_hint(e.response.code.dotted)}")
         else:
             _reason(describe_network_error(e, args.uri, loop.time() - started))
         return EXIT_FAILURE
@@ -627,6 +660,20 @@ async def _observe(args: argparse.Namespace) -> int:
 
 
 _reason = reason
+
+_RESPONSE_HINTS = {
+    "4.01": "the server wants OSCORE: give --credentials FILE.json (mcobserve credentials writes them)",
+    "4.03": "these credentials may not do that on this server",
+    "4.04": "no such resource: check the path (GET /.well-known/core lists what the server has)",
+    "4.05": "the resource does not allow this method",
+    "5.03": "the server is unavailable for now; try again later",
+}
+
+
+def response_hint(code: str) -> str:
+    """What to do about an error response, as ``"; ..."``, or ``""``."""
+    hint = _RESPONSE_HINTS.get(code)
+    return f"; {hint}" if hint else ""
 
 
 # -- inspect -----------------------------------------------------------------------------------
@@ -724,6 +771,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "lab",
     "broker",
     "proxy",
+    "dissector",
+    "top",
 )
 
 
@@ -743,7 +792,11 @@ def build_parser() -> argparse.ArgumentParser:
         "3 observation ended by the server, 64 usage error, 70 internal error, 130 interrupted.",
     )
     parser.add_argument(
-        "-v", "--verbose", dest="verbose_global", action="count", default=0,
+        "-v",
+        "--verbose",
+        dest="verbose_global",
+        action="count",
+        default=0,
         help="more output: -v shows INFO lines and third-party warnings, -vv debugging",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -211,7 +211,10 @@ class ClientGroupSecurity:
             raise GroupObservationError(
                 f"join the OSCORE group {informative.sec_gp!r} at {informative.join_uri} first (draft §9.1)"
             )
-        raise MalformedError("no Group OSCORE context for this group observation")
+        raise GroupObservationError(  # not malformed: this client lacks the pre-arranged group (§9)
+            "the server protects the notifications with a pre-arranged OSCORE group this client has no "
+            "context for; give its file with --group-oscore (e.g. group-client.toml)"
+        )
 
     def verify_phantom(
         self, informative: InformativeResponse, protected_channel: bool, token: bytes

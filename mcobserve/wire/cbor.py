@@ -1,9 +1,18 @@
 """Strict CBOR (RFC 8949) for untrusted input: one item, no trailing bytes, no duplicate keys.
 
-cbor2 (a dependency, used elsewhere) is not used for decoding hostile payloads because it silently
-keeps the last of duplicate map keys, ignores trailing bytes after the item, and interprets tags
-(tag 1 becomes a datetime, tags 28/29 build cyclic objects). Decoders here raise
-:class:`~mcobserve.errors.MalformedError` and nothing else, with size and depth limits.
+Decoders here raise :class:`~mcobserve.errors.MalformedError` and nothing else, with size and depth
+limits, and keep tags uninterpreted (:class:`CborTag`).
+
+Why not cbor2 (decided by measurement, ``scripts/cbor_compare.py``, cbor2 6.3.0 with its C extension,
+2 vCPU AMD EPYC): cbor2 decodes an informative response about 6x faster (1.1 µs against 6.8 µs for
+61 bytes; 2.7 against 17.4 µs for a 44-byte one with tags), but decoding happens once per
+registration, never per notification, so that saves nothing measurable. Configured as strictly as it
+allows (``allow_duplicate_keys=False``, ``max_depth=32``, a trailing-bytes check, ``tag_hook``,
+``semantic_decoders={}``) it still turns tag 1 into a ``datetime``, and on 30,000 randomly mutated
+informative responses it disagrees with this decoder 2,297 times (35 inputs only cbor2 accepts, 44
+accepted by both with different values, 2,218 with tags it cannot leave uninterpreted). Matching this
+decoder's guarantees would need as much code around cbor2 as this module has. So mcobserve does not
+depend on cbor2 at run time; the tests use it as an independent reference encoder.
 """
 
 from __future__ import annotations

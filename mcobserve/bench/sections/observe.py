@@ -167,5 +167,3 @@ def _print_summary(console: Any, result: Any) -> None:
             "yes" if s["delivered_all"] else "NO",
         )
     console.print(table)
-
-
