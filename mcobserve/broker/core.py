@@ -468,8 +468,13 @@ class Broker:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         on_event: EventSink | None = None,
+        **server_options: Any,
     ) -> Broker:
-        """Bind, start the backend (replaying stored topics), resume stored group observations."""
+        """Bind, start the backend (replaying stored topics), resume stored group observations.
+
+        ``server_options`` go to :meth:`GroupServer.create` (``congestion``, ``authorize``,
+        ``trusted_network``, ``guard_limits``, ``max_message_size``); per-topic groups share them.
+        """
         config = config or BrokerConfig()
         if group is None:
             if config.group_prefix is None:
@@ -491,6 +496,7 @@ class Broker:
             clock=clock,
             security=security,
             server_credentials=server_credentials,
+            **server_options,
         )
         self = cls(
             server,
@@ -571,6 +577,8 @@ class Broker:
                 code_points=self.code_points,
                 token_length=self.token_length,
                 security=self.security,
+                congestion=self.server.engine.congestion,  # the §4.4 budget is per group
+                max_message_size=self.server.engine.max_message_size,
             )
             engine.tokens = self.server.engine.tokens  # one Token space: introspection by Token alone
             server = GroupServer(
@@ -581,6 +589,8 @@ class Broker:
                 rng=self.rng,
                 clock=self.clock,
                 on_event=self._server_event,
+                authorize=self.server.authorize,  # one authorisation hook, one source guard
+                guard=self.server.guard,
             )
             self._servers[group] = server
         return server

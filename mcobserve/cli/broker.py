@@ -24,6 +24,7 @@ from ..constants import (
     DEFAULT_MIN_INTERVAL,
     TOPIC_PROPERTY_GROUP_OBSERVATION,
 )
+from .security import add_server_arguments
 
 EXIT_STORE = 65
 
@@ -140,6 +141,7 @@ def _broker_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--credentials", metavar="FILE.json", help="aiocoap credentials (OSCORE) for the broker")
     s.add_argument("--group-oscore", metavar="self-managed|GROUP.toml", help="protect notifications")
     s.add_argument("--key-lifetime", type=float, default=3600.0, help="self-managed key lifetime (s)")
+    add_server_arguments(s)  # --publishers, --trusted-network: as `mcobserve server` (docs/security.md)
     p.add_argument(
         "--cluster", metavar="URLS", help="keep topics in a cluster (mcobserve.cluster), e.g. nats://h:4222"
     )
@@ -215,8 +217,10 @@ def _open_store(path: str | None, sync: str = "FULL") -> Any:
 async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: Any) -> int:
     from ..broker.core import Broker
     from ..constants import CodePoints
+    from ..engine.server import CongestionControl
     from ..errors import ForeignStoreError, McObserveError, StoreError
     from .main import UsageError, _EventPrinter, _server_security, load_credentials
+    from .security import server_options
 
     out = _EventPrinter(args.json)
     try:
@@ -278,6 +282,8 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
             security=security,
             server_credentials=server_credentials,
             on_event=out,
+            congestion=CongestionControl(interval=args.min_interval),  # per group (draft §4.4)
+            **server_options(args),
         )
     except (OSError, ValueError) as e:
         store.close()
