@@ -36,3 +36,7 @@ class CancelledError(GroupObservationError):
 
 class AddressInUseError(McObserveError, OSError):
     """Another process already serves SRV_ADDR:SRV_PORT (aiocoap's SO_REUSEPORT would split requests)."""
+
+
+class ResponseTooLargeError(McObserveError):
+    """A response announces or assembles (Block2, RFC 7959) more bytes than the configured limit."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import functools
 import ipaddress
 import socket
@@ -28,6 +29,7 @@ from aiocoap.transports.oscore import OSCOREAddress
 from aiocoap.transports.udp6 import MessageInterfaceUDP6, UDP6EndpointAddress
 
 from ..engine.common import Endpoint, normalize_ip
+from ..errors import ResponseTooLargeError
 
 assert aiocoap.meta.version == "0.4.17", "mcobserve.aio._glue is written against aiocoap 0.4.17"
 
@@ -355,3 +357,64 @@ def bound_deduplication(ctx: Context, trusted: Callable[[str], bool], caps: tupl
 def open_exchanges(ctx: Context) -> int:
     """Confirmable exchanges of the server context waiting for their ACK (one per remote, NSTART = 1)."""
     return len(udp_message_manager(ctx)._active_exchanges)
+
+
+#: The Block2 limit of the requests made by :func:`request_limited` (None: aiocoap's unbounded assembly).
+_BLOCK2_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "mcobserve_block2_limit", default=None
+)
+
+
+def request_limited(ctx: Context, request: Message, max_size: int) -> aiocoap.protocol.Request:
+    """``ctx.request(request)`` whose Block2 assembly (RFC 7959) stops before passing ``max_size`` bytes.
+
+    The limit applies before fetching: a first block whose Size2 announces more, or a next block that
+    would take the body over ``max_size``, fails the request with :class:`ResponseTooLargeError`
+    (notifications of the observation too). aiocoap's own assembly has no limit.
+    """
+    _install_block2_limit()
+    token = _BLOCK2_LIMIT.set(max_size)  # copied into the tasks aiocoap creates for this request
+    try:
+        return ctx.request(request)
+    finally:
+        _BLOCK2_LIMIT.reset(token)
+
+
+def _install_block2_limit() -> None:
+    from aiocoap.protocol import BlockwiseRequest
+
+    original = BlockwiseRequest.__dict__["_complete_by_requesting_block2"].__func__
+    if getattr(original, "_mcobserve_limited", False):
+        return
+
+    async def _complete_by_requesting_block2(
+        cls: type, protocol: object, request_to_repeat: Message, initial_response: Message, log: object
+    ) -> Message:
+        limit = _BLOCK2_LIMIT.get()
+        block2 = initial_response.opt.block2
+        if limit is None or block2 is None or block2.more is False:
+            return await original(cls, protocol, request_to_repeat, initial_response, log)
+        announced = initial_response.opt.size2
+        if announced is not None and announced > limit:
+            raise ResponseTooLargeError(f"the response announces {announced} bytes (Size2), over {limit}")
+        if block2.block_number != 0:
+            raise aiocoap.error.UnexpectedBlock2()
+        assembled = initial_response
+        while True:
+            size = 1 << (block2.size_exponent + 4)
+            if len(assembled.payload) + size > limit:
+                raise ResponseTooLargeError(
+                    f"the response goes on past {len(assembled.payload)} bytes (Block2)"
+                )
+            nxt = request_to_repeat._generate_next_block2_request(assembled)
+            nxt = nxt.copy(remote=initial_response.remote)
+            last = await protocol.request(nxt, handle_blockwise=False).response
+            if last.opt.block2 is None:
+                return last  # as aiocoap: a non-blockwise response ends the transfer
+            block2 = last.opt.block2
+            assembled._append_response_block(last)
+            if block2.more is False:
+                return assembled
+
+    _complete_by_requesting_block2._mcobserve_limited = True  # type: ignore[attr-defined]
+    BlockwiseRequest._complete_by_requesting_block2 = classmethod(_complete_by_requesting_block2)  # type: ignore[assignment]
