@@ -303,6 +303,20 @@ def install_datagram_hooks(ctx: Context, hooks: DatagramHooks) -> None:
     mif.send = send  # type: ignore[method-assign]
 
 
+def client_endpoint(message: Message) -> Endpoint | None:
+    """The UDP address and port a request came from (through OSCORE: of the outer message)."""
+    remote = message.remote
+    if isinstance(remote, OSCOREAddress):
+        remote = remote.underlying_address
+    sockaddr = getattr(remote, "sockaddr", None)
+    if not sockaddr:
+        return None
+    try:
+        return Endpoint.of(normalize_ip(sockaddr[0].split("%", 1)[0]), sockaddr[1])
+    except ValueError:
+        return None
+
+
 def udp_source(message: Message) -> str | None:
     """The IP address a request came from (through OSCORE: the address of the outer message)."""
     remote = message.remote

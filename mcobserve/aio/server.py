@@ -383,7 +383,7 @@ class GroupServer:
             as_sent,
             self.clock(),
             self.rng,
-            endpoint=request.remote,
+            endpoint=_glue.client_endpoint(request) or request.remote,  # by prefix for §13
             protected=_glue.is_oscore_protected(request),
         )
         if self.on_event is not None:  # no work for events nobody reads (a hot path)
