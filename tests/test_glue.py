@@ -305,3 +305,28 @@ async def test_datagram_hooks_count_drop_and_bound(caplog):
         sock.close()
         await ctx.shutdown()
     assert "Traceback" not in caplog.text
+
+
+async def test_index_oscore_contexts_finds_what_aiocoaps_scan_finds(tmp_path):
+    from aiocoap.credentials import CredentialsMap
+    from aiocoap.oscore import COSE_KID, COSE_KID_CONTEXT
+
+    from mcobserve.cli.credentials import write_oscore_contexts
+    from mcobserve.cli.main import load_credentials
+
+    write_oscore_contexts(tmp_path, "[fd00::1]", 5)
+    creds = CredentialsMap()
+    creds.load_from_dict(load_credentials(str(tmp_path / "server.json")))
+    scan = CredentialsMap.find_oscore
+    _glue.index_oscore_contexts(creds)
+    for i in range(1, 6):
+        unprotected = {COSE_KID: bytes([i])}
+        assert creds.find_oscore(unprotected) is scan(creds, unprotected)
+    for bad in ({COSE_KID: b"\x09"}, {COSE_KID: b"\x01", COSE_KID_CONTEXT: b"x"}, {}):
+        with pytest.raises(KeyError):
+            creds.find_oscore(bad)
+    write_oscore_contexts(tmp_path / "more", "[fd00::1]", 7)  # the map grows: the index follows
+    extra = CredentialsMap()
+    extra.load_from_dict(load_credentials(str(tmp_path / "more" / "server.json")))
+    creds[":client-7"] = extra[":client-7"]
+    assert creds.find_oscore({COSE_KID: b"\x07"}) is extra[":client-7"]

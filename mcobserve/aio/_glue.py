@@ -88,10 +88,15 @@ def acknowledge_now(request: Message) -> bool:
     if not isinstance(mman, MessageManager):
         return False
     if key is None:
-        pending = [k for k in mman._piggyback_opportunities if k[0] == remote]
-        if len(pending) != 1:
-            return False
-        key = pending[0]
+        outer = getattr(remote.interface, "_mcobserve_outer_tokens", None)
+        token = outer.pop(remote, None) if outer is not None else None
+        if token is not None:  # recorded by install_datagram_hooks: no scan (O(1) per registration)
+            key = (remote, token)
+        else:
+            pending = [k for k in mman._piggyback_opportunities if k[0] == remote]
+            if len(pending) != 1:
+                return False
+            key = pending[0]
     entry = mman._piggyback_opportunities.pop(key, None)
     if entry is None:
         return False
@@ -215,6 +220,10 @@ class DatagramHooks(Protocol):
         """A unicast message of ``size`` bytes is about to go to ``source``: send it, another, or None."""
 
 
+#: Remotes whose latest outer OSCORE Token is remembered for :func:`acknowledge_now`.
+OUTER_TOKENS_MAX = 65536
+
+
 @functools.lru_cache(maxsize=4096)
 def _is_multicast(host: str) -> bool:
     try:
@@ -250,6 +259,9 @@ def install_datagram_hooks(ctx: Context, hooks: DatagramHooks) -> None:
     """
     mif = udp_message_manager(ctx).message_interface
     transport = mif.transport
+    # The outer Token of the latest CON OSCORE request per remote, for acknowledge_now (bounded).
+    outer_tokens: collections.OrderedDict[object, bytes] = collections.OrderedDict()
+    mif._mcobserve_outer_tokens = outer_tokens
 
     def datagram_msg_received(
         data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int, address: tuple
@@ -274,6 +286,11 @@ def install_datagram_hooks(ctx: Context, hooks: DatagramHooks) -> None:
             return
         if not hooks.on_message(source, message):
             return
+        if message.mtype is CON and message.opt.oscore is not None and message.code.is_request():
+            outer_tokens[message.remote] = message.token
+            outer_tokens.move_to_end(message.remote)
+            if len(outer_tokens) > OUTER_TOKENS_MAX:
+                outer_tokens.popitem(last=False)
         try:
             mif._ctx.dispatch_message(message)
         except Exception:
@@ -432,3 +449,50 @@ def _install_block2_limit() -> None:
 
     _complete_by_requesting_block2._mcobserve_limited = True  # type: ignore[attr-defined]
     BlockwiseRequest._complete_by_requesting_block2 = classmethod(_complete_by_requesting_block2)  # type: ignore[assignment]
+
+
+def index_oscore_contexts(credentials: aiocoap.credentials.CredentialsMap) -> None:
+    """Find the OSCORE context of a request by (kid, kid context) in O(1) (RFC 8613 §8.2).
+
+    aiocoap 0.4.17's ``CredentialsMap.find_oscore`` asks every entry in turn: O(number of clients) per
+    protected request, the largest cost of a registration storm at N = 1000. This replaces it on this
+    map with a dictionary of the plain (RFC 8613) contexts, rebuilt when the map's size changes; entries
+    with their own matching rule (e.g. group contexts) are still asked in turn, and the result is the
+    one aiocoap's scan would find (the first matching entry in insertion order).
+    """
+    from aiocoap.oscore import COSE_KID, COSE_KID_CONTEXT, SecurityContextUtils
+
+    plain_rule = SecurityContextUtils.get_oscore_context_for
+    state: dict[str, object] = {"size": -1}
+
+    def rebuild() -> None:
+        index: dict[tuple[object, object], object] = {}
+        others: list[object] = []
+        for item in credentials.values():
+            rule = getattr(type(item), "get_oscore_context_for", None)
+            if rule is None:
+                continue
+            if rule is plain_rule:
+                index.setdefault((item.recipient_id, item.id_context), item)
+            else:
+                others.append(item)
+        state.update(size=len(credentials), index=index, others=others)
+
+    def find_oscore(unprotected: dict[object, object]) -> object:
+        if state["size"] != len(credentials):
+            rebuild()
+        others = state["others"]
+        hit = state["index"].get((unprotected.get(COSE_KID), unprotected.get(COSE_KID_CONTEXT)))
+        if hit is not None and not others:
+            return hit
+        for item in credentials.values() if others else ():
+            if item is hit:
+                return hit
+            ctx = item.get_oscore_context_for(unprotected) if item in others else None
+            if ctx is not None:
+                return ctx
+        if hit is not None:
+            return hit
+        raise KeyError()
+
+    credentials.find_oscore = find_oscore  # type: ignore[method-assign]

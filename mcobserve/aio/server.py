@@ -255,6 +255,7 @@ class GroupServer:
         guard = None if trusted_network else SourceGuard(guard_limits)
         served: aiocoap.interfaces.Resource = site
         if server_credentials is not None:
+            _glue.index_oscore_contexts(server_credentials)  # O(1) context look-up per request
             served = _glue.oscore_site(_VerifyingSite(site, guard, clock), server_credentials)
         ctx = await aiocoap.Context.create_server_context(
             served,
@@ -376,7 +377,9 @@ class GroupServer:
                 return
         key = _observer_key(request)
         # aiocoap's Site strips the matched Uri-Path; the engine compares the request as it was sent.
-        as_sent = request.copy(uri_path=path)
+        # The request is the Site's own copy for this resource: restore the path in place (no deepcopy).
+        request.opt.uri_path = path
+        as_sent = request
         reg = self.engine.on_registration(
             path,
             key,
