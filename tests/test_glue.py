@@ -268,6 +268,9 @@ class Hooks:
         self.sent.append((source, size))
         return None if self.block else message
 
+    def may_ack_early(self, source: str, message: Message) -> bool:
+        return True
+
 
 async def test_datagram_hooks_count_drop_and_bound(caplog):
     ctx, port, res = await counting_server()
@@ -330,3 +333,34 @@ async def test_index_oscore_contexts_finds_what_aiocoaps_scan_finds(tmp_path):
     extra.load_from_dict(load_credentials(str(tmp_path / "more" / "server.json")))
     creds[":client-7"] = extra[":client-7"]
     assert creds.find_oscore({COSE_KID: b"\x07"}) is extra[":client-7"]
+
+
+async def test_poll_datagrams_takes_in_a_backlog_and_acks_it_at_once():
+    ctx, port, res = await counting_server()
+    _glue.install_datagram_hooks(ctx, Hooks())
+    sock = raw_client()
+    try:
+        for mid in range(6):  # waiting at the socket while the loop is busy
+            sock.sendto(get_c(0x10 + mid), ("127.0.0.1", port))
+        assert _glue.poll_datagrams(ctx, limit=64) == 6  # as from inside a long task step
+        loop = asyncio.get_running_loop()
+        got = []
+        while True:
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 2048), 0.5)
+            except TimeoutError:
+                break
+            got.append(Message.decode(data))
+            if got[-1].mtype == CON:  # NSTART = 1: the next CON to us waits for this ACK
+                sock.sendto(bytes((0x60, 0, data[2], data[3])), ("127.0.0.1", port))
+        acks = [m for m in got if m.mtype == 2 and m.code == 0]  # empty ACKs
+        separate = [m for m in got if m.mtype == CON and m.code == CONTENT]
+        assert len(acks) == 6 and len(separate) == 6  # early ACK, then the answer on its own
+        assert res.calls == 6
+        sock.sendto(get_c(0x30), ("127.0.0.1", port))  # one at a time: piggybacked as usual
+        data = await asyncio.wait_for(loop.sock_recv(sock, 2048), 2)
+        assert Message.decode(data).mtype == 2 and Message.decode(data).code == CONTENT
+        assert _glue.poll_datagrams(ctx) == 0
+    finally:
+        sock.close()
+        await ctx.shutdown()

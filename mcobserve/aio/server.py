@@ -254,9 +254,10 @@ class GroupServer:
         bind_host = str(bind.host)
         guard = None if trusted_network else SourceGuard(guard_limits)
         served: aiocoap.interfaces.Resource = site
+        verifying = _VerifyingSite(site, guard, clock)
         if server_credentials is not None:
             _glue.index_oscore_contexts(server_credentials)  # O(1) context look-up per request
-            served = _glue.oscore_site(_VerifyingSite(site, guard, clock), server_credentials)
+            served = _glue.oscore_site(verifying, server_credentials)
         ctx = await aiocoap.Context.create_server_context(
             served,
             bind=(bind_host, bind.port),
@@ -280,6 +281,7 @@ class GroupServer:
             guard=guard,
         )
         _glue.install_datagram_hooks(ctx, _Hooks(server))
+        verifying.ctx = ctx
         limits = guard.limits if guard is not None else (guard_limits or GuardLimits())
         server.limits = limits
         if guard is None:
@@ -343,6 +345,13 @@ class GroupServer:
 
     # -- registrations -------------------------------------------------------------------------
 
+    def _endpoint(self, request: Message) -> Any:
+        """What the engine counts confirmations by: for Feedback-Divider 0, the UDP endpoint (its prefix
+        is bounded per round, draft §13); otherwise the remote as it is (no parsing on the hot path)."""
+        if get_feedback_divider(request, self.code_points) == 0:
+            return _glue.client_endpoint(request) or request.remote
+        return request.remote
+
     def echo_challenge(self, request: Message) -> Message | None:
         """4.01 with an Echo option if ``request`` comes from a source not verified yet (RFC 9175 §2.4).
 
@@ -361,6 +370,7 @@ class GroupServer:
         return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
 
     async def _registration(self, resource: GroupObservableResource, pipe: aiocoap.pipe.Pipe) -> None:
+        _glue.poll_datagrams(self.ctx)  # in a storm: take in (and ACK) what waits at the socket
         request = pipe.request
         path = resource._mc_path
         if not _answerless(request, self.code_points):
@@ -386,7 +396,7 @@ class GroupServer:
             as_sent,
             self.clock(),
             self.rng,
-            endpoint=_glue.client_endpoint(request) or request.remote,  # by prefix for §13
+            endpoint=self._endpoint(request),
             protected=_glue.is_oscore_protected(request),
         )
         if self.on_event is not None:  # no work for events nobody reads (a hot path)
@@ -584,8 +594,11 @@ class _VerifyingSite(aiocoap.interfaces.Resource):
         self._site = site
         self._guard = guard
         self._clock = clock
+        self.ctx: aiocoap.Context | None = None  # set once the context exists
 
     async def render_to_pipe(self, pipe: aiocoap.pipe.Pipe) -> None:
+        if self.ctx is not None:
+            _glue.poll_datagrams(self.ctx)  # unprotecting took a while: take in (and ACK) what waits
         if self._guard is not None and _glue.is_oscore_protected(pipe.request):
             source = _glue.udp_source(pipe.request)
             if source is not None:
@@ -625,6 +638,13 @@ class _Hooks:
             if not self.guard.verified(source, now):
                 self.guard.check_echo(source, echo, now)
         return True
+
+    def may_ack_early(self, source: str, message: Message) -> bool:
+        # Not to unverified sources (their answer is a small 4.01 + Echo, better piggybacked), except for
+        # OSCORE requests, which verify their source once unprotected.
+        if self.guard is None or message.opt.oscore is not None:
+            return True
+        return self.guard.verified(source, self.clock())
 
     def on_send(self, source: str, message: Message, size: int) -> Message | None:
         guard = self.guard
