@@ -213,8 +213,9 @@ class DatagramHooks(Protocol):
     def on_dropped(self, source: str, reason: str) -> None:
         """A datagram was dropped (unparsable, undecodable option, unfit type/code, failed processing)."""
 
-    def on_message(self, source: str, message: Message) -> bool:
-        """A decoded message; False drops it before aiocoap sees it."""
+    def on_message(self, source: str, message: Message) -> bool | Message:
+        """A decoded message; False drops it before aiocoap sees it; a Message is the answer to send now
+        instead (its type, MID, Token and remote are filled in here: ACK to a CON request, else NON)."""
 
     def on_send(self, source: str, message: Message, size: int) -> Message | None:
         """A unicast message of ``size`` bytes is about to go to ``source``: send it, another, or None."""
@@ -309,7 +310,16 @@ def install_datagram_hooks(ctx: Context, hooks: DatagramHooks) -> None:
         if not _fits(message):
             hooks.on_dropped(source, "type and code do not fit (RFC 7252 §4)")
             return
-        if not hooks.on_message(source, message):
+        verdict = hooks.on_message(source, message)
+        if isinstance(verdict, Message):  # answered at once, statelessly (e.g. 4.01 + Echo)
+            verdict.token, verdict.remote = message.token, message.remote
+            if message.mtype is CON:
+                verdict.mtype, verdict.mid = ACK, message.mid
+            else:
+                verdict.mtype, verdict.mid = NON, mman._next_message_id()
+            mif.send(verdict)
+            return
+        if not verdict:
             return
         if message.mtype is CON and message.opt.oscore is not None and message.code.is_request():
             outer_tokens[message.remote] = message.token

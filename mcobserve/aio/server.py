@@ -9,6 +9,7 @@ socket and answers registrations with informative responses. Protocol rules stay
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -621,6 +622,8 @@ class _Hooks:
     def __init__(self, server: GroupServer) -> None:
         self.server = server
         self.guard = server.guard
+        #: (address, port, MID) of requests answered with a 4.01 + Echo, oldest first (bounded).
+        self.challenged: collections.OrderedDict[tuple[Any, int], float] = collections.OrderedDict()
         self.drops = server.drops
         self.clock = server.clock
 
@@ -631,13 +634,39 @@ class _Hooks:
     def on_dropped(self, source: str, reason: str) -> None:
         self.drops.drop(reason, source, self.clock())
 
-    def on_message(self, source: str, message: Message) -> bool:
+    def on_message(self, source: str, message: Message) -> bool | Message:
+        guard = self.guard
+        if guard is None or not message.code.is_request():
+            return True
+        now = self.clock()
+        key = (message.remote.sockaddr[:2], message.mid)
+        if key in self.challenged:  # a retransmission of a challenged request: challenged again
+            return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+        if guard.verified(source, now):
+            return True
         echo = message.opt.echo
-        if echo is not None and self.guard is not None and message.code.is_request():
-            now = self.clock()
-            if not self.guard.verified(source, now):
-                self.guard.check_echo(source, echo, now)
-        return True
+        if echo is not None and guard.check_echo(source, echo, now):
+            return True
+        if not self._needs_verification(message):
+            return True
+        # Answered here, before aiocoap's pipeline and without per-request state (but this MID, so that
+        # a late retransmission is not taken as a new registration once the source is verified).
+        challenged = self.challenged
+        challenged[key] = now + CHALLENGE_MEMORY
+        while challenged and (len(challenged) > CHALLENGED_MAX or next(iter(challenged.values())) <= now):
+            challenged.popitem(last=False)
+        return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+
+    def _needs_verification(self, message: Message) -> bool:
+        """A registration to a group-observable resource, or a request to the introspection resource."""
+        if message.opt.oscore is not None:
+            return False  # verified once unprotected
+        path = tuple(message.opt.uri_path)
+        if path == IntrospectionResource.PATH:
+            return True
+        if message.opt.observe != 0 or path not in self.server._resources:
+            return False
+        return not _answerless(message, self.server.code_points)
 
     def may_ack_early(self, source: str, message: Message) -> bool:
         # Not to unverified sources (their answer is a small 4.01 + Echo, better piggybacked), except for
@@ -668,6 +697,12 @@ class _Hooks:
         guard.stats.dropped += 1
         self.drops.drop("amplification bound: source not verified (RFC 9175 §2.4)", source, now)
         return None
+
+
+#: Seconds a challenged request's (address, port, MID) is remembered (EXCHANGE_LIFETIME, RFC 7252 §4.8.2).
+CHALLENGE_MEMORY = 247.0
+#: Challenged requests remembered at most (about 150 bytes each).
+CHALLENGED_MAX = 16384
 
 
 def _answerless(request: Message, code_points: CodePoints) -> bool:
