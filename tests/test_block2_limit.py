@@ -64,3 +64,28 @@ async def test_size2_over_the_limit_stops_before_the_second_block():
 async def test_without_size2_at_most_the_limit_is_fetched():
     proto = await run(None)
     assert proto.requests == MAX_INFORMATIVE_RESPONSE_SIZE // BLOCK  # 64 blocks of 1 KiB, not 4,080
+
+
+async def test_the_cli_says_one_line():
+    import subprocess
+    import sys
+
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_datagram_endpoint(lambda: EndlessBlocks(None), local_addr=("127.0.0.1", 0))
+    port = proto.transport.get_extra_info("socket").getsockname()[1]
+    try:
+        p = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mcobserve.cli.main",
+            "observe",
+            f"coap://127.0.0.1:{port}/r",
+            "--timeout",
+            "20",
+            stderr=subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(p.communicate(), 30)
+    finally:
+        proto.transport.close()
+    lines = err.decode().strip().splitlines()
+    assert p.returncode == 1 and lines == ["mcobserve: the response goes on past 65536 bytes (Block2)"]

@@ -8,6 +8,7 @@ function has a test in ``tests/test_glue.py``; when aiocoap changes, only this m
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import contextvars
@@ -471,9 +472,15 @@ def request_limited(ctx: Context, request: Message, max_size: int) -> aiocoap.pr
     _install_block2_limit()
     token = _BLOCK2_LIMIT.set(max_size)  # copied into the tasks aiocoap creates for this request
     try:
-        return ctx.request(request)
+        pending = ctx.request(request)
     finally:
         _BLOCK2_LIMIT.reset(token)
+    runner = getattr(pending, "_runner", None)
+    if isinstance(runner, asyncio.Task):
+        # aiocoap also hands the error to the request's observation, which raises RuntimeError when that
+        # was cancelled meanwhile: the error already reached the caller, keep asyncio from printing it.
+        runner.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return pending
 
 
 def _install_block2_limit() -> None:
