@@ -80,3 +80,7 @@ class ProxyError(McObserveError):
     def __init__(self, code: object, text: str) -> None:
         self.code = code
         super().__init__(text)
+
+
+class ResponseTooLargeError(McObserveError):
+    """A response announces or assembles (Block2, RFC 7959) more bytes than the configured limit."""

@@ -160,3 +160,23 @@ async def test_trusted_network_turns_the_bound_off():
     finally:
         await server.shutdown()
     assert [m.code for m in c.messages()] == [CONTENT]
+
+
+async def test_a_late_retransmission_of_a_challenged_registration_is_not_a_second_observer():
+    server, port = await start()
+    c = Raw("127.0.0.70")
+    try:
+        first = request(CON, 0x600, ("r",), observe=0)
+        c.send(first, port)
+        await c.listen(time.monotonic() + 0.5)
+        echo = c.messages()[0].opt.echo
+        c.send(request(CON, 0x601, ("r",), observe=0, echo=echo), port)
+        await c.listen(time.monotonic() + 0.5)
+        c.send(first, port)  # the first registration again, now that the address is verified
+        await c.listen(time.monotonic() + 0.5)
+        obs = server.engine.observation(("r",))
+    finally:
+        await server.shutdown()
+    codes = [m.code for m in c.messages() if m.code != EMPTY]
+    assert codes == [UNAUTHORIZED, SERVICE_UNAVAILABLE, UNAUTHORIZED]
+    assert obs is not None and obs.count == 1

@@ -268,6 +268,9 @@ class Hooks:
         self.sent.append((source, size))
         return None if self.block else message
 
+    def may_ack_early(self, source: str, message: Message) -> bool:
+        return True
+
 
 async def test_datagram_hooks_count_drop_and_bound(caplog):
     ctx, port, res = await counting_server()
@@ -305,3 +308,59 @@ async def test_datagram_hooks_count_drop_and_bound(caplog):
         sock.close()
         await ctx.shutdown()
     assert "Traceback" not in caplog.text
+
+
+async def test_index_oscore_contexts_finds_what_aiocoaps_scan_finds(tmp_path):
+    from aiocoap.credentials import CredentialsMap
+    from aiocoap.oscore import COSE_KID, COSE_KID_CONTEXT
+
+    from mcobserve.cli.credentials import write_oscore_contexts
+    from mcobserve.cli.main import load_credentials
+
+    write_oscore_contexts(tmp_path, "[fd00::1]", 5)
+    creds = CredentialsMap()
+    creds.load_from_dict(load_credentials(str(tmp_path / "server.json")))
+    scan = CredentialsMap.find_oscore
+    _glue.index_oscore_contexts(creds)
+    for i in range(1, 6):
+        unprotected = {COSE_KID: bytes([i])}
+        assert creds.find_oscore(unprotected) is scan(creds, unprotected)
+    for bad in ({COSE_KID: b"\x09"}, {COSE_KID: b"\x01", COSE_KID_CONTEXT: b"x"}, {}):
+        with pytest.raises(KeyError):
+            creds.find_oscore(bad)
+    write_oscore_contexts(tmp_path / "more", "[fd00::1]", 7)  # the map grows: the index follows
+    extra = CredentialsMap()
+    extra.load_from_dict(load_credentials(str(tmp_path / "more" / "server.json")))
+    creds[":client-7"] = extra[":client-7"]
+    assert creds.find_oscore({COSE_KID: b"\x07"}) is extra[":client-7"]
+
+
+async def test_poll_datagrams_takes_in_a_backlog_and_acks_it_at_once():
+    ctx, port, res = await counting_server()
+    _glue.install_datagram_hooks(ctx, Hooks())
+    sock = raw_client()
+    try:
+        for mid in range(6):  # waiting at the socket while the loop is busy
+            sock.sendto(get_c(0x10 + mid), ("127.0.0.1", port))
+        assert _glue.poll_datagrams(ctx, limit=64) == 6  # as from inside a long task step
+        loop = asyncio.get_running_loop()
+        got = []
+        while True:
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 2048), 0.5)
+            except TimeoutError:
+                break
+            got.append(Message.decode(data))
+            if got[-1].mtype == CON:  # NSTART = 1: the next CON to us waits for this ACK
+                sock.sendto(bytes((0x60, 0, data[2], data[3])), ("127.0.0.1", port))
+        acks = [m for m in got if m.mtype == 2 and m.code == 0]  # empty ACKs
+        separate = [m for m in got if m.mtype == CON and m.code == CONTENT]
+        assert len(acks) == 6 and len(separate) == 6  # early ACK, then the answer on its own
+        assert res.calls == 6
+        sock.sendto(get_c(0x30), ("127.0.0.1", port))  # one at a time: piggybacked as usual
+        data = await asyncio.wait_for(loop.sock_recv(sock, 2048), 2)
+        assert Message.decode(data).mtype == 2 and Message.decode(data).code == CONTENT
+        assert _glue.poll_datagrams(ctx) == 0
+    finally:
+        sock.close()
+        await ctx.shutdown()

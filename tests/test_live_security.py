@@ -6,10 +6,13 @@ writes to named OSCORE identities (4.03 for the others).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from mcobserve.capture import Capture
 from mcobserve.cli.credentials import write_credentials
 
-from .livekit import GROUP6, PY, notifications, put, server
+from .livekit import GROUP6, PY, notifications, observer, put, server
 from .test_live_secured import secured_observer
 
 
@@ -65,3 +68,54 @@ def test_unprotected_requests_get_401_and_nothing_reaches_the_group(lan, tools, 
         if p["ipv6.src"] == lan.server.addr6 and p.get("coap.code") == "129"  # 4.01
     ]
     assert len(refusals) >= 5
+
+
+SPOOFER = r"""
+import socket, sys, time
+from aiocoap import GET, NON, Message
+from mcobserve.wire.feedback import set_feedback_divider
+host, path, n, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+print("ready", flush=True)
+sys.stdin.readline()
+start = time.monotonic()
+for i in range(n):
+    m = Message(code=GET, uri_path=(path,), observe=0, no_response=26)
+    set_feedback_divider(m, 0)
+    m.mtype, m.mid, m.token = NON, i & 0xFFFF, i.to_bytes(4, "big")
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:  # a new source port each time
+        s.sendto(m.encode(), (host, 5683))
+    delay = start + seconds * (i + 1) / n - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+print("sent", n, flush=True)
+"""
+
+
+def test_spoofed_confirmations_from_one_prefix_are_bounded_live(lan):
+    """5,000 Feedback-Divider 0 confirmations from distinct ports during one round: the estimate for
+    one real observer stays below 1 + (4 M - 1) / D = 8.75 (it was 8,379 for 50,000 in the issue)."""
+    base = f"coap://[{lan.server.addr6}]"
+    srv = server(
+        lan.server, f"[{lan.server.addr6}]", GROUP6, "--confirmation-wait", "3", "--count-every", "0"
+    )
+    spoofer = lan.clients[1].popen(
+        [sys.executable, "-c", SPOOFER, lan.server.addr6, "r", "5000", "2.5"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        obs = observer(lan.clients[0], f"{base}/r", 3, timeout=30)
+        obs.wait_event(lambda e: e.get("via") == "last_notif", timeout=15)
+        assert spoofer.stdout.readline().strip() == "ready"
+        put(lan.clients[2], f"{base}/r", ["v1"])  # carries Feedback-Divider Q = 0: the round starts
+        spoofer.stdin.write("go\n")
+        spoofer.stdin.flush()
+        assert spoofer.stdout.readline().strip() == "sent 5000"
+        count = srv.wait_event(lambda e: e.get("event") == "count", timeout=15)
+    finally:
+        spoofer.kill()
+        srv.stop()
+    assert count["Q"] == 0
+    assert 4 * 8 <= count["R"] <= 4 * 8 + 1  # the spoofer's /64 gave its full share, no more
+    assert count["estimate"] <= 1 + (4 * 8 + 1 - 1) / 4

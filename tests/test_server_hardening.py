@@ -132,3 +132,30 @@ async def test_informative_responses_in_flight_are_capped():
     for answers in got[2:]:
         assert answers == [(ACK, SERVICE_UNAVAILABLE, 7, 0)]
     assert server.busy == 2
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_aiocoap_client_registers_only_with_trusted_network(trusted):
+    """aiocoap-client 0.4.17 does not answer Echo on plain CoAP (README): its registration gets 4.01 from an
+    unverified address, and the informative 5.03 once the server runs with --trusted-network."""
+    import os
+
+    port = free_port()
+    argv = [sys.executable, "-m", "mcobserve.cli.main", "server", "--bind", f"{LOCAL}:{port}"]
+    argv += ["--group", "239.255.0.23:61616", "--interface", "lo", "--resource", "r=1234", "--json"]
+    argv += ["--trusted-network"] if trusted else []
+    srv = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout is not None and '"started"' in srv.stdout.readline()
+        client = os.path.join(os.path.dirname(sys.executable), "aiocoap-client")
+        res = subprocess.run(
+            [client, "--observe", f"coap://{LOCAL}:{port}/r"], capture_output=True, timeout=30
+        )
+    finally:
+        srv.terminate()
+        srv.communicate(timeout=20)
+    out = (res.stdout + res.stderr).decode("utf-8", "replace")  # the 5.03 payload is CBOR
+    if trusted:
+        assert "5.03 Service Unavailable" in out and "4.01" not in out, out
+    else:
+        assert "4.01 Unauthorized" in out and "5.03" not in out, out

@@ -8,8 +8,10 @@ function has a test in ``tests/test_glue.py``; when aiocoap changes, only this m
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
+import contextvars
 import functools
 import ipaddress
 import socket
@@ -28,6 +30,7 @@ from aiocoap.transports.oscore import OSCOREAddress
 from aiocoap.transports.udp6 import MessageInterfaceUDP6, UDP6EndpointAddress
 
 from ..engine.common import Endpoint, normalize_ip
+from ..errors import ResponseTooLargeError
 
 assert aiocoap.meta.version == "0.4.17", "mcobserve.aio._glue is written against aiocoap 0.4.17"
 
@@ -86,10 +89,15 @@ def acknowledge_now(request: Message) -> bool:
     if not isinstance(mman, MessageManager):
         return False
     if key is None:
-        pending = [k for k in mman._piggyback_opportunities if k[0] == remote]
-        if len(pending) != 1:
-            return False
-        key = pending[0]
+        outer = getattr(remote.interface, "_mcobserve_outer_tokens", None)
+        token = outer.pop(remote, None) if outer is not None else None
+        if token is not None:  # recorded by install_datagram_hooks: no scan (O(1) per registration)
+            key = (remote, token)
+        else:
+            pending = [k for k in mman._piggyback_opportunities if k[0] == remote]
+            if len(pending) != 1:
+                return False
+            key = pending[0]
     entry = mman._piggyback_opportunities.pop(key, None)
     if entry is None:
         return False
@@ -206,11 +214,37 @@ class DatagramHooks(Protocol):
     def on_dropped(self, source: str, reason: str) -> None:
         """A datagram was dropped (unparsable, undecodable option, unfit type/code, failed processing)."""
 
-    def on_message(self, source: str, message: Message) -> bool:
-        """A decoded message; False drops it before aiocoap sees it."""
+    def on_message(self, source: str, message: Message) -> bool | Message:
+        """A decoded message; False drops it before aiocoap sees it; a Message is the answer to send now
+        instead (its type, MID, Token and remote are filled in here: ACK to a CON request, else NON)."""
 
     def on_send(self, source: str, message: Message, size: int) -> Message | None:
         """A unicast message of ``size`` bytes is about to go to ``source``: send it, another, or None."""
+
+    def may_ack_early(self, source: str, message: Message) -> bool:
+        """May this CON request get its empty ACK before it is processed (the server is behind)?"""
+
+
+#: Remotes whose latest outer OSCORE Token is remembered for :func:`acknowledge_now`.
+OUTER_TOKENS_MAX = 65536
+#: recvmsg buffer, as aiocoap's transport.
+RECEIVE_SIZE = 4096
+#: A poll that finds at least this many datagrams waiting ACKs their CON requests at once.
+EARLY_ACK_BACKLOG = 4
+
+
+def poll_datagrams(ctx: Context, limit: int = 64) -> int:
+    """Read up to ``limit`` datagrams waiting at the server socket now, from inside a long piece of work.
+
+    asyncio reads one datagram per loop iteration, between whole task steps; in a registration storm the
+    queue in the socket grows while each registration is processed, and the clients retransmit after
+    ACK_TIMEOUT (2-3 s) although their request is only waiting. Called from the registration path, this
+    hands waiting datagrams to aiocoap at once and, when at least :data:`EARLY_ACK_BACKLOG` were waiting,
+    sends the empty ACK of each CON request right away (the response then goes separately, as the
+    informative response does anyway). Needs :func:`install_datagram_hooks`; returns the number read.
+    """
+    poll = getattr(udp_message_manager(ctx).message_interface, "_mcobserve_poll", None)
+    return poll(limit) if poll is not None else 0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -248,6 +282,13 @@ def install_datagram_hooks(ctx: Context, hooks: DatagramHooks) -> None:
     """
     mif = udp_message_manager(ctx).message_interface
     transport = mif.transport
+    # The outer Token of the latest CON OSCORE request per remote, for acknowledge_now (bounded).
+    outer_tokens: collections.OrderedDict[object, bytes] = collections.OrderedDict()
+    mif._mcobserve_outer_tokens = outer_tokens
+
+    sock = transport.get_extra_info("socket")
+    mman = mif._ctx
+    early_ack = [False]  # set while poll() hands over a backlog
 
     def datagram_msg_received(
         data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int, address: tuple
@@ -270,12 +311,56 @@ def install_datagram_hooks(ctx: Context, hooks: DatagramHooks) -> None:
         if not _fits(message):
             hooks.on_dropped(source, "type and code do not fit (RFC 7252 §4)")
             return
-        if not hooks.on_message(source, message):
+        verdict = hooks.on_message(source, message)
+        if isinstance(verdict, Message):  # answered at once, statelessly (e.g. 4.01 + Echo)
+            verdict.token, verdict.remote = message.token, message.remote
+            if message.mtype is CON:
+                verdict.mtype, verdict.mid = ACK, message.mid
+            else:
+                verdict.mtype, verdict.mid = NON, mman._next_message_id()
+            mif.send(verdict)
             return
+        if not verdict:
+            return
+        if message.mtype is CON and message.opt.oscore is not None and message.code.is_request():
+            outer_tokens[message.remote] = message.token
+            outer_tokens.move_to_end(message.remote)
+            if len(outer_tokens) > OUTER_TOKENS_MAX:
+                outer_tokens.popitem(last=False)
         try:
-            mif._ctx.dispatch_message(message)
+            mman.dispatch_message(message)
         except Exception:
             hooks.on_dropped(source, "processing failed")
+            return
+        if (
+            early_ack[0]
+            and message.mtype is CON
+            and message.code.is_request()
+            and hooks.may_ack_early(source, message)
+        ):
+            entry = mman._piggyback_opportunities.pop((message.remote, message.token), None)
+            if entry is not None:  # the server is behind: ACK now, answer separately (RFC 7252 §5.2.2)
+                entry[1].cancel()
+                mman._send_empty_ack(message.remote, entry[0], "server busy: separate response")
+
+    def poll(limit: int) -> int:
+        waiting = []
+        for _ in range(limit):
+            try:
+                waiting.append(sock.recvmsg(RECEIVE_SIZE, 1024))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break  # the transport's own reader reports socket errors
+        early_ack[0] = len(waiting) >= EARLY_ACK_BACKLOG
+        try:
+            for data, ancdata, flags, address in waiting:
+                mif.datagram_msg_received(data, ancdata, flags, address)  # through any wrapper (the bench's)
+        finally:
+            early_ack[0] = False
+        return len(waiting)
+
+    mif._mcobserve_poll = poll
 
     def send(message: Message) -> None:
         remote = message.remote
@@ -299,6 +384,20 @@ def install_datagram_hooks(ctx: Context, hooks: DatagramHooks) -> None:
 
     mif.datagram_msg_received = datagram_msg_received  # type: ignore[method-assign]
     mif.send = send  # type: ignore[method-assign]
+
+
+def client_endpoint(message: Message) -> Endpoint | None:
+    """The UDP address and port a request came from (through OSCORE: of the outer message)."""
+    remote = message.remote
+    if isinstance(remote, OSCOREAddress):
+        remote = remote.underlying_address
+    sockaddr = getattr(remote, "sockaddr", None)
+    if not sockaddr:
+        return None
+    try:
+        return Endpoint.of(normalize_ip(sockaddr[0].split("%", 1)[0]), sockaddr[1])
+    except ValueError:
+        return None
 
 
 def udp_source(message: Message) -> str | None:
@@ -355,3 +454,117 @@ def bound_deduplication(ctx: Context, trusted: Callable[[str], bool], caps: tupl
 def open_exchanges(ctx: Context) -> int:
     """Confirmable exchanges of the server context waiting for their ACK (one per remote, NSTART = 1)."""
     return len(udp_message_manager(ctx)._active_exchanges)
+
+
+#: The Block2 limit of the requests made by :func:`request_limited` (None: aiocoap's unbounded assembly).
+_BLOCK2_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "mcobserve_block2_limit", default=None
+)
+
+
+def request_limited(ctx: Context, request: Message, max_size: int) -> aiocoap.protocol.Request:
+    """``ctx.request(request)`` whose Block2 assembly (RFC 7959) stops before passing ``max_size`` bytes.
+
+    The limit applies before fetching: a first block whose Size2 announces more, or a next block that
+    would take the body over ``max_size``, fails the request with :class:`ResponseTooLargeError`
+    (notifications of the observation too). aiocoap's own assembly has no limit.
+    """
+    _install_block2_limit()
+    token = _BLOCK2_LIMIT.set(max_size)  # copied into the tasks aiocoap creates for this request
+    try:
+        pending = ctx.request(request)
+    finally:
+        _BLOCK2_LIMIT.reset(token)
+    runner = getattr(pending, "_runner", None)
+    if isinstance(runner, asyncio.Task):
+        # aiocoap also hands the error to the request's observation, which raises RuntimeError when that
+        # was cancelled meanwhile: the error already reached the caller, keep asyncio from printing it.
+        runner.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return pending
+
+
+def _install_block2_limit() -> None:
+    from aiocoap.protocol import BlockwiseRequest
+
+    original = BlockwiseRequest.__dict__["_complete_by_requesting_block2"].__func__
+    if getattr(original, "_mcobserve_limited", False):
+        return
+
+    async def _complete_by_requesting_block2(
+        cls: type, protocol: object, request_to_repeat: Message, initial_response: Message, log: object
+    ) -> Message:
+        limit = _BLOCK2_LIMIT.get()
+        block2 = initial_response.opt.block2
+        if limit is None or block2 is None or block2.more is False:
+            return await original(cls, protocol, request_to_repeat, initial_response, log)
+        announced = initial_response.opt.size2
+        if announced is not None and announced > limit:
+            raise ResponseTooLargeError(f"the response announces {announced} bytes (Size2), over {limit}")
+        if block2.block_number != 0:
+            raise aiocoap.error.UnexpectedBlock2()
+        assembled = initial_response
+        while True:
+            size = 1 << (block2.size_exponent + 4)
+            if len(assembled.payload) + size > limit:
+                raise ResponseTooLargeError(
+                    f"the response goes on past {len(assembled.payload)} bytes (Block2)"
+                )
+            nxt = request_to_repeat._generate_next_block2_request(assembled)
+            nxt = nxt.copy(remote=initial_response.remote)
+            last = await protocol.request(nxt, handle_blockwise=False).response
+            if last.opt.block2 is None:
+                return last  # as aiocoap: a non-blockwise response ends the transfer
+            block2 = last.opt.block2
+            assembled._append_response_block(last)
+            if block2.more is False:
+                return assembled
+
+    _complete_by_requesting_block2._mcobserve_limited = True  # type: ignore[attr-defined]
+    BlockwiseRequest._complete_by_requesting_block2 = classmethod(_complete_by_requesting_block2)  # type: ignore[assignment]
+
+
+def index_oscore_contexts(credentials: aiocoap.credentials.CredentialsMap) -> None:
+    """Find the OSCORE context of a request by (kid, kid context) in O(1) (RFC 8613 §8.2).
+
+    aiocoap 0.4.17's ``CredentialsMap.find_oscore`` asks every entry in turn: O(number of clients) per
+    protected request, the largest cost of a registration storm at N = 1000. This replaces it on this
+    map with a dictionary of the plain (RFC 8613) contexts, rebuilt when the map's size changes; entries
+    with their own matching rule (e.g. group contexts) are still asked in turn, and the result is the
+    one aiocoap's scan would find (the first matching entry in insertion order).
+    """
+    from aiocoap.oscore import COSE_KID, COSE_KID_CONTEXT, SecurityContextUtils
+
+    plain_rule = SecurityContextUtils.get_oscore_context_for
+    state: dict[str, object] = {"size": -1}
+
+    def rebuild() -> None:
+        index: dict[tuple[object, object], object] = {}
+        others: list[object] = []
+        for item in credentials.values():
+            rule = getattr(type(item), "get_oscore_context_for", None)
+            if rule is None:
+                continue
+            if rule is plain_rule:
+                index.setdefault((item.recipient_id, item.id_context), item)
+            else:
+                others.append(item)
+        state.update(size=len(credentials), index=index, others=others)
+
+    def find_oscore(unprotected: dict[object, object]) -> object:
+        if state["size"] != len(credentials):
+            rebuild()
+        others = state["others"]
+        hit = state["index"].get((unprotected.get(COSE_KID), unprotected.get(COSE_KID_CONTEXT)))
+        if hit is not None and not others:
+            return hit
+        for item in credentials.values() if others else ():
+            if item is hit:
+                return hit
+            ctx = item.get_oscore_context_for(unprotected) if item in others else None
+            if ctx is not None:
+                return ctx
+        if hit is not None:
+            return hit
+        raise KeyError()
+
+    credentials.find_oscore = find_oscore  # type: ignore[method-assign]

@@ -44,7 +44,7 @@ from ..engine.common import Endpoint, IPAddress, host_address
 from ..engine.counting import DEFAULT_LEISURE
 from ..errors import GroupObservationError, MalformedError, McObserveError
 from ..oscore.groupobs import ClientGroupSecurity
-from ..wire import InformativeResponse, parse_message
+from ..wire import MAX_INFORMATIVE_RESPONSE_SIZE, InformativeResponse, parse_message
 from ..wire.feedback import set_feedback_divider
 from . import _glue
 
@@ -357,13 +357,14 @@ class Observer:
                 request = self._request()
                 self.registrations += 1
                 requested_at = self.clock()
-                pending = self._pending = ctx.request(request)
+                # Block2 bound (issue 8 item 4)
+                pending = self._pending = _glue.request_limited(ctx, request, MAX_INFORMATIVE_RESPONSE_SIZE)
                 try:
                     response = await pending.response
                     if _echo_request(response):  # the server verifies our address first (RFC 9175 §2.4)
                         retry = self._request()  # a new message: new MID and Token
                         retry.opt.echo = response.opt.echo
-                        pending = ctx.request(retry)
+                        pending = _glue.request_limited(ctx, retry, MAX_INFORMATIVE_RESPONSE_SIZE)
                         response = await pending.response
                 except _glue.oscore_rejections() as e:
                     # Altered in transit, or not from the server: reject it, register once more (§9).

@@ -9,6 +9,7 @@ socket and answers registrations with informative responses. Protocol rules stay
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -269,9 +270,11 @@ class GroupServer:
         bind_host = str(bind.host)
         guard = None if trusted_network else SourceGuard(guard_limits)
         served: Any = RequestGuard(site, code_points)  # 4.02 for unknown critical options (RFC 7252 §5.4.1)
+        verifying = _VerifyingSite(served, guard, clock)
         if server_credentials is not None:  # silent answers stay silent under OSCORE too (draft §8.2)
+            _glue.index_oscore_contexts(server_credentials)  # O(1) context look-up per request
             served = RequestGuard(
-                _glue.oscore_site(_VerifyingSite(served, guard, clock), server_credentials),
+                _glue.oscore_site(verifying, server_credentials),
                 code_points,
                 outer=True,
             )
@@ -298,6 +301,7 @@ class GroupServer:
             guard=guard,
         )
         _glue.install_datagram_hooks(ctx, _Hooks(server))
+        verifying.ctx = ctx
         limits = guard.limits if guard is not None else (guard_limits or GuardLimits())
         server.limits = limits
         if guard is None:
@@ -361,6 +365,13 @@ class GroupServer:
 
     # -- registrations -------------------------------------------------------------------------
 
+    def _endpoint(self, request: Message) -> Any:
+        """What the engine counts confirmations by: for Feedback-Divider 0, the UDP endpoint (its prefix
+        is bounded per round, draft §13); otherwise the remote as it is (no parsing on the hot path)."""
+        if get_feedback_divider(request, self.code_points) == 0:
+            return _glue.client_endpoint(request) or request.remote
+        return request.remote
+
     def echo_challenge(self, request: Message) -> Message | None:
         """4.01 with an Echo option if ``request`` comes from a source not verified yet (RFC 9175 §2.4).
 
@@ -379,6 +390,7 @@ class GroupServer:
         return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
 
     async def _registration(self, resource: GroupObservableResource, pipe: aiocoap.pipe.Pipe) -> None:
+        _glue.poll_datagrams(self.ctx)  # in a storm: take in (and ACK) what waits at the socket
         request = pipe.request
         path = resource._mc_path
         if not _answerless(request, self.code_points):
@@ -395,14 +407,16 @@ class GroupServer:
                 return
         key = _observer_key(request)
         # aiocoap's Site strips the matched Uri-Path; the engine compares the request as it was sent.
-        as_sent = request.copy(uri_path=path)
+        # The request is the Site's own copy for this resource: restore the path in place (no deepcopy).
+        request.opt.uri_path = path
+        as_sent = request
         reg = self.engine.on_registration(
             path,
             key,
             as_sent,
             self.clock(),
             self.rng,
-            endpoint=request.remote,
+            endpoint=self._endpoint(request),
             protected=_glue.is_oscore_protected(request),
             client_address=host_address(request.remote.hostinfo),  # link-local: traditional (§4.2)
         )
@@ -610,8 +624,11 @@ class _VerifyingSite(aiocoap.interfaces.Resource):
         self._site = site
         self._guard = guard
         self._clock = clock
+        self.ctx: aiocoap.Context | None = None  # set once the context exists
 
     async def render_to_pipe(self, pipe: aiocoap.pipe.Pipe) -> None:
+        if self.ctx is not None:
+            _glue.poll_datagrams(self.ctx)  # unprotecting took a while: take in (and ACK) what waits
         if self._guard is not None and _glue.is_oscore_protected(pipe.request):
             source = _glue.udp_source(pipe.request)
             if source is not None:
@@ -634,6 +651,8 @@ class _Hooks:
     def __init__(self, server: GroupServer) -> None:
         self.server = server
         self.guard = server.guard
+        #: (address, port, MID) of requests answered with a 4.01 + Echo, oldest first (bounded).
+        self.challenged: collections.OrderedDict[tuple[Any, int], float] = collections.OrderedDict()
         self.drops = server.drops
         self.clock = server.clock
 
@@ -644,13 +663,46 @@ class _Hooks:
     def on_dropped(self, source: str, reason: str) -> None:
         self.drops.drop(reason, source, self.clock())
 
-    def on_message(self, source: str, message: Message) -> bool:
+    def on_message(self, source: str, message: Message) -> bool | Message:
+        guard = self.guard
+        if guard is None or not message.code.is_request():
+            return True
+        now = self.clock()
+        key = (message.remote.sockaddr[:2], message.mid)
+        if key in self.challenged:  # a retransmission of a challenged request: challenged again
+            return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+        if guard.verified(source, now):
+            return True
         echo = message.opt.echo
-        if echo is not None and self.guard is not None and message.code.is_request():
-            now = self.clock()
-            if not self.guard.verified(source, now):
-                self.guard.check_echo(source, echo, now)
-        return True
+        if echo is not None and guard.check_echo(source, echo, now):
+            return True
+        if not self._needs_verification(message):
+            return True
+        # Answered here, before aiocoap's pipeline and without per-request state (but this MID, so that
+        # a late retransmission is not taken as a new registration once the source is verified).
+        challenged = self.challenged
+        challenged[key] = now + CHALLENGE_MEMORY
+        while challenged and (len(challenged) > CHALLENGED_MAX or next(iter(challenged.values())) <= now):
+            challenged.popitem(last=False)
+        return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+
+    def _needs_verification(self, message: Message) -> bool:
+        """A registration to a group-observable resource, or a request to the introspection resource."""
+        if message.opt.oscore is not None:
+            return False  # verified once unprotected
+        path = tuple(message.opt.uri_path)
+        if path == IntrospectionResource.PATH:
+            return True
+        if message.opt.observe != 0 or path not in self.server._resources:
+            return False
+        return not _answerless(message, self.server.code_points)
+
+    def may_ack_early(self, source: str, message: Message) -> bool:
+        # Not to unverified sources (their answer is a small 4.01 + Echo, better piggybacked), except for
+        # OSCORE requests, which verify their source once unprotected.
+        if self.guard is None or message.opt.oscore is not None:
+            return True
+        return self.guard.verified(source, self.clock())
 
     def on_send(self, source: str, message: Message, size: int) -> Message | None:
         guard = self.guard
@@ -674,6 +726,12 @@ class _Hooks:
         guard.stats.dropped += 1
         self.drops.drop("amplification bound: source not verified (RFC 9175 §2.4)", source, now)
         return None
+
+
+#: Seconds a challenged request's (address, port, MID) is remembered (EXCHANGE_LIFETIME, RFC 7252 §4.8.2).
+CHALLENGE_MEMORY = 247.0
+#: Challenged requests remembered at most (about 150 bytes each).
+CHALLENGED_MAX = 16384
 
 
 def _answerless(request: Message, code_points: CodePoints) -> bool:

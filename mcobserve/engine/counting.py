@@ -4,14 +4,23 @@ Pure arithmetic and a small state machine per group observation: no clock, no ra
 The server side (:class:`ObserverCounter`) decides when a notification carries Feedback-Divider Q,
 collects confirmations from distinct endpoints for MAX_CONFIRMATION_WAIT and computes the new
 estimate COUNT' + (E - N) / D at once. The client side is :func:`respond_to` (Appendix B.2).
+
+Spoofed confirmations (draft §13; issue 8, item 7): without Group OSCORE anyone can send
+Feedback-Divider 0 re-registrations from made-up ports and addresses. Confirmations from
+:class:`~mcobserve.engine.common.Endpoint` sources are grouped by prefix (IPv6 /64, IPv4 /24) and one
+prefix contributes at most ``max_per_prefix`` (default 4 M) confirmations to a round; a round records
+at most ``max_confirmers`` (default 64 M) confirmations in all.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+
+from .common import Endpoint
 
 #: RFC 7252 §4.8.2 MAX_RTT and groupcomm-bis MAX_SERVER_RESPONSE_DELAY, the draft's defaults (§8.3.2).
 MAX_RTT = 202.0
@@ -20,6 +29,17 @@ MAX_CLIENT_REQUEST_DELAY = 250.0
 DEFAULT_LEISURE = 5.0
 #: Largest Q the option can carry (uint of 0-1 bytes, draft §8.1).
 MAX_Q = 255
+#: Prefix lengths by which confirmations are grouped: one LAN, one site (draft §13).
+PREFIX_V6 = 64
+PREFIX_V4 = 24
+
+
+def source_prefix(endpoint: Hashable) -> Hashable | None:
+    """The network a confirmation came from (IPv6 /64, IPv4 /24), or None for other endpoint types."""
+    if not isinstance(endpoint, Endpoint):
+        return None
+    length = PREFIX_V6 if endpoint.host.version == 6 else PREFIX_V4
+    return ipaddress.ip_network((endpoint.host, length), strict=False)
 
 
 def max_confirmation_wait(rtt: float = MAX_RTT, leisure: float = MAX_CLIENT_REQUEST_DELAY) -> float:
@@ -95,6 +115,10 @@ class CountingPolicy:
     cancel_below: float = 0.2
     #: Never more multicast notifications than this without a completed counting round (§13.1).
     max_unconfirmed: int = 50
+    #: Confirmations one source prefix (IPv6 /64, IPv4 /24) may contribute to a round; None: 4 M.
+    max_per_prefix: int | None = None
+    #: Confirmations a round records at most; None: 64 M (memory bound; E then saturates).
+    max_confirmers: int | None = None
 
     def __post_init__(self) -> None:
         if self.confirmations < 1 or self.dampener < 1:
@@ -107,6 +131,18 @@ class CountingPolicy:
             raise ValueError("confirmation_wait must be a finite number >= 0")
         if self.retry_threshold < 1:
             raise ValueError("retry_threshold must be at least 1")
+        if (self.max_per_prefix is not None and self.max_per_prefix < 1) or (
+            self.max_confirmers is not None and self.max_confirmers < 1
+        ):
+            raise ValueError("max_per_prefix and max_confirmers must be at least 1")
+
+    @property
+    def prefix_limit(self) -> int:
+        return 4 * self.confirmations if self.max_per_prefix is None else self.max_per_prefix
+
+    @property
+    def confirmer_limit(self) -> int:
+        return 64 * self.confirmations if self.max_confirmers is None else self.max_confirmers
 
     @property
     def wait(self) -> float:
@@ -139,6 +175,7 @@ class CountingRound:
     started_at: float
     ends_at: float
     confirmers: set[Hashable] = field(default_factory=set)
+    per_prefix: dict[Hashable, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,6 +194,8 @@ class ObserverCounter:
     history: list[RoundResult] = field(default_factory=list)
     duplicates: int = 0
     stray: int = 0
+    #: Confirmations not counted because their prefix or the round had given its share (draft §13).
+    capped: int = 0
 
     def registration(self) -> None:
         """A new client takes part: COUNT + 1 (draft §4.2), No-Response 16 ones included."""
@@ -166,15 +205,28 @@ class ObserverCounter:
         """A re-registration with Feedback-Divider 0 (draft §8.3.3). True when it counts for R.
 
         Only distinct client endpoints count; outside a round, or repeated, it is ignored. It never
-        counts as a new observer.
+        counts as a new observer. One source prefix counts at most ``policy.prefix_limit`` times per
+        round, and a round at most ``policy.confirmer_limit`` times (module docstring).
         """
-        if self.round is None:
+        rnd = self.round
+        if rnd is None:
             self.stray += 1
             return False
-        if endpoint in self.round.confirmers:
+        if endpoint in rnd.confirmers:
             self.duplicates += 1
             return False
-        self.round.confirmers.add(endpoint)
+        if self.policy is not None:
+            if len(rnd.confirmers) >= self.policy.confirmer_limit:
+                self.capped += 1
+                return False
+            prefix = source_prefix(endpoint)
+            if prefix is not None:
+                seen = rnd.per_prefix.get(prefix, 0)
+                if seen >= self.policy.prefix_limit:
+                    self.capped += 1
+                    return False
+                rnd.per_prefix[prefix] = seen + 1
+        rnd.confirmers.add(endpoint)
         return True
 
     def feedback_divider(self, now: float) -> int | None:
