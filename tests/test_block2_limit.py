@@ -88,4 +88,6 @@ async def test_the_cli_says_one_line():
     finally:
         proto.transport.close()
     lines = err.decode().strip().splitlines()
-    assert p.returncode == 1 and lines == ["mcobserve: the response goes on past 65536 bytes (Block2)"]
+    assert p.returncode == 1 and lines == [
+        f"mcobserve: coap://127.0.0.1:{port}/r: the response goes on past 65536 bytes (Block2)"
+    ]

@@ -116,6 +116,18 @@ CASES: list[tuple[str, int | None, str]] = [
     ("lab exec server", USAGE, "give the command"),
     ("lab --name zzqnone exec server -- true", FAILURE, "no lab 'zzqnone' is up"),
     ("lab --name zzqnone status", FAILURE, "mcobserve lab up"),
+    # broker, topic, subscribe, proxy
+    ("broker", USAGE, "--bind"),
+    ("broker --bind [::1]:5683 --group 10.0.0.1", USAGE, "not a multicast address"),
+    ("broker --bind [::1] --group-prefix zz/96", USAGE, "--group-prefix"),
+    ("broker --bind [::1]:5683 --group [ff02::fd]:5683", USAGE, "link-local"),
+    ("broker --bind [::1] --group [ff35::23] --publishers a", USAGE, "--publishers needs --credentials"),
+    ("topic", USAGE, "required"),
+    ("topic get notauri x", FAILURE, "not a coap:// URI"),
+    ("subscribe", USAGE, "required"),
+    ("proxy", USAGE, "--bind"),
+    ("proxy --bind nothere:70000", USAGE, "out of range"),
+    ("proxy --bind [::1] --reverse http://x", USAGE, "not proxied"),
     # dissector, top
     ("dissector", USAGE, "required"),
     ("dissector install --dir {d}/file", USAGE, "not a folder"),

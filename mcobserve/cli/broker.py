@@ -24,7 +24,7 @@ from ..constants import (
     DEFAULT_MIN_INTERVAL,
     TOPIC_PROPERTY_GROUP_OBSERVATION,
 )
-from .security import add_server_arguments
+from .security import add_server_arguments, server_options
 
 EXIT_STORE = 65
 
@@ -205,6 +205,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if args.group_oscore and not args.credentials:
         raise UsageError("--group-oscore needs --credentials: registrations MUST be protected (§9)")
+    server_options(args)  # usage errors (e.g. --publishers without --credentials) before anything starts
     return asyncio.run(_run_broker(args, bind, group, config))
 
 
@@ -218,9 +219,8 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
     from ..broker.core import Broker
     from ..constants import CodePoints
     from ..engine.server import CongestionControl
-    from ..errors import ForeignStoreError, McObserveError, StoreError
+    from ..errors import ForeignStoreError, McObserveError, StoreError, UnusableAddressError
     from .main import UsageError, _EventPrinter, _server_security, load_credentials
-    from .security import server_options
 
     out = _EventPrinter(args.json)
     try:
@@ -285,6 +285,10 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
             congestion=CongestionControl(interval=args.min_interval),  # per group (draft §4.4)
             **server_options(args),
         )
+    except UnusableAddressError as e:  # link-local or All CoAP Nodes group (draft §3, §4.2)
+        store.close()
+        _reason(f"cannot serve on {bind}: {e}")
+        return 64
     except (OSError, ValueError) as e:
         store.close()
         _reason(f"cannot serve on {bind}: {e}")
