@@ -252,7 +252,6 @@ class GroupServer:
         bind, group = Endpoint.coerce(bind), Endpoint.coerce(group)  # or "[fd00::1]:5683", (host, port)
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
-        ensure_unserved(bind)  # one server per address and port (aiocoap sets SO_REUSEPORT)
         _glue.install_backlog_fix()  # N informative responses in flight (draft §4.2) must not cost O(N^2)
         engine = ServerEngine(
             bind,
@@ -262,7 +261,8 @@ class GroupServer:
             security=security,
             congestion=congestion,
             **({} if max_message_size is None else {"max_message_size": max_message_size}),
-        )
+        )  # checks SRV_ADDR and GRP_ADDR (draft §3, §4.2) before anything binds
+        ensure_unserved(bind)  # one server per address and port (aiocoap sets SO_REUSEPORT)
         if site is None:  # a site of the caller's keeps its own /.well-known/core
             site = aiocoap.resource.Site()
             wkc = aiocoap.resource.WKCResource(site.get_resources_as_linkheader)

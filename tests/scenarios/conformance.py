@@ -23,6 +23,23 @@ from mcobserve.wire import CRI, InformativeResponse, TpInfo, serialize_message
 GROUP = "ff35:30:2001:db8::23"
 
 
+def _echoed(m: Message) -> bool:
+    """A 4.01 with an Echo option: the server verifies the address first (RFC 9175 §2.4)."""
+    return m.code.dotted == "4.01" and m.opt.echo is not None
+
+
+def ask(sock: socket.socket, req: Message, dest: tuple) -> Message:
+    """Send ``req`` and return the answer, answering the server's Echo challenge once."""
+    sock.sendto(req.encode(), dest)
+    answer = Message.decode(sock.recvfrom(2048)[0])
+    if _echoed(answer):
+        req.opt.echo = answer.opt.echo
+        req.mid += 0x100
+        sock.sendto(req.encode(), dest)
+        answer = Message.decode(sock.recvfrom(2048)[0])
+    return answer
+
+
 def linklocal(server6: str, ifname: str) -> None:
     ifindex = socket.if_nametoindex(ifname)
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -39,6 +56,10 @@ def linklocal(server6: str, ifname: str) -> None:
         except TimeoutError:
             continue
         m = Message.decode(data)
+        if _echoed(m) and m.token == req.token and req.opt.echo is None:  # verify, then register
+            req.opt.echo, req.mid = m.opt.echo, req.mid + 1
+            s.sendto(req.encode(), (server6, 5683, 0, 0))
+            continue
         got.append(
             {
                 "type": int(m.mtype),
@@ -58,18 +79,15 @@ def linklocal(server6: str, ifname: str) -> None:
     bad = Message(code=GET, uri_path=("r",))
     bad.opt.add_option(OpaqueOption(65001, b"\x01"))
     bad.mtype, bad.mid, bad.token = CON, 0x4343, b"\x33"
-    g.sendto(bad.encode(), (server6, 5683, 0, 0))
-    answer = Message.decode(g.recvfrom(2048)[0])
+    answer = ask(g, bad, (server6, 5683, 0, 0))
     bad_obs = Message(code=GET, observe=0, uri_path=("r",))
     bad_obs.opt.add_option(OpaqueOption(65001, b"\x01"))
     bad_obs.mtype, bad_obs.mid, bad_obs.token = CON, 0x4344, b"\x34"
-    g.sendto(bad_obs.encode(), (server6, 5683, 0, 0))
-    answer_obs = Message.decode(g.recvfrom(2048)[0])
+    answer_obs = ask(g, bad_obs, (server6, 5683, 0, 0))
     # A registration asking for 64-byte blocks (RFC 7959): a traditional observation, block-wise.
     blk = Message(code=GET, observe=0, uri_path=("r",), block2=(0, False, 2))
     blk.mtype, blk.mid, blk.token = CON, 0x4345, b"\x35"
-    g.sendto(blk.encode(), (server6, 5683, 0, 0))
-    answer_blk = Message.decode(g.recvfrom(2048)[0])
+    answer_blk = ask(g, blk, (server6, 5683, 0, 0))
     if answer_blk.code == 0:  # empty ACK first: the response comes separately
         answer_blk = Message.decode(g.recvfrom(2048)[0])
     print(
