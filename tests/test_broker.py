@@ -44,8 +44,14 @@ class Env:
         self.events: list[dict] = []
 
     async def req(self, code, path: str, payload: bytes = b"", **opts) -> Message:
+        """One request; a 4.01 + Echo challenge (RFC 9175 §2.4) is answered once, as a client with Echo
+        support does (the broker verifies addresses before registrations and large answers)."""
         msg = Message(code=code, uri=self.base + path, payload=payload, **opts)
-        return await asyncio.wait_for(self.ctx.request(msg).response, 10)
+        r = await asyncio.wait_for(self.ctx.request(msg).response, 10)
+        if r.code == Code.UNAUTHORIZED and r.opt.echo is not None and "echo" not in opts:
+            msg = Message(code=code, uri=self.base + path, payload=payload, echo=r.opt.echo, **opts)
+            r = await asyncio.wait_for(self.ctx.request(msg).response, 10)
+        return r
 
     async def create(self, props: dict) -> tuple[str, dict]:
         r = await self.req(POST, "/ps", cbor_encode(props), content_format=CF)
