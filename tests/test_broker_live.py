@@ -186,6 +186,9 @@ import asyncio, sys, aiocoap
 async def main():
     ctx = await aiocoap.Context.create_client_context()
     r = await ctx.request(aiocoap.Message(code=aiocoap.GET, uri=sys.argv[1])).response
+    if r.code.dotted == "4.01" and r.opt.echo is not None:  # introspection verifies first (RFC 9175)
+        m = aiocoap.Message(code=aiocoap.GET, uri=sys.argv[1], echo=r.opt.echo)
+        r = await ctx.request(m).response
     print(r.code.dotted, int(r.opt.content_format or 0), r.payload.hex() or "-")
     await ctx.shutdown()
 asyncio.run(main())
