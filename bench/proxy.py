@@ -46,7 +46,7 @@ def cpu_seconds(pid: int) -> float:
 
 def run_clients(args: argparse.Namespace) -> int:
     """N sockets register (through the proxy or directly), then K PUTs; one JSON line per phase."""
-    from aiocoap import ACK, CON, EMPTY, GET, PUT, Message
+    from aiocoap import ACK, CON, EMPTY, GET, PUT, UNAUTHORIZED, Message
 
     sel = selectors.DefaultSelector()
     socks = []
@@ -60,6 +60,14 @@ def run_clients(args: argparse.Namespace) -> int:
         sel.register(s, selectors.EVENT_READ, i)
         socks.append(s)
     got: list[str] = [""] * args.n
+
+    def registration(i: int, mid: int) -> Message:
+        req = Message(mtype=CON, code=GET, observe=0, mid=mid, token=i.to_bytes(4, "big"))
+        if args.proxy:
+            req.opt.proxy_uri = target
+        else:
+            req.opt.uri_path = ("r",)
+        return req
     received = 0
 
     def pump(until: float, want: str | None) -> None:
@@ -80,17 +88,17 @@ def run_clients(args: argparse.Namespace) -> int:
                 if m.mtype == CON:
                     ack = Message(mtype=ACK, code=EMPTY, mid=m.mid)
                     s.send(ack.encode())  # type: ignore[union-attr]
+                if m.code == UNAUTHORIZED and m.opt.echo is not None:  # verify first (RFC 9175 §2.4)
+                    again = registration(key.data, 1000 + key.data)
+                    again.opt.echo = m.opt.echo
+                    s.send(again.encode())  # type: ignore[union-attr]
+                    continue
                 if m.code.is_response() and m.payload:
                     got[key.data] = m.payload.decode()
                     received += 1
 
     for i, s in enumerate(socks):
-        req = Message(mtype=CON, code=GET, observe=0, mid=i + 1, token=i.to_bytes(4, "big"))
-        if args.proxy:
-            req.opt.proxy_uri = target
-        else:
-            req.opt.uri_path = ("r",)
-        s.send(req.encode())
+        s.send(registration(i, i + 1).encode())
         if i % 50 == 49:
             pump(time.monotonic() + 0.05, None)
     pump(time.monotonic() + 10, "0")
@@ -156,7 +164,7 @@ def _case(lab: Any, mode: str, n: int, updates: int, gap: float) -> dict[str, An
             group_after,
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=None if os.environ.get("MCOBSERVE_BENCH_DEBUG") else subprocess.DEVNULL,
         text=True,
     )
     procs = [srv]
@@ -167,7 +175,7 @@ def _case(lab: Any, mode: str, n: int, updates: int, gap: float) -> dict[str, An
             prx = host.popen(
                 [*PY, "proxy", "--bind", f"[{host.addr6}]:{PROXY_PORT}", "--interface", host.ifname],
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=None if os.environ.get("MCOBSERVE_BENCH_DEBUG") else subprocess.DEVNULL,
                 text=True,
             )
             procs.append(prx)
@@ -179,7 +187,7 @@ def _case(lab: Any, mode: str, n: int, updates: int, gap: float) -> dict[str, An
         else:
             argv += ["--port", str(SERVER_PORT)]
         cli = host.popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None if os.environ.get("MCOBSERVE_BENCH_DEBUG") else subprocess.DEVNULL, text=True
         )
         procs.append(cli)
         reg = _json_lines(cli, lambda e: e.get("ev") == "registered", 60)
