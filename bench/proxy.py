@@ -164,7 +164,7 @@ def _case(lab: Any, mode: str, n: int, updates: int, gap: float) -> dict[str, An
             group_after,
         ],
         stdout=subprocess.PIPE,
-        stderr=None if os.environ.get("MCOBSERVE_BENCH_DEBUG") else subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
     procs = [srv]
@@ -175,7 +175,7 @@ def _case(lab: Any, mode: str, n: int, updates: int, gap: float) -> dict[str, An
             prx = host.popen(
                 [*PY, "proxy", "--bind", f"[{host.addr6}]:{PROXY_PORT}", "--interface", host.ifname],
                 stdout=subprocess.DEVNULL,
-                stderr=None if os.environ.get("MCOBSERVE_BENCH_DEBUG") else subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 text=True,
             )
             procs.append(prx)
@@ -187,7 +187,7 @@ def _case(lab: Any, mode: str, n: int, updates: int, gap: float) -> dict[str, An
         else:
             argv += ["--port", str(SERVER_PORT)]
         cli = host.popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None if os.environ.get("MCOBSERVE_BENCH_DEBUG") else subprocess.DEVNULL, text=True
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
         procs.append(cli)
         reg = _json_lines(cli, lambda e: e.get("ev") == "registered", 60)
