@@ -307,7 +307,7 @@ class Proxy:
         queue = listener.subscribe(listen.token)
         try:
             while True:
-                message, source, now = await queue.get()
+                message, source, now, _raw = await queue.get()
                 fan = self.engine.on_protected(ticket, message, source, now, listen)
                 if fan is None:
                     log.info("dropped a datagram on %s for token %s", listen.group, listen.token.hex())

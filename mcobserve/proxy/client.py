@@ -16,7 +16,7 @@ from typing import Any
 import aiocoap
 from aiocoap import GET, NON, Message
 
-from ..aio.client import Observer, ResponseError
+from ..aio.client import Observer, ResponseError, _echo_request
 from ..engine.client import (
     Accepted,
     Dropped,
@@ -238,6 +238,22 @@ class DeterministicObserver(Observer):
             self.deterministic.context, self._plain(), self.deterministic.dc, self.code_points
         )
 
+    async def _register(self, ctx: Any) -> tuple[Message, Any, Any, Message]:
+        """Send the deterministic phantom request (to the proxy or the server); its first response."""
+        request, binding = self._phantom()
+        if self.proxy is not None:
+            request.opt.proxy_scheme = self.target.scheme
+            request.opt.uri_host = self.target.host
+            if self.target.port is not None:
+                request.opt.uri_port = self.target.port
+            request.unresolved_remote = self.proxy
+        else:
+            host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
+            request.unresolved_remote = host if self.target.port is None else f"{host}:{self.target.port}"
+        self.registrations += 1
+        pending = ctx.request(request, handle_blockwise=False)
+        return request, binding, pending, await pending.response
+
     async def _run(self) -> AsyncIterator[Notification]:
         from ..oscore.errors import OscoreError
         from ..oscore.protect import unprotect_notification
@@ -245,21 +261,17 @@ class DeterministicObserver(Observer):
 
         ctx = await self._context()
         try:
-            phantom, binding = self._phantom()
-            request = phantom
-            if self.proxy is not None:
-                request.opt.proxy_scheme = self.target.scheme
-                request.opt.uri_host = self.target.host
-                if self.target.port is not None:
-                    request.opt.uri_port = self.target.port
-                request.unresolved_remote = self.proxy
-            else:
-                host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
-                request.unresolved_remote = host if self.target.port is None else f"{host}:{self.target.port}"
-            self.registrations += 1
-            pending = ctx.request(request, handle_blockwise=False)
+            request, binding, pending, first = await self._register(ctx)
+            if _echo_request(first):
+                # The server verifies our address first (RFC 9175 §2.4). The deterministic request must
+                # stay byte for byte what every client computes, so the Echo goes back on a plain GET;
+                # once the address is verified, the same deterministic request is sent again.
+                proof = Message(code=GET, echo=first.opt.echo, uri_path=request.opt.uri_path)
+                proof.unresolved_remote = request.unresolved_remote
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ctx.request(proof).response, 30)
+                request, binding, pending, first = await self._register(ctx)
             response_number = ResponseNumber()
-            first = await pending.response
 
             async def responses() -> AsyncIterator[Message]:
                 yield first
