@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``bench-broker``."""
     p = sub.add_parser(
         "bench-broker",
-        help="benchmark the broker: publication cost against the number of topics, memory per topic",
+        help="deprecated: use 'mcobserve bench broker' (publication cost against topics, memory per topic)",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     p.add_argument("--topics", default=",".join(map(str, DEFAULT_TOPICS)), metavar="T,T,...")
@@ -56,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    print("mcobserve: bench-broker is deprecated; use 'mcobserve bench broker'", file=sys.stderr)
     if args.fanout:
         return _cmd_fanout(args)
     try:

@@ -86,7 +86,7 @@ def run_fanout(
             else:
                 argv = [*py, "broker", "--bind", f"[{lab.addr6}]:{port}", "--group", GROUP, "--interface"]
                 argv += [lab.ifname, "--store", ":memory:", "--min-interval", "0", "--no-counting"]
-                argv += ["--publish-rate", "1000000", "--publish-burst", "1000000"]
+                argv += ["--publish-rate", "1000000", "--publish-burst", "1000000", "--trusted-network"]
                 if mode == "traditional":
                     argv += ["--group-after", str(10**9)]
                 broker = lab.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
