@@ -78,6 +78,11 @@ class GroupObservableResource(aiocoap.resource.ObservableResource):
         self._mc_server: GroupServer | None = None
         self._mc_path: Path = ()
 
+    def registration_needs_verification(self, request: Message) -> bool:
+        """Would a registration get a large answer (RFC 9175 §2.4)? False: the answer is small (e.g. a
+        4.04 within 3x of the request) and the resource answers it without an Echo round trip."""
+        return True
+
     async def add_observation(
         self, request: Message, serverobservation: aiocoap.protocol.ServerObservation
     ) -> None:
@@ -693,7 +698,10 @@ class _Hooks:
         path = tuple(message.opt.uri_path)
         if path == IntrospectionResource.PATH:
             return True
-        if message.opt.observe != 0 or path not in self.server._resources:
+        resource = self.server._resources.get(path)
+        if message.opt.observe != 0 or resource is None:
+            return False
+        if not resource.registration_needs_verification(message):
             return False
         return not _answerless(message, self.server.code_points)
 

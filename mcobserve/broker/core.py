@@ -316,6 +316,11 @@ class TopicDataResource(GroupObservableResource):
             return _error(SERVICE_UNAVAILABLE, str(e), e.retry_after)
         return Message(code=DELETED)
 
+    def registration_needs_verification(self, request: Message) -> bool:
+        """A subscription to a topic not FULLY CREATED is a small 4.04 (pub-sub §4.2.2): no Echo first."""
+        topic = self._topic()
+        return topic is not None and topic.fully_created
+
     async def render_to_pipe(self, pipe: aiocoap.pipe.Pipe) -> None:
         request = pipe.request
         if request.code == GET and request.opt.observe == 0:
