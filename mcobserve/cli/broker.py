@@ -220,7 +220,7 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
     from ..constants import CodePoints
     from ..engine.server import CongestionControl
     from ..errors import ForeignStoreError, McObserveError, StoreError, UnusableAddressError
-    from .main import UsageError, _EventPrinter, _server_security, load_credentials
+    from .main import UsageError, _EventPrinter, _server_security, server_credentials_map
 
     out = _EventPrinter(args.json)
     try:
@@ -261,12 +261,7 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
             return EXIT_STORE
     else:
         security = _server_security(args.group_oscore, args.key_lifetime)
-    server_credentials = None
-    if args.credentials:
-        import aiocoap.credentials
-
-        server_credentials = aiocoap.credentials.CredentialsMap()
-        server_credentials.load_from_dict(load_credentials(args.credentials))
+    server_credentials = server_credentials_map(args.credentials)
     try:
         broker = await Broker.create(
             bind,

@@ -337,12 +337,7 @@ async def _serve(
 
         hub = out = EventHub(out)
     security = _server_security(args.group_oscore, args.key_lifetime)
-    server_credentials = None
-    if args.credentials:
-        import aiocoap.credentials
-
-        server_credentials = aiocoap.credentials.CredentialsMap()
-        server_credentials.load_from_dict(load_credentials(args.credentials))
+    server_credentials = server_credentials_map(args.credentials)
     try:
         server = await GroupServer.create(
             bind,
@@ -402,6 +397,17 @@ async def _serve(
         if hub is not None:
             await hub.close()
     return 0
+
+
+def server_credentials_map(path: str | None) -> Any:
+    """The server's aiocoap CredentialsMap from ``--credentials`` (None without it)."""
+    if not path:
+        return None
+    import aiocoap.credentials
+
+    credentials = aiocoap.credentials.CredentialsMap()
+    credentials.load_from_dict(load_credentials(path))
+    return credentials
 
 
 def load_credentials(path: str) -> dict[str, Any]:
