@@ -333,6 +333,32 @@ async def test_kill_one_nats_server_mid_stream_loses_nothing(nodes: list[tuple[N
     assert sb.pubs("t1") == order and sc.pubs("t1") == order  # and one order everywhere
 
 
+async def test_a_publication_lost_on_the_live_path_is_filled_in_order(
+        nodes: list[tuple[NatsBackend, Sink]]) -> None:
+    """RePublish is core NATS (at most once): when it loses one (a dying stream leader), the next
+    live message names the topic's previous sequence, which this node never applied; the node leaves
+    it to the consumer, which brings the lost one and the rest in order."""
+    (a, sa), (b, sb), _ = nodes
+    await a.put_topic("t1", PROPS)
+    await _until(lambda: "t1" in sb.topics, 2.0)
+    real = b._on_live
+
+    async def lossy(msg: Any) -> None:
+        if bytes(msg.data) == b"p5":
+            return  # lost between the stream leader and this node
+        await real(msg)
+
+    b._on_live = lossy  # type: ignore[method-assign]
+    b._live_sub._cb = lossy
+    sent = [f"p{k}".encode() for k in range(10)]
+    for payload in sent:
+        await a.publish("t1", payload, 0)
+    await _until(lambda: len(sb.pubs("t1")) >= 10, 5.0)
+    assert sb.pubs("t1") == sent  # nothing skipped, one order
+    assert sa.pubs("t1") == sent
+    assert b.stats.live_gaps >= 1
+
+
 async def _stream_leader(node: NatsBackend) -> str:
     info = await node._js.stream_info(node.options.stream)
     assert info.cluster is not None and info.cluster.leader

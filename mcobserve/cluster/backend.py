@@ -7,10 +7,11 @@ Implements the broker's ``BrokerBackend`` seam (:mod:`mcobserve.broker.backend`)
   map. Every node watches the bucket (an ordered consumer) and applies creates, changes and deletes
   through its ``TopicSink``.
 * **Publications** (pub-sub §4.2.1) go to one subject per topic, ``<prefix>.data.<key>``, in the
-  stream ``<prefix>_data`` with ``max_msgs_per_subject=1``: the latest publication of every topic is
-  retained, so a node that starts later serves the current value at once. Every node, the
-  publishing one included, applies publications from its subscription, in stream order: all nodes
-  see one order per topic.
+  stream ``<prefix>_data`` with ``max_msgs_per_subject`` = ``--nats-history`` (default 64): the
+  latest publication of every topic is retained, so a node that starts later serves the current
+  value at once, and the few before it let a node that missed some (a NATS server died between
+  storing and pushing them) fill the gap in order. Every node, the publishing one included, applies
+  publications from its subscription, in stream order: all nodes see one order per topic.
 * A local write is accepted only after JetStream acknowledged it (replicated to a quorum);
   otherwise :class:`~mcobserve.errors.BackendUnavailable` (the broker answers 5.03 + Max-Age).
   Retries within the write timeout carry the same ``Nats-Msg-Id``, so JetStream stores a write once.
@@ -137,6 +138,8 @@ class ClusterStats:
     publications_applied: int = 0
     duplicates_skipped: int = 0
     stale_dropped: int = 0
+    #: live (RePublish) messages left to the consumer because an earlier one of the topic was lost
+    live_gaps: int = 0
     malformed: int = 0
     resyncs: int = 0
     disconnects: int = 0
@@ -171,7 +174,8 @@ class _Follower:
     heartbeat (the consumer or its server is gone) or a reconnect, it re-creates the (ephemeral,
     in-memory) consumer from the last applied stream sequence + 1, retrying while NATS is away.
     nats-py's own ordered consumer answers flow control on a 0.25 s poll, which stalls delivery
-    long enough for ``max_msgs_per_subject=1`` to drop publications; this one has no such stall.
+    long enough for the per-topic history limit to drop publications; this one has no such stall.
+    A fresh follower (nothing applied yet) starts at ``fresh_policy``.
     """
 
     def __init__(
@@ -181,8 +185,10 @@ class _Follower:
         subject: str,
         on_msg: Callable[[Msg], Any],
         last_seq: Callable[[], int],
+        fresh_policy: DeliverPolicy = DeliverPolicy.ALL,
     ) -> None:
         self.b = backend
+        self.fresh_policy = fresh_policy
         self.stream = stream
         self.subject = subject
         self.on_msg = on_msg
@@ -231,7 +237,7 @@ class _Follower:
             deliver_subject=inbox,
             filter_subject=self.subject,
             ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else self.fresh_policy,
             opt_start_seq=start if start > 1 else None,
             idle_heartbeat=self.hb,
             flow_control=False,
@@ -713,7 +719,7 @@ class NatsBackend:
                 StreamConfig(
                     name=o.stream,
                     subjects=[o.data_subjects],
-                    max_msgs_per_subject=1,
+                    max_msgs_per_subject=o.history,
                     num_replicas=r,
                     storage=StorageType.FILE,
                     discard=DiscardPolicy.OLD,
@@ -724,6 +730,12 @@ class NatsBackend:
 
         kv_info = await self._ensure_stream(f"KV_{o.bucket}", make_kv)
         data_info = await self._ensure_stream(o.stream, make_data)
+        if int(data_info.config.max_msgs_per_subject or 0) != o.history:
+            log.warning("mcobserve: NATS stream %s kept %s publications per topic; now %d (--nats-history)",
+                        o.stream, data_info.config.max_msgs_per_subject, o.history)
+            data_info.config.max_msgs_per_subject = o.history
+            await self._js.update_stream(data_info.config)
+            data_info = await self._js.stream_info(o.stream)
         self._check_epoch(META_KV_EPOCH, kv_info, "kv")
         self._check_epoch(META_DATA_EPOCH, data_info, "data")
         self._kv_target = int(kv_info.state.last_seq)
@@ -745,7 +757,8 @@ class NatsBackend:
         if self._live_sub is None:
             self._live_sub = await self._nc.subscribe(o.live_subjects, cb=self._on_live,
                                                       pending_msgs_limit=512 * 1024)
-        data = _Follower(self, o.stream, o.data_subjects, self._on_data, lambda: self._data_seq)
+        data = _Follower(self, o.stream, o.data_subjects, self._on_data, lambda: self._data_seq,
+                         DeliverPolicy.LAST_PER_SUBJECT)
         self._subs.append(data)
         await data.start()
         await self._wait_target("data", data)
@@ -932,11 +945,14 @@ class NatsBackend:
         del seq
 
     # Publications reach a node by two paths, both in stream order: the stream's RePublish to
-    # ``<prefix>.live.>`` (every stored message, pushed by the stream leader at once) and an
-    # ordered consumer of the stream (retained messages only: the latest per topic). The live path
-    # carries every publication; the consumer catches up after a start, a reconnect or a leader
-    # change, after a short grace so that it does not overtake the live path. A per-topic sequence
-    # keeps each topic's order and applies every publication once, whichever path brings it first.
+    # ``<prefix>.live.>`` (every stored message, pushed by the stream leader at once, but core NATS:
+    # at most once) and an ordered consumer of the stream (retained messages: the last
+    # ``--nats-history`` per topic). The live path carries every publication; the consumer catches
+    # up after a start, a reconnect or a leader change, after a short grace so that it does not
+    # overtake the live path. A per-topic sequence keeps each topic's order and applies every
+    # publication once, whichever path brings it first. A live message whose ``Nats-Last-Sequence``
+    # (the topic's previous publication) was never applied here shows that the live path lost one:
+    # it is left to the consumer, which brings the missing one and those after it in order.
 
     async def _on_live(self, msg: Msg) -> None:
         if self._sink is None:
@@ -948,7 +964,11 @@ class NatsBackend:
         except (KeyError, ValueError):
             self.stats.malformed += 1
             return
-        self._apply_data(subject, seq, hdrs, bytes(msg.data))
+        try:
+            prev = int(hdrs.get("Nats-Last-Sequence", "0"))
+        except ValueError:
+            prev = 0
+        self._apply_data(subject, seq, hdrs, bytes(msg.data), prev)
 
     async def _on_data(self, msg: Msg) -> None:
         if self._sink is None:
@@ -984,7 +1004,9 @@ class NatsBackend:
                 self._cache("set_meta", META_DATA_SEQ, str(seq))
         self._wake("data", seq)
 
-    def _apply_data(self, subject: str, seq: int, hdrs: dict[str, str], payload: bytes) -> None:
+    def _apply_data(self, subject: str, seq: int, hdrs: dict[str, str], payload: bytes,
+                    prev: int = 0) -> None:
+        """Apply one publication (``prev``: on the live path, the topic's previous stream sequence)."""
         try:
             topic = key_topic(subject[len(self._data_prefix):])
             cf = int(hdrs[HDR_CF])
@@ -996,6 +1018,10 @@ class NatsBackend:
             return
         if seq <= self._topic_seq.get(topic, 0):
             self.stats.duplicates_skipped += 1
+            return
+        if prev > self._topic_seq.get(topic, prev):
+            # The live path lost the topic's previous publication: the consumer fills the gap.
+            self.stats.live_gaps += 1
             return
         copied = self._copied.pop(topic, None) if self._copied else None
         if copied is not None and topic not in self._topic_seq:

@@ -29,6 +29,12 @@ DEFAULT_RETRY_AFTER = 5
 DEFAULT_START_TIMEOUT = 10.0
 #: Idle heartbeat of the ordered consumers: a consumer that misses two is re-created.
 DEFAULT_HEARTBEAT = 1.0
+#: Publications kept per topic in the stream (``max_msgs_per_subject``). The newest is what a node
+#: serves; the older ones let a node that missed the live path (a NATS server or stream leader died
+#: between storing a publication and pushing it) fill the gap in order instead of skipping it. A
+#: node that misses more than this many publications of one topic in one outage applies the newest
+#: and counts the rest in ``coalesced`` (observers see the latest value, as RFC 7641 §4.5 allows).
+DEFAULT_HISTORY = 64
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _SCHEMES = ("nats", "tls")
@@ -55,6 +61,7 @@ class ClusterOptions:
     retry_after: int = DEFAULT_RETRY_AFTER
     start_timeout: float = DEFAULT_START_TIMEOUT
     heartbeat: float = DEFAULT_HEARTBEAT
+    history: int = DEFAULT_HISTORY
 
     def __post_init__(self) -> None:
         """Validate (raises :class:`ClusterError`)."""
@@ -64,6 +71,8 @@ class ClusterOptions:
             raise ClusterError(f"--nats-prefix {self.prefix!r}: use 1-32 letters, digits, '_' or '-'")
         if not 1 <= self.replicas <= 5:
             raise ClusterError(f"--nats-replicas {self.replicas}: JetStream allows 1 to 5")
+        if not 1 <= self.history <= 100_000:
+            raise ClusterError(f"--nats-history {self.history}: use 1 to 100000 publications per topic")
         if self.write_timeout <= 0 or self.start_timeout < 0 or self.heartbeat <= 0:
             raise ClusterError("NATS timeouts must be positive")
         for path, what in (
@@ -147,6 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="name prefix of the bucket, stream and subjects (brokers sharing it act as one)")
     g.add_argument("--nats-replicas", type=int, default=DEFAULT_REPLICAS,
                    help="JetStream replicas of topics and publications (default 3; 1 on a single server)")
+    g.add_argument("--nats-history", type=int, default=DEFAULT_HISTORY, metavar="N",
+                   help="publications kept per topic so a node can fill gaps after a NATS failover"
+                   f" (default {DEFAULT_HISTORY}; the newest is served)")
     g.add_argument("--nats-node", default=None, help="this node's name in NATS (default: host name)")
     g.add_argument("--nats-creds", default=None, metavar="FILE", help="NATS credentials file (JWT + nkey)")
     g.add_argument("--nats-nkey", default=None, metavar="FILE", help="NATS nkey seed file")
@@ -181,6 +193,7 @@ def options_from_args(urls: str | list[str] | tuple[str, ...], args: Any) -> Clu
         urls=parsed,
         prefix=get("nats_prefix", DEFAULT_PREFIX),
         replicas=int(get("nats_replicas", DEFAULT_REPLICAS)),
+        history=int(get("nats_history", DEFAULT_HISTORY)),
         node=get("nats_node", None),
         creds=get("nats_creds", None),
         nkey_seed=get("nats_nkey", None),
