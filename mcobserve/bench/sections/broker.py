@@ -24,6 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--topics", metavar="T,T,...", help="topic counts (default 1,100,1000,10000; --quick 1,100)"
     )
     p.add_argument("--publications", type=int, help="timed publications per case (default 200; --quick 10)")
+    p.add_argument(
+        "--per-topic-groups",
+        action="store_true",
+        help="topic-count cost with one multicast group per topic (--group-prefix) instead of one for all",
+    )
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -62,7 +67,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
         print(text, flush=True)
         (out / "broker-fanout.md").write_text(text + "\n")
         (out / "broker-fanout.json").write_text(json.dumps(rows, indent=1) + "\n")
-        result = run_section(topics, pubs)
+        result = run_section(topics, pubs, per_topic_groups=bool(getattr(args, "per_topic_groups", False)))
     except (RuntimeError, NetlabError) as e:
         raise RuntimeFailure(str(e)) from None
     except KeyboardInterrupt:
