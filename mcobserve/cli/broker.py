@@ -13,7 +13,6 @@ import contextlib
 import inspect
 import ipaddress
 import json
-import signal
 import sys
 import time
 from typing import Any
@@ -292,13 +291,10 @@ async def _run_broker(args: argparse.Namespace, bind: Any, group: Any, config: A
         store.close()
         _reason(str(e))
         return EXIT_STORE if isinstance(e, StoreError) else 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    from .common import until_stopped
+
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.run_for)
+        await until_stopped(args.run_for)
     finally:
         await broker.shutdown()
         store.close()
@@ -627,17 +623,9 @@ async def _follow(args: argparse.Namespace, uri: str, metadata: bytes | None, ct
     from ..constants import CodePoints
     from ..errors import McObserveError
     from .main import _notification_json
+    from .security import client_group_security
 
-    group_security = None
-    if args.group_oscore:
-        from ..oscore.config import GroupConfigError, load_group
-        from ..oscore.groupobs import ClientGroupSecurity
-        from .main import UsageError
-
-        try:
-            group_security = ClientGroupSecurity(load_group(args.group_oscore, server=False).context)
-        except GroupConfigError as e:
-            raise UsageError(str(e)) from None
+    group_security = client_group_security(args.group_oscore)
     kwargs: dict[str, Any] = {
         "group_security": group_security,
         "interface": args.interface,

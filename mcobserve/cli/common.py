@@ -35,6 +35,20 @@ class RuntimeFailure(McObserveError):
     """An error at run time that the user can act on (exit 1); the message says what to do."""
 
 
+async def until_stopped(run_for: float | None) -> None:
+    """Return on SIGINT or SIGTERM, or after ``run_for`` seconds (None: only on a signal)."""
+    import asyncio
+    import contextlib
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), run_for)
+
+
 def reason(text: str) -> None:
     """One line ``mcobserve: TEXT`` on stderr."""
     print(f"mcobserve: {text}", file=sys.stderr, flush=True)

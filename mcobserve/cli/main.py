@@ -588,16 +588,9 @@ def _notification_json(n: Any, index: int) -> dict[str, Any]:
 
 async def _observe(args: argparse.Namespace) -> int:
     from ..aio.client import Observer, ResponseError
+    from .security import client_group_security
 
-    group_security = None
-    if args.group_oscore:
-        from ..oscore.config import GroupConfigError, load_group
-        from ..oscore.groupobs import ClientGroupSecurity
-
-        try:
-            group_security = ClientGroupSecurity(load_group(args.group_oscore, server=False).context)
-        except GroupConfigError as e:
-            raise UsageError(str(e)) from None
+    group_security = client_group_security(args.group_oscore)
     from ..proxy.client import observer_for  # --proxy, Deterministic phantom requests (App. D)
 
     try:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
 import time
 from typing import Any
@@ -132,13 +130,10 @@ async def _serve(
             f"mcobserve: cannot serve on {args.bind}: {e} (is the address configured here?)", file=sys.stderr
         )
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    from .common import until_stopped
+
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.run_for)
+        await until_stopped(args.run_for)
     finally:
         await proxy.shutdown()
         out(

@@ -34,6 +34,19 @@ def add_server_arguments(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def client_group_security(path: str | None) -> Any:
+    """``--group-oscore FILE`` of a client (observe, subscribe): its ClientGroupSecurity, or None."""
+    if not path:
+        return None
+    from ..oscore.config import GroupConfigError, load_group
+    from ..oscore.groupobs import ClientGroupSecurity
+
+    try:
+        return ClientGroupSecurity(load_group(path, server=False).context)
+    except GroupConfigError as e:
+        raise _usage(str(e)) from None
+
+
 def _usage(text: str) -> Exception:
     from .main import UsageError  # at call time: main imports this module
 
