@@ -175,6 +175,17 @@ class SecuredProxiedObserver(ProxiedObserver):
         log.info("sending the ticket request for token %s to %s", client.token.hex(), self.proxy)
         pending = ctx.request(ticket, handle_blockwise=False)
         response = await pending.response
+        if _echo_request(response):
+            # The proxy verifies our address first (RFC 9175 §2.4): a plain GET returns its Echo, then
+            # the same ticket request goes again (its bytes must stay those of the phantom request).
+            await prove_address(ctx, response, self.proxy, ())
+            again = ticket_request(
+                parse_message(informative.ph_req), informative.tp_info, self.target, self.code_points
+            )
+            again.unresolved_remote = self.proxy
+            self.ticket_requests += 1
+            pending = ctx.request(again, handle_blockwise=False)
+            response = await pending.response
         if response.opt.oscore is None:
             raise ResponseError(response)  # the proxy refused it (e.g. 4.02 without LTMR support)
 
@@ -283,6 +294,15 @@ class DeterministicObserver(Observer):
             await self.aclose()
 
 
+async def prove_address(ctx: aiocoap.Context, challenge: Message, remote: Any, uri_path: Any) -> None:
+    """Return the Echo value of a 4.01 ``challenge`` on a plain GET to ``remote`` (RFC 9175 §2.4): the
+    peer then counts our address as verified. Its answer does not matter."""
+    proof = Message(code=GET, echo=challenge.opt.echo, uri_path=uri_path)
+    proof.unresolved_remote = remote
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ctx.request(proof).response, 30)
+
+
 async def _follow_deterministic(
     observer: Observer,
     ctx: aiocoap.Context,
@@ -309,10 +329,7 @@ async def _follow_deterministic(
         # The server (or proxy) verifies our address first (RFC 9175 §2.4). The deterministic request
         # must stay byte for byte what every client computes, so the Echo goes back on a plain GET;
         # once the address is verified, the same deterministic request is sent again.
-        proof = Message(code=GET, echo=first.opt.echo, uri_path=request.opt.uri_path)
-        proof.unresolved_remote = request.unresolved_remote
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ctx.request(proof).response, 30)
+        await prove_address(ctx, first, request.unresolved_remote, request.opt.uri_path)
         request, pending, first = await register()
     response_number = ResponseNumber()
 
