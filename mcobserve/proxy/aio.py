@@ -55,6 +55,8 @@ EventSink = Callable[[dict[str, Any]], None]
 FORWARD_TIMEOUT = 60.0
 
 
+#: Receive buffer of the client-facing socket, as the server's (``GroupServer.create``).
+RECEIVE_BUFFER = 4 << 20
 #: Seconds a challenged request's (address, port, MID) is remembered (EXCHANGE_LIFETIME, RFC 7252 §4.8.2).
 CHALLENGE_MEMORY = 247.0
 #: Challenged requests remembered at most.
@@ -241,6 +243,9 @@ class Proxy:
             self.client_ctx.client_credentials.load_from_dict(self.credentials)
         self.server_ctx = await aiocoap.Context.create_server_context(ProxySite(self), bind=bind)
         _glue.install_datagram_hooks(self.server_ctx, ClientSideGuard(self, self.guard))
+        # The ACKs of N Confirmable notifications arrive at once: a default buffer drops some, and
+        # their notifications are sent again after ACK_TIMEOUT (as the server does, aio/server.py).
+        _glue.set_receive_buffer(self.server_ctx, RECEIVE_BUFFER)
         guard = self.guard
         limits = guard.limits if guard is not None else GuardLimits()
         if guard is None:
