@@ -79,8 +79,11 @@ def run_clients(args: argparse.Namespace) -> int:
         socks.append(s)
     got: list[str] = [""] * args.n
 
-    def registration(i: int, mid: int) -> Message:
-        req = Message(mtype=CON, code=GET, observe=0, mid=mid, token=i.to_bytes(4, "big"))
+    mids = [0] * args.n  # per socket: every request a new MID (a repeated one is a duplicate)
+
+    def registration(i: int) -> Message:
+        mids[i] += 1
+        req = Message(mtype=CON, code=GET, observe=0, mid=mids[i], token=i.to_bytes(4, "big"))
         if args.proxy:
             req.opt.proxy_uri = target
         else:
@@ -108,7 +111,7 @@ def run_clients(args: argparse.Namespace) -> int:
                     ack = Message(mtype=ACK, code=EMPTY, mid=m.mid)
                     s.send(ack.encode())  # type: ignore[union-attr]
                 if m.code == UNAUTHORIZED and m.opt.echo is not None:  # verify first (RFC 9175 §2.4)
-                    again = registration(key.data, 1000 + key.data)
+                    again = registration(key.data)
                     again.opt.echo = m.opt.echo
                     s.send(again.encode())  # type: ignore[union-attr]
                     continue
@@ -117,10 +120,17 @@ def run_clients(args: argparse.Namespace) -> int:
                     received += 1
 
     for i, s in enumerate(socks):
-        s.send(registration(i, i + 1).encode())
+        s.send(registration(i).encode())
         if i % 50 == 49:
             pump(time.monotonic() + 0.05, None)
-    pump(time.monotonic() + 10, "0")
+    pump(time.monotonic() + 5, "0")
+    for _ in range(3):  # registrations lost in a burst are sent again, as CON would be
+        if all(g == "0" for g in got):
+            break
+        for i, s in enumerate(socks):
+            if got[i] != "0":
+                s.send(registration(i).encode())
+        pump(time.monotonic() + 5, "0")
     print(json.dumps({"ev": "registered", "ok": sum(g == "0" for g in got)}), flush=True)
     sys.stdin.readline()
     received = 0  # from here on: notifications of the changes only
