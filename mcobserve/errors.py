@@ -30,6 +30,14 @@ class WithdrawnError(GroupObservationError):
     """The client withdrew: the phantom request cannot serve its own request (draft §5.2, step 3)."""
 
 
+class StandInError(GroupObservationError, MalformedError):
+    """'tp_info' names only a stand-in (a reverse proxy, no tpi_details) but this client cannot use it:
+    no Deterministic phantom request to send there, or none it can verify (proxy draft §10).
+
+    Also a :class:`MalformedError`: like any unusable informative response, the client may register
+    once more before giving up (observe draft §5.2)."""
+
+
 class CancelledError(GroupObservationError):
     """The server cancelled the group observation with a multicast 5.03 (draft §4.5, §5.4)."""
 

@@ -255,13 +255,15 @@ import random  # noqa: E402
 from mcobserve.engine.client import Accepted, GroupObservationClient, Via  # noqa: E402
 from mcobserve.engine.common import Endpoint  # noqa: E402
 from mcobserve.engine.server import GroupPolicy, ServerEngine  # noqa: E402
-from mcobserve.errors import MalformedError  # noqa: E402
+from mcobserve.errors import MalformedError, StandInError  # noqa: E402
 from mcobserve.oscore.deterministic import (  # noqa: E402
     DeterministicClientSecurity,
     DeterministicGroup,
     same_phantom,
 )
-from mcobserve.wire import InformativeResponse, serialize_message  # noqa: E402
+from mcobserve.proxy.origin import stand_in_cri  # noqa: E402
+from mcobserve.wire import CRI, InformativeResponse, TpInfo, serialize_message  # noqa: E402
+from mcobserve.wire.cbor import cbor_decode  # noqa: E402
 
 SRV = Endpoint.parse("[2001:db8::ab]")
 GRP = Endpoint.parse("[ff35:30:2001:db8::23]:61616")
@@ -321,3 +323,99 @@ def test_a_forged_deterministic_phantom_request_is_malformed():
     c = GroupObservationClient(_plain(), security=DeterministicClientSecurity(ours(), DC, server_kid=SRV_ID))
     with pytest.raises(MalformedError):
         c.join(forged, T0)
+
+
+# -- a reverse proxy standing in for the server (proxy draft §10) --------------------------------------
+
+PRX = Endpoint.parse("[2001:db8::2]:5684")
+
+
+def test_a_stand_in_server_names_the_proxy_without_tpi_details_except_to_the_phantom_request():
+    """Protected informative responses and App. A data carry ``tp_info = [tpi_server = PRX]`` only
+    (proxy draft §10.2 step c); the answer to the recognized PH_REQ keeps the full one (§10.1 step 2)."""
+    e, obs = _det_server()
+    full = InformativeResponse.decode(e.informative_payload(obs, _plain(), T0))
+    e.stand_in = stand_in_cri(PRX)
+    short = InformativeResponse.decode(e.informative_payload(obs, _plain(), T0))
+    assert short.tp_info == TpInfo(CRI(scheme_id=-1, host=PRX.host, port=5684))
+    assert not short.tp_info.has_details and short.ph_req == obs.ph_req == full.ph_req
+    # On the wire: a one-element array (observe draft §4.2.1: tpi_details omitted).
+    (server,) = cbor_decode(e.informative_payload(obs, _plain(), T0))[0]
+    assert CRI.from_cbor_obj(server) == CRI(scheme_id=-1, host=PRX.host, port=5684)
+    again = InformativeResponse.decode(e.informative_payload(obs, _plain(), T0, full_tp_info=True))
+    assert again.tp_info == full.tp_info and again.tp_info.has_details
+    published = InformativeResponse.decode(e.introspect(obs.token, T0))
+    assert published.tp_info == short.tp_info and published.ph_req == obs.ph_req
+
+
+def test_a_client_sends_the_deterministic_phantom_request_to_the_stand_in():
+    e, obs = _det_server()
+    e.stand_in = stand_in_cri(PRX)
+    short = InformativeResponse.decode(e.informative_payload(obs, _plain(), T0))
+    c = GroupObservationClient(_plain(), security=DeterministicClientSecurity(ours(), DC, server_kid=SRV_ID))
+    stand = c.stand_in(short, protected_channel=True)
+    assert stand.target == PRX and stand.ph_req == obs.ph_req
+    assert stand.phantom.opt.uri_path == ("r",) and stand.phantom.opt.observe == 0
+    # Notifications forwarded by the proxy verify against the state it returns.
+    e.on_change(obs.path, T0 + 1)
+    (send,) = e.rendered(obs, Message(code=CONTENT, payload=b"21 C"), T0 + 1)
+    st = stand.state
+    got = unprotect_notification(
+        st.context, wire(send.message), st.binding, st.response_number, expected_kid=st.server_kid
+    )
+    assert got.message.payload == b"21 C"
+    with pytest.raises(MalformedError, match="tpi_client"):
+        c.join(short, T0)  # join() never takes a stand-in's tp_info
+
+
+def test_a_stand_in_tp_info_without_a_usable_deterministic_phantom_request_is_a_typed_error():
+    e, obs = _det_server()
+    e.stand_in = stand_in_cri(PRX)
+    short = InformativeResponse.decode(e.informative_payload(obs, _plain(), T0))
+    det = DeterministicClientSecurity(ours(), DC, server_kid=SRV_ID)
+    cases = [
+        # no 'ph_req' at all
+        (InformativeResponse(tp_info=short.tp_info, last_notif=short.last_notif), det, "no 'ph_req'"),
+        # a 'ph_req' that is not a Deterministic Request (no OSCORE / Request-Hash)
+        (
+            InformativeResponse(tp_info=short.tp_info, ph_req=serialize_message(_plain())),
+            det,
+            "not a Deterministic",
+        ),
+        # no group security to verify it with
+        (short, None, "--group-oscore"),
+        # a Deterministic Client this client does not share
+        (
+            short,
+            DeterministicClientSecurity(ours(), DeterministicClient(H("dd")), server_kid=SRV_ID),
+            "verify",
+        ),
+    ]
+    for informative, security, text in cases:
+        c = GroupObservationClient(_plain(), security=security)
+        with pytest.raises(StandInError, match=text):
+            c.stand_in(informative, protected_channel=True)
+    # the wire format: [tpi_server] parses, [tpi_server, tpi_client] does not (observe draft §4.2.1.1)
+    assert TpInfo.from_cbor_obj([short.tp_info.tpi_server.to_cbor_obj()]) == short.tp_info
+    with pytest.raises(MalformedError):
+        TpInfo.from_cbor_obj([short.tp_info.tpi_server.to_cbor_obj(), short.tp_info.tpi_server.to_cbor_obj()])
+
+
+def test_server_reverse_proxy_option_usage_errors(tmp_path, capsys):
+    """``mcobserve server --reverse-proxy`` needs a Deterministic group file and a unicast address."""
+    from mcobserve.cli.credentials import write_credentials
+    from mcobserve.cli.main import main
+
+    write_credentials(tmp_path, "127.0.0.1", 1)
+    base = ["server", "--bind", "127.0.0.1:0", "--group", "239.255.0.1", "--resource", "r=1"]
+    base += ["--credentials", str(tmp_path / "server.json")]
+    cases = [
+        (["--group-oscore", str(tmp_path / "group.toml"), "--reverse-proxy", "127.0.0.2"], "[deterministic]"),
+        (["--group-oscore", "self-managed", "--reverse-proxy", "127.0.0.2"], "[deterministic]"),
+        (["--group-oscore", str(tmp_path / "group.toml"), "--reverse-proxy", "239.1.1.1"], "unicast"),
+        (["--group-oscore", str(tmp_path / "group.toml"), "--reverse-proxy", "[::1"], "--reverse-proxy"),
+    ]
+    for extra, text in cases:
+        assert main([*base, *extra]) == 64
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("mcobserve: ") and text in err[0], err

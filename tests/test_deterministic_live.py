@@ -160,3 +160,101 @@ def test_reverse_proxy_and_direct_clients_with_the_deterministic_phantom_request
         [f"[{prx_host.addr6}]", f"[{lan.clients[2].addr6}]"]
     )
     assert len([e for e in srv_events if e.get("event") == "notification_sent"]) == len(values)
+
+
+def test_reverse_proxy_named_in_tpi_server_client_initialization(lan, tools, tmp_path):
+    """Proxy draft §10 with §10.2: the clients know only PRX. Their protected registration goes through
+    PRX; the server's protected informative response names PRX in 'tpi_server' without tpi_details,
+    with the Deterministic phantom request as 'ph_req'; each client then sends PH_REQ to PRX. The first
+    PH_REQ is forwarded once and answered with the full (unprotected) 'tp_info'; PRX listens to the
+    group; the second client is served from PRX's cache; every notification is verified end to end."""
+    prx_host = lan.clients[0]
+    prx = f"[{prx_host.addr6}]"
+    creds = tmp_path / "creds"
+    write_credentials(creds, prx, 3)  # the clients' OSCORE contexts are for coap://PRX/*
+    srv_group, cli_group = deterministic_group(creds)
+    srv = server(
+        lan.server,
+        f"[{lan.server.addr6}]",
+        GROUP6,
+        "--credentials",
+        str(creds / "server.json"),
+        "--group-oscore",
+        srv_group,
+        "--no-counting",
+        "--reverse-proxy",
+        f"{prx}:5683",
+    )
+    proxy = start(
+        prx_host,
+        "proxy",
+        [
+            "proxy",
+            "--bind",
+            prx,
+            "--interface",
+            "eth0",
+            "--json",
+            "--reverse",
+            f"coap://[{lan.server.addr6}]",
+        ],
+    )
+    proxy.wait_event(lambda e: e.get("event") == "started")
+    values = ["prx-one", "prx-two"]
+    uri = f"coap://{prx}/r"
+    try:
+        with Capture(lan.server, lan.server.ifname, "udp", tmp_path / "s.pcapng") as cap:
+            first = observer(
+                lan.clients[1],
+                uri,
+                3,
+                20,
+                "first",
+                ("--credentials", str(creds / "client-1.json"), "--group-oscore", cli_group),
+            )
+            first.wait_event(lambda e: e.get("index") == 1, timeout=20)
+            second = observer(
+                lan.clients[2],
+                uri,
+                3,
+                20,
+                "second",
+                ("--credentials", str(creds / "client-2.json"), "--group-oscore", cli_group),
+            )
+            second.wait_event(lambda e: e.get("index") == 1, timeout=20)
+            put(lan.clients[1], uri, values, 0.5, "--credentials", str(creds / "client-3.json"))
+            for o in (first, second):
+                o.collect(20)
+        events = proxy.stop()
+    finally:
+        srv_events = srv.stop()
+    for o in (first, second):
+        got = notifications(o)
+        # Every notification came from PRX (the client does not listen to the group itself) and was
+        # verified end to end against the Deterministic phantom request.
+        assert [n["payload"] for n in got] == ["1234", *values], (o.name, got, o.read_stderr())
+        assert o.popen.returncode == 0
+    # Both initialization registrations reached the server through PRX (protected, relayed).
+    regs = [e for e in srv_events if e.get("event") == "registration"]
+    assert len(regs) == 2
+    relayed = [e for e in events if e.get("event") == "relayed_request" and e.get("observe") == 0]
+    assert len(relayed) == 2
+    # PH_REQ: the first client's was forwarded once; the second was served from PRX's cache.
+    clients = [e for e in events if e.get("event") == "client_registered"]
+    assert [c["from_cache"] for c in clients] == [False, True]
+    assert [c["remote"].rsplit(":", 1)[0] for c in clients] == [
+        f"[{lan.clients[1].addr6}]",
+        f"[{lan.clients[2].addr6}]",
+    ]
+    recognized = [e for e in srv_events if e.get("event") == "phantom_request_recognized"]
+    assert len(recognized) == 1 and recognized[0]["remote"].startswith(prx)
+    packets = cap.decode(ports=[5683, 61616])
+    to_server = [p for p in packets if p["ipv6.dst"] == lan.server.addr6]
+    det = [p for p in to_server if any(n == REQUEST_HASH for n, _ in coap_options(p["udp.payload"]))]
+    assert len(det) == 1 and det[0]["ipv6.src"] == prx_host.addr6
+    # Nothing from the clients reached the server directly: they know only PRX.
+    assert {p["ipv6.src"] for p in to_server} == {prx_host.addr6}
+    # The server's answer to PH_REQ is a plain 5.03 (no OSCORE option) with the full 'tp_info';
+    # its protected informative responses (to the registrations) are OSCORE 2.05s.
+    answer = [p for p in packets if p["ipv6.src"] == lan.server.addr6 and p["coap.code"] == "163"]
+    assert len(answer) == 1 and not any(n == 9 for n, _ in coap_options(answer[0]["udp.payload"]))

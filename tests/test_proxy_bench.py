@@ -1,34 +1,56 @@
-"""The ``proxy`` benchmark section runs end to end on a tiny case (bench/proxy.py)."""
+"""The ``proxy`` benchmark section (``mcobserve bench proxy``) runs end to end on a tiny case."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
+import json
+import os
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pytest
 
-from bench import proxy as proxy_bench
+from mcobserve.bench import sections
+from mcobserve.bench.sections import proxy as proxy_bench
+from mcobserve.cli.common import UsageError
 
 
 def test_cpu_seconds_of_this_process_grows():
-    import os
-
     before = proxy_bench.cpu_seconds(os.getpid())
     x = 0
     for i in range(3_000_000):
         x += i
-    assert proxy_bench.cpu_seconds(os.getpid()) > before
+    assert proxy_bench.cpu_seconds(os.getpid()) - before > 0.01
 
 
-def test_proxy_section_small_case(onehost, tmp_path):
+def test_the_section_is_registered():
+    assert "proxy" in sections.names() and sections.load("proxy") is proxy_bench
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+def test_proxy_section_small_case(tmp_path, capsys):
     """5 clients behind the proxy: every change reaches all, one multicast datagram per change at the
-    server; directly: one unicast notification per client per change."""
-    row = proxy_bench._case(onehost, "proxy", 5, 3, 0.05)
+    server; directly: one unicast notification per client per change; files, ratio and headline."""
+    args = argparse.Namespace(quick=True, observers="5", updates=3, gap=0.05)
+    assert proxy_bench.run(args, tmp_path) == 0
+    rows = json.loads((tmp_path / "proxy.json").read_text())
+    by = {r["mode"]: r for r in rows}
+    row, direct = by["proxy"], by["direct"]
     assert row["registered"] == 5 and row["complete_updates"] == 3, row
     assert row["server_datagrams_per_change"] == 1.0
     assert row["client_notifications_per_change"] == 5.0
-    direct = proxy_bench._case(onehost, "direct", 5, 3, 0.05)
+    assert row["proxy_cpu_ms_per_change"] > 0 and direct["server_cpu_ms_per_change"] > 0
     assert direct["registered"] == 5, direct  # the raw clients answer the server's Echo challenge
     assert direct["complete_updates"] == 3 and direct["server_datagrams_per_change"] == 5.0, direct
-    text = proxy_bench.report([row, direct])
-    assert "| 5 | proxy |" in text and "N=5:" in text
+    text = (tmp_path / "proxy.md").read_text()
+    assert "| 5 | proxy |" in text and "N=5: proxy per-client forwarding" in text
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("proxy per-client forwarding / aiocoap per-observer notification at N=5: ")
+    assert proxy_bench.ratios(rows)[5] is not None
+
+
+def test_bad_sizes_are_usage_errors(tmp_path):
+    for observers, updates in (("0", 3), ("x", 3), ("5", 0)):
+        with pytest.raises(UsageError):
+            proxy_bench.run(
+                argparse.Namespace(quick=True, observers=observers, updates=updates, gap=0.05), tmp_path
+            )

@@ -61,7 +61,9 @@ def test_legacy_clients_through_the_proxy_one_multicast_per_change(lan, tools, t
     srv_host, prx_host = lan.server, lan.clients[0]
     base = f"coap://[{srv_host.addr6}]"
     srv = server(srv_host, f"[{srv_host.addr6}]", GROUP6)
-    prx = proxy(prx_host)
+    # aiocoap 0.4.17's client does not answer Echo (RFC 9175): this proxy skips address verification
+    # (tests/test_proxy_guard.py runs libcoap and ours through a verifying proxy).
+    prx = proxy(prx_host, "--trusted-network")
     values = ["a", "b", "c"]
     try:
         with Capture(srv_host, srv_host.ifname, "udp", tmp_path / "srv.pcapng") as cap:

@@ -487,6 +487,13 @@ class Observer:
         requested_at: float | None = None,
     ) -> AsyncIterator[Notification]:
         informative = InformativeResponse.decode(payload)
+        if informative.tp_info is not None and not informative.tp_info.has_details:
+            # 'tpi_server' names a reverse proxy standing in for the server (proxy draft §10).
+            from ..proxy.client import follow_stand_in
+
+            async for n in follow_stand_in(self, request, informative, protected_channel):
+                yield n
+            return
         client = GroupObservationClient(
             request,
             code_points=self.code_points,

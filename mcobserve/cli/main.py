@@ -61,6 +61,7 @@ _SERVER_DEFAULTS: dict[str, Any] = {
     "credentials": None,
     "group_oscore": None,
     "key_lifetime": 3600.0,
+    "reverse_proxy": None,
     **SERVER_DEFAULTS,
     "store": None,
 }
@@ -209,6 +210,13 @@ def _server_parser(sub: argparse._SubParsersAction) -> None:
         help="protect notifications with Group OSCORE: a self-managed group or a pre-arranged one",
     )
     s.add_argument(
+        "--reverse-proxy",
+        metavar="PRX_ADDR[:PRX_PORT]",
+        help="a reverse proxy stands in for this server (proxy draft §10): protected informative "
+        "responses and /.well-known/core/mc-sender name it as tpi_server, without tpi_details "
+        "(needs --group-oscore FILE.toml with a [deterministic] table)",
+    )
+    s.add_argument(
         "--key-lifetime",
         type=float,
         metavar="SECONDS",
@@ -313,6 +321,21 @@ def _cmd_server(args: argparse.Namespace) -> int:
             "--group-oscore needs --credentials: registrations and informative responses "
             "MUST be protected (§9)"
         )
+    if args.reverse_proxy is not None:
+        try:
+            stand_in = Endpoint.parse(args.reverse_proxy)
+        except ValueError as e:
+            raise UsageError(f"--reverse-proxy {args.reverse_proxy!r}: {e}") from None
+        if stand_in.host.is_multicast or stand_in.host.is_unspecified:
+            raise UsageError(
+                f"--reverse-proxy {args.reverse_proxy!r}: a unicast address of the proxy expected"
+            )
+        if not args.group_oscore or args.group_oscore == "self-managed":
+            raise UsageError(
+                "--reverse-proxy needs --group-oscore FILE.toml with a [deterministic] table: clients "
+                "send the Deterministic phantom request to the proxy (proxy draft §10)"
+            )
+        args.reverse_proxy = stand_in
     resources = [_parse_resource(r) for r in args.resource]
     code_points = CodePoints(content_format=args.content_format)
     return asyncio.run(_serve(args, bind, group, policy, resources, code_points))
@@ -337,6 +360,13 @@ async def _serve(
 
         hub = out = EventHub(out)
     security = _server_security(args.group_oscore, args.key_lifetime)
+    if args.reverse_proxy is not None:
+        from ..oscore.deterministic import DeterministicGroup
+
+        if not isinstance(security, DeterministicGroup):
+            raise UsageError(
+                f"--reverse-proxy: {args.group_oscore} has no [deterministic] table (proxy draft §10)"
+            )
     server_credentials = server_credentials_map(args.credentials)
     try:
         server = await GroupServer.create(
@@ -370,9 +400,11 @@ async def _serve(
     from ..oscore.deterministic import DeterministicGroup
 
     if isinstance(security, DeterministicGroup):
-        from ..proxy.origin import serve_deterministic_phantoms
+        from ..proxy.origin import serve_deterministic_phantoms, stand_in_cri
 
         serve_deterministic_phantoms(server)  # recognize the phantom request through proxies (App. D)
+        if args.reverse_proxy is not None:  # proxy draft §10: 'tpi_server' names the reverse proxy
+            server.engine.stand_in = stand_in_cri(args.reverse_proxy)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -47,6 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="aiocoap credentials (OSCORE) of the proxy toward servers: it registers over OSCORE and "
         "verifies Group OSCORE notifications itself (its clients get plaintext)",
     )
+    p.add_argument(
+        "--trusted-network",
+        action="store_true",
+        help="do not verify client addresses with Echo (RFC 9175) before sending them more than 3x the "
+        "bytes received: only for networks without spoofing, for clients that cannot answer Echo "
+        "(aiocoap 0.4.17)",
+    )
     p.add_argument("--content-format", type=int, help="Content-Format number of informative responses")
     p.add_argument("--run-for", type=float, help="stop after SECONDS (default: until SIGINT/SIGTERM)")
     p.add_argument("--json", action="store_true", help="one JSON object per event")
@@ -121,6 +128,7 @@ async def _serve(
         code_points=code_points,
         on_event=out,
         credentials=credentials,
+        trusted_network=args.trusted_network,
     )
     try:
         await proxy.start(bind)

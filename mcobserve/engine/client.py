@@ -18,7 +18,13 @@ from typing import Any, Protocol
 from aiocoap import NON, SERVICE_UNAVAILABLE, VALID, Message
 
 from ..constants import DEFAULT_CODE_POINTS, DEFAULT_MAX_AGE, CodePoints
-from ..errors import MalformedError, McObserveError, UnsupportedTransportError, WithdrawnError
+from ..errors import (
+    MalformedError,
+    McObserveError,
+    StandInError,
+    UnsupportedTransportError,
+    WithdrawnError,
+)
 from ..wire import CRI, InformativeResponse, parse_message, serialize_message
 from ..wire.feedback import get_feedback_divider
 from ..wire.message import split_options, unknown_critical_options
@@ -139,6 +145,35 @@ def hostnames(informative: InformativeResponse) -> list[str]:
     return [c.host for c in (tp.tpi_server, tp.tpi_client) if c is not None and isinstance(c.host, str)]
 
 
+@dataclass(frozen=True)
+class StandIn:
+    """Where and what to send when 'tp_info' names only a stand-in for the server (proxy draft §10).
+
+    ``target`` is PRX_ADDR:PRX_PORT from 'tpi_server'; ``ph_req`` is the Deterministic phantom request
+    PH_REQ to send there as it is; ``phantom`` is its verified plain form and ``state`` what the
+    notifications forwarded by the stand-in are verified against (observe draft §9.3.2).
+    """
+
+    target: Endpoint
+    ph_req: bytes
+    phantom: Message
+    state: Any
+
+
+def is_deterministic_request(ph_req: bytes, code_points: CodePoints = DEFAULT_CODE_POINTS) -> bool:
+    """An OSCORE-protected request with a Request-Hash option: a Deterministic Request
+    (draft-ietf-core-cacheable-oscore §3; observe draft App. D). Malformed bytes are not one."""
+    try:
+        message = parse_message(ph_req)
+    except MalformedError:
+        return False
+    return (
+        message.code.is_request()
+        and message.opt.oscore is not None
+        and bool(message.opt.get_option(code_points.request_hash))
+    )
+
+
 class NotificationSecurity(Protocol):
     """Client side of draft §9.3, implemented by :mod:`mcobserve.oscore`."""
 
@@ -228,7 +263,10 @@ class GroupObservationClient:
                 f"transport of scheme-id {tp.tpi_server.scheme_id} is not supported"
             )
         if tp.tpi_client is None or tp.tpi_token is None:
-            raise MalformedError("'tp_info' lacks 'tpi_client' and 'tpi_token' (draft §4.2.1.1)")
+            raise MalformedError(
+                "'tp_info' lacks 'tpi_client' and 'tpi_token' (draft §4.2.1.1); a 'tp_info' naming a "
+                "stand-in goes to stand_in() (proxy draft §10)"
+            )
         # A CRI without port means the transport's default port (draft §5.2, step 1).
         server = Endpoint.of(
             _resolve(tp.tpi_server, resolved, "'tpi_server'"), tp.tpi_server.effective_port()
@@ -305,6 +343,61 @@ class GroupObservationClient:
         if last.opt.observe is not None:
             self._last = (last.opt.observe, now)
         return Notification(last, Via.LAST_NOTIF, now)
+
+    def stand_in(
+        self,
+        informative: InformativeResponse,
+        resolved: Mapping[str, IPAddress] | None = None,
+        *,
+        protected_channel: bool = False,
+    ) -> StandIn:
+        """'tp_info' is only ``[tpi_server]`` (no tpi_details): a reverse proxy stands in for the server
+        (proxy draft §10, §10.2 step e; observe draft §4.2.1 "MAY be omitted").
+
+        The client then sends the Deterministic phantom request PH_REQ to 'tpi_server' (§10.1, step 1).
+        Raises :class:`StandInError` when 'ph_req' is absent, is not a Deterministic Request, or cannot
+        be verified with this client's group security (the request could then not be computed by the
+        proxy's other clients, nor bound to the notifications); :class:`MalformedError` for the rest.
+        """
+        tp = informative.tp_info
+        if tp is None or tp.has_details:
+            raise MalformedError("'tp_info' has tpi_details: it does not name a stand-in (proxy draft §10)")
+        if tp.tpi_server.scheme_id != -1:
+            raise UnsupportedTransportError(
+                f"transport of scheme-id {tp.tpi_server.scheme_id} is not supported"
+            )
+        if informative.ph_req is None:
+            raise StandInError(
+                "'tp_info' has no tpi_details and there is no 'ph_req' to send to the stand-in it names "
+                "(proxy draft §10): ask the server's operator (it needs a Deterministic phantom request)"
+            )
+        if not is_deterministic_request(informative.ph_req, self.code_points):
+            raise StandInError(
+                "'tp_info' has no tpi_details but 'ph_req' is not a Deterministic Request (no OSCORE and "
+                "Request-Hash options), so no proxy can serve it from its cache (proxy draft §10)"
+            )
+        if self.security is None:
+            raise StandInError(
+                "the Deterministic phantom request cannot be verified without the group's keying "
+                "material: give the group file with a [deterministic] table (--group-oscore)"
+            )
+        try:
+            phantom, state = self.security.verify_phantom(informative, protected_channel, b"")
+        except MalformedError as e:
+            raise StandInError(
+                f"cannot verify the Deterministic phantom request ({e}): give the group file with a "
+                "[deterministic] table (--group-oscore)"
+            ) from None
+        if not phantom.code.is_request() or phantom.opt.observe != 0:
+            raise MalformedError("the verified 'ph_req' is not an Observe registration")
+        mismatch = self._mismatch(phantom)
+        if mismatch:
+            raise WithdrawnError(f"the phantom request differs in {mismatch}; it cannot serve this request")
+        target = Endpoint.of(
+            _resolve(tp.tpi_server, resolved or {}, "'tpi_server'"), tp.tpi_server.effective_port()
+        )
+        self.informative = informative
+        return StandIn(target, informative.ph_req, phantom, state)
 
     def _mismatch(self, phantom: Message) -> str | None:
         if phantom.code != self.request.code:

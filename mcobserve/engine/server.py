@@ -557,6 +557,10 @@ class ServerEngine:
             raise ValueError("max_message_size must be at least 64 bytes")
         #: Largest CoAP message sent as a multicast notification or informative response (draft §4.4).
         self.max_message_size = max_message_size
+        #: A reverse proxy standing in for this server (proxy draft §10): protected informative
+        #: responses and published group observation data then carry ``tp_info = [tpi_server]`` naming
+        #: it, without tpi_details; only the answer to a recognized phantom request has the full one.
+        self.stand_in: CRI | None = None
         self._budgets: dict[Endpoint, GroupBudget] = {}
         self._resources: dict[Path, _ResourceState] = {}
         self._by_token: dict[bytes, GroupObservation] = {}
@@ -1133,12 +1137,19 @@ class ServerEngine:
         return remaining if remaining > 0 else None
 
     def informative_payload(
-        self, obs: GroupObservation, request: Message | None, now: float, *, with_ph_req: bool | None = None
+        self,
+        obs: GroupObservation,
+        request: Message | None,
+        now: float,
+        *,
+        with_ph_req: bool | None = None,
+        full_tp_info: bool = False,
     ) -> bytes:
         """The CBOR payload of the informative response (draft §4.2).
 
         'ph_req' is included whenever the phantom request differs from ``request`` in its
-        transport-independent information (or always, without a request).
+        transport-independent information (or always, without a request). With :attr:`stand_in` set
+        and not ``full_tp_info``, 'tp_info' only names the reverse proxy (proxy draft §10.2, step c).
         """
         if with_ph_req is None:
             with_ph_req = request is None or transport_independent(request) != obs.ph_req
@@ -1146,11 +1157,12 @@ class ServerEngine:
         extra = self.security.informative_parameters(obs.binding, now) if self.security is not None else {}
         if self.security is not None:
             with_ph_req = True  # the protected phantom request always differs (§9.2.2)
-        key = (with_ph_req, nnb, obs.ending, extra.get("exi"), extra.get("exp"))
+        tp_info = self.tp_info_for(obs, full=full_tp_info)
+        key = (with_ph_req, nnb, obs.ending, extra.get("exi"), extra.get("exp"), tp_info.has_details)
         cached = obs._payload_cache.get(key)
         if cached is None:
             informative = InformativeResponse(
-                tp_info=obs.tp_info,
+                tp_info=tp_info,
                 ph_req=obs.ph_req if with_ph_req else None,
                 last_notif=obs.latest_bytes,
                 next_not_before=nnb,
@@ -1166,13 +1178,22 @@ class ServerEngine:
             obs._payload_cache[key] = cached
         return cached
 
-    def informative_response(self, obs: GroupObservation, request: Message | None, now: float) -> Message:
+    def tp_info_for(self, obs: GroupObservation, *, full: bool = False) -> TpInfo:
+        """``obs``'s 'tp_info'; only ``[tpi_server]`` = :attr:`stand_in` when a reverse proxy stands in
+        for this server and ``full`` is not asked for (proxy draft §10, observe draft §4.2.1)."""
+        if self.stand_in is None or full:
+            return obs.tp_info
+        return TpInfo(self.stand_in)
+
+    def informative_response(
+        self, obs: GroupObservation, request: Message | None, now: float, *, full_tp_info: bool = False
+    ) -> Message:
         """5.03, Content-Format informative-response+cbor, Max-Age 0, no Observe (draft §4.2)."""
         return Message(
             code=SERVICE_UNAVAILABLE,
             content_format=self.code_points.content_format,
             max_age=0,
-            payload=self.informative_payload(obs, request, now),
+            payload=self.informative_payload(obs, request, now, full_tp_info=full_tp_info),
         )
 
     def introspect(self, token: bytes, now: float) -> bytes | None:
@@ -1193,7 +1214,7 @@ class ServerEngine:
             obs.committed_until = max(obs.committed_until or 0.0, commitment)
             ending = obs.committed_until
         return InformativeResponse(
-            tp_info=obs.tp_info,
+            tp_info=self.tp_info_for(obs),
             ph_req=obs.ph_req,
             last_notif=obs.latest_bytes,
             ending=_time_value(ending),

@@ -10,6 +10,7 @@ notifications carry each client's own Token. What to forward to whom is decided 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -22,10 +23,11 @@ from typing import Any
 import aiocoap
 import aiocoap.interfaces
 import aiocoap.pipe
-from aiocoap import BAD_GATEWAY, GATEWAY_TIMEOUT, GET, NON, Message
+from aiocoap import BAD_GATEWAY, GATEWAY_TIMEOUT, GET, NON, UNAUTHORIZED, Message
 
 from ..aio import _glue
 from ..aio.client import ListenerPool, Observer, ResponseError
+from ..aio.sourceguard import DropLog, GuardLimits, SourceGuard
 from ..constants import DEFAULT_CODE_POINTS, CodePoints
 from ..engine.client import informative_response_payload
 from ..errors import McObserveError, ProxyError
@@ -53,6 +55,14 @@ EventSink = Callable[[dict[str, Any]], None]
 FORWARD_TIMEOUT = 60.0
 
 
+#: Receive buffer of the client-facing socket, as the server's (``GroupServer.create``).
+RECEIVE_BUFFER = 4 << 20
+#: Seconds a challenged request's (address, port, MID) is remembered (EXCHANGE_LIFETIME, RFC 7252 §4.8.2).
+CHALLENGE_MEMORY = 247.0
+#: Challenged requests remembered at most.
+CHALLENGED_MAX = 4096
+
+
 class ProxySite(aiocoap.interfaces.Resource):
     """The proxy's whole resource tree: every request is for a target elsewhere (RFC 7252 §5.7)."""
 
@@ -62,11 +72,129 @@ class ProxySite(aiocoap.interfaces.Resource):
     async def needs_blockwise_assembly(self, request: Message) -> bool:
         return False
 
-    async def render(self, request: Message) -> Message:  # pragma: no cover - render_to_pipe is used
-        raise NotImplementedError
+    async def render(self, request: Message) -> Message:
+        """One request, one response (what aiocoap's default ``render_to_pipe`` would ask for): the same
+        handling as :meth:`render_to_pipe`, returning its first response (an observation through this
+        entry point ends after it)."""
+        pipe = aiocoap.pipe.Pipe(request, log)
+        first: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+
+        def take(event: Any) -> bool:
+            if not first.done():
+                if event.message is not None:
+                    first.set_result(event.message)
+                else:
+                    first.set_exception(event.exception or RuntimeError("no response"))
+            return False  # one response is all this entry point returns
+
+        pipe.on_event(take)
+        task = asyncio.create_task(self.proxy._handle(pipe))
+        try:
+            return await first
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def render_to_pipe(self, pipe: aiocoap.pipe.Pipe) -> None:
         await self.proxy._handle(pipe)
+
+
+class ClientSideGuard:
+    """Source verification and the amplification bound on the proxy's client-facing socket (RFC 9175
+    §2.4), with :class:`~mcobserve.aio.sourceguard.SourceGuard` as the server uses it
+    (:class:`mcobserve.aio._glue.DatagramHooks`).
+
+    * Until a client address is verified, the proxy sends it at most 3x the bytes it received.
+    * Requests that would make the proxy send to an address for a long time (Observe registrations,
+      ticket requests, Deterministic phantom requests) from an unverified address are answered with a
+      small 4.01 + Echo first. A valid Echo verifies the address and is removed before forwarding (it is
+      the proxy's). OSCORE-protected registrations relayed to the server are not challenged: a protected
+      response from the server verifies the address, as the server's own OSCORE check does.
+    * An address with an observation at the proxy stays unbounded while the observation lasts (it was
+      verified when the observation began; RFC 7641 ends it when a Confirmable notification goes
+      unacknowledged).
+    """
+
+    def __init__(self, proxy: Proxy, guard: SourceGuard | None) -> None:
+        self.proxy = proxy
+        self.guard = guard
+        self.clock = proxy.clock
+        self.drops = DropLog(log)
+        self.observing = proxy._observing_sources
+        #: (address, port, MID) of requests answered with a 4.01 + Echo, oldest first (bounded).
+        self.challenged: collections.OrderedDict[tuple[Any, int], float] = collections.OrderedDict()
+
+    def on_datagram(self, source: str, size: int) -> None:
+        if self.guard is not None and source not in self.observing:
+            self.guard.received(source, size, self.clock())
+
+    def on_dropped(self, source: str, reason: str) -> None:
+        self.drops.drop(reason, source, self.clock())
+
+    def on_message(self, source: str, message: Message) -> bool | Message:
+        guard = self.guard
+        if guard is None or not message.code.is_request():
+            return True
+        now = self.clock()
+        echo = message.opt.echo
+        if echo is not None and guard.check_echo(source, echo, now):
+            message.opt.echo = None  # the proxy's own Echo: not forwarded
+            return True
+        key = (message.remote.sockaddr[:2], message.mid)
+        if key in self.challenged:  # a retransmission of a challenged request: challenged again
+            return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+        if source in self.observing or guard.verified(source, now):
+            return True
+        if not self.needs_verification(message):
+            return True
+        challenged = self.challenged
+        challenged[key] = now + CHALLENGE_MEMORY
+        while challenged and (len(challenged) > CHALLENGED_MAX or next(iter(challenged.values())) <= now):
+            challenged.popitem(last=False)
+        return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+
+    def needs_verification(self, message: Message) -> bool:
+        """An Observe registration, unless it is an OSCORE request relayed to the server (proxy draft §5:
+        ticket requests and Deterministic Requests carry OSCORE too, but are the proxy's to serve)."""
+        if message.opt.observe != 0:
+            return False
+        if message.opt.oscore is None:
+            return True
+        cp = self.proxy.code_points
+        return bool(
+            message.opt.get_option(cp.listen_to_multicast_responses)
+            or message.opt.get_option(cp.request_hash)
+        )
+
+    def may_ack_early(self, source: str, message: Message) -> bool:
+        if self.guard is None or message.opt.oscore is not None:
+            return True
+        return source in self.observing or self.guard.verified(source, self.clock())
+
+    def on_send(self, source: str, message: Message, size: int) -> Message | None:
+        guard = self.guard
+        if guard is None or source in self.observing:
+            return message
+        now = self.clock()
+        if guard.allow(source, size, now):
+            return message
+        if message.code.is_response():
+            # Too large for an unverified source: a small 4.01 with Echo instead (RFC 9175 §2.4).
+            alt = Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+            alt.mtype, alt.mid, alt.token, alt.remote = (
+                message.mtype,
+                message.mid,
+                message.token,
+                message.remote,
+            )
+            if guard.allow(source, len(alt.encode()), now):
+                guard.stats.replaced += 1
+                return alt
+        guard.stats.dropped += 1
+        self.drops.drop("amplification bound: source not verified (RFC 9175 §2.4)", source, now)
+        return None
 
 
 class Proxy:
@@ -82,8 +210,14 @@ class Proxy:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         credentials: dict[str, Any] | None = None,
+        trusted_network: bool = False,
+        guard_limits: GuardLimits | None = None,
     ) -> None:
         self.reverse = reverse
+        #: Source verification toward clients (:class:`ClientSideGuard`); None with ``trusted_network``.
+        self.guard = None if trusted_network else SourceGuard(guard_limits)
+        #: Client addresses with an observation at the proxy, and how many.
+        self._observing_sources: dict[str, int] = {}
         #: aiocoap credentials (its JSON format) of the proxy itself toward servers: its own
         #: registrations then travel over OSCORE and Group OSCORE notifications are verified by the
         #: proxy, which serves its clients the plaintext (the proxy is trusted, proxy draft §4).
@@ -108,6 +242,20 @@ class Proxy:
         if self.credentials:
             self.client_ctx.client_credentials.load_from_dict(self.credentials)
         self.server_ctx = await aiocoap.Context.create_server_context(ProxySite(self), bind=bind)
+        _glue.install_datagram_hooks(self.server_ctx, ClientSideGuard(self, self.guard))
+        # The ACKs of N Confirmable notifications arrive at once: a default buffer drops some, and
+        # their notifications are sent again after ACK_TIMEOUT (as the server does, aio/server.py).
+        _glue.set_receive_buffer(self.server_ctx, RECEIVE_BUFFER)
+        guard = self.guard
+        limits = guard.limits if guard is not None else GuardLimits()
+        if guard is None:
+            _glue.bound_deduplication(self.server_ctx, lambda source: True, (limits.dedup_verified, 0))
+        else:
+            _glue.bound_deduplication(
+                self.server_ctx,
+                lambda source: source in self._observing_sources or guard.verified(source, self.clock()),
+                (limits.dedup_verified, limits.dedup_unverified),
+            )
         self._emit("started", bind=f"[{bind[0]}]:{bind[1]}" if ":" in bind[0] else f"{bind[0]}:{bind[1]}")
 
     async def shutdown(self) -> None:
@@ -154,6 +302,7 @@ class Proxy:
         reg = self.engine.register(target, key, self.clock())
         entry = (pipe, done)
         self._pipes[key] = entry
+        source = self._observing(request, +1)
         self._emit(
             "client_registered",
             target=_name(target),
@@ -181,12 +330,25 @@ class Proxy:
         try:
             await done  # ended by the last response, or cancelled when the client loses interest
         finally:
+            self._observing(request, -1, source)
             if self._pipes.get(key) is entry:
                 del self._pipes[key]
                 gone = self.engine.deregister(key)
                 self._emit("client_left", target=_name(target), remote=str(request.remote.hostinfo))
                 if gone is not None:
                     self._stop_upstream(gone)
+
+    def _observing(self, request: Message, delta: int, source: str | None = None) -> str | None:
+        """Count an observation of the client at ``request``'s address (:class:`ClientSideGuard`)."""
+        source = source if source is not None else _glue.udp_source(request)
+        if source is None:
+            return None
+        n = self._observing_sources.get(source, 0) + delta
+        if n > 0:
+            self._observing_sources[source] = n
+        else:
+            self._observing_sources.pop(source, None)
+        return source
 
     async def _forward(self, pipe: aiocoap.pipe.Pipe, request: Message, target: Target) -> None:
         """A non-Observe request: forward it and answer with the response (RFC 7252 §5.7.2)."""
@@ -230,9 +392,18 @@ class Proxy:
         out = forward_request(request, target)
         pending = self.client_ctx.request(out, handle_blockwise=False)
         self._emit("relayed_request", target=target.uri(), observe=request.opt.observe)
+        source: str | None = None
         try:
             response = await asyncio.wait_for(pending.response, FORWARD_TIMEOUT)
+            if response.opt.oscore is not None and self.guard is not None:
+                # The server unprotected the request with a known context: the address is verified,
+                # as the server's own OSCORE check does it (mcobserve.aio.sourceguard).
+                address = _glue.udp_source(request)
+                if address is not None:
+                    self.guard.verify(address, self.clock(), by="oscore")
             observing = request.opt.observe == 0 and response.opt.observe is not None
+            if observing:
+                source = self._observing(request, +1)
             pipe.add_response(_copy(response), is_last=not observing)
             if observing:
                 async for m in pending.observation:
@@ -246,6 +417,9 @@ class Proxy:
             raise
         except Exception as e:  # aiocoap raises many types for network errors
             pipe.add_response(Message(code=BAD_GATEWAY, payload=str(e).encode()[:200]), is_last=True)
+        finally:
+            if source is not None:
+                self._observing(request, -1, source)
 
     async def _deterministic(self, det: DeterministicTarget) -> None:
         """Forward a Deterministic phantom request once (proxy draft §9): an unprotected informative

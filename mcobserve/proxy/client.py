@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiocoap
@@ -26,7 +26,7 @@ from ..engine.client import (
     Via,
     informative_response_payload,
 )
-from ..errors import GroupObservationError, ProxyError
+from ..errors import GroupObservationError, ProxyError, StandInError
 from ..wire import InformativeResponse, parse_message
 from ..wire.feedback import set_feedback_divider
 from .engine import parse_uri, ticket_request
@@ -175,6 +175,17 @@ class SecuredProxiedObserver(ProxiedObserver):
         log.info("sending the ticket request for token %s to %s", client.token.hex(), self.proxy)
         pending = ctx.request(ticket, handle_blockwise=False)
         response = await pending.response
+        if _echo_request(response):
+            # The proxy verifies our address first (RFC 9175 §2.4): a plain GET returns its Echo, then
+            # the same ticket request goes again (its bytes must stay those of the phantom request).
+            await prove_address(ctx, response, self.proxy, ())
+            again = ticket_request(
+                parse_message(informative.ph_req), informative.tp_info, self.target, self.code_points
+            )
+            again.unresolved_remote = self.proxy
+            self.ticket_requests += 1
+            pending = ctx.request(again, handle_blockwise=False)
+            response = await pending.response
         if response.opt.oscore is None:
             raise ResponseError(response)  # the proxy refused it (e.g. 4.02 without LTMR support)
 
@@ -255,57 +266,151 @@ class DeterministicObserver(Observer):
         return request, binding, pending, await pending.response
 
     async def _run(self) -> AsyncIterator[Notification]:
-        from ..oscore.errors import OscoreError
-        from ..oscore.protect import unprotect_notification
-        from ..oscore.replay import ResponseNumber
-
         ctx = await self._context()
         try:
-            request, binding, pending, first = await self._register(ctx)
-            if _echo_request(first):
-                # The server verifies our address first (RFC 9175 §2.4). The deterministic request must
-                # stay byte for byte what every client computes, so the Echo goes back on a plain GET;
-                # once the address is verified, the same deterministic request is sent again.
-                proof = Message(code=GET, echo=first.opt.echo, uri_path=request.opt.uri_path)
-                proof.unresolved_remote = request.unresolved_remote
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ctx.request(proof).response, 30)
+            binding = None
+
+            async def register() -> tuple[Message, Any, Message]:
+                nonlocal binding
                 request, binding, pending, first = await self._register(ctx)
-            response_number = ResponseNumber()
+                return request, pending, first
 
-            async def responses() -> AsyncIterator[Message]:
-                yield first
-                async for m in pending.observation:
-                    yield m
-
-            async for m in responses():
-                if m.opt.oscore is None:
-                    payload = informative_response_payload(m, self.code_points)
-                    if payload is None:
-                        raise ResponseError(m)
-                    # The server itself answered: join the group directly (App. D).
-                    async for n in self._follow_group(self._plain(), payload):
-                        yield n
-                    return
-                try:
-                    result = unprotect_notification(
-                        self.deterministic.context,
-                        m,
-                        binding,
-                        response_number,
-                        expected_kid=self.deterministic.server_id,
-                    )
-                except OscoreError as e:
-                    self.dropped.append(str(e))
-                    log.warning("dropped a notification forwarded by the proxy: %s", e)
-                    continue
-                plain = result.message
-                if not plain.code.is_successful():
-                    self.ended_by_server = plain
-                    return
-                yield Notification(plain, Via.MULTICAST, self.clock())
+            request, pending, first = await register()
+            assert binding is not None
+            async for n in _follow_deterministic(
+                self,
+                ctx,
+                request,
+                pending,
+                first,
+                register,
+                self.deterministic.context,
+                binding,
+                self.deterministic.server_id,
+                self._plain(),
+            ):
+                yield n
         finally:
             await self.aclose()
+
+
+async def prove_address(ctx: aiocoap.Context, challenge: Message, remote: Any, uri_path: Any) -> None:
+    """Return the Echo value of a 4.01 ``challenge`` on a plain GET to ``remote`` (RFC 9175 §2.4): the
+    peer then counts our address as verified. Its answer does not matter."""
+    proof = Message(code=GET, echo=challenge.opt.echo, uri_path=uri_path)
+    proof.unresolved_remote = remote
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ctx.request(proof).response, 30)
+
+
+async def _follow_deterministic(
+    observer: Observer,
+    ctx: aiocoap.Context,
+    request: Message,
+    pending: Any,
+    first: Message,
+    register: Callable[[], Awaitable[tuple[Message, Any, Message]]],
+    context: Any,
+    binding: Any,
+    server_kid: bytes,
+    plain: Message,
+    *,
+    via_stand_in: bool = False,
+) -> AsyncIterator[Notification]:
+    """Follow the answers to a Deterministic phantom request sent to a proxy or the server (App. D;
+    proxy draft §9, §10): protected notifications are verified end to end (the server's signature and
+    kid, a fresh Partial IV, Request-Hash as Class I); an unprotected informative response means the
+    server itself answered, and the client listens to the group (only with tpi_details)."""
+    from ..oscore.errors import OscoreError
+    from ..oscore.protect import unprotect_notification
+    from ..oscore.replay import ResponseNumber
+
+    if _echo_request(first):
+        # The server (or proxy) verifies our address first (RFC 9175 §2.4). The deterministic request
+        # must stay byte for byte what every client computes, so the Echo goes back on a plain GET;
+        # once the address is verified, the same deterministic request is sent again.
+        await prove_address(ctx, first, request.unresolved_remote, request.opt.uri_path)
+        request, pending, first = await register()
+    response_number = ResponseNumber()
+
+    async def responses() -> AsyncIterator[Message]:
+        yield first
+        async for m in pending.observation:
+            yield m
+
+    async for m in responses():
+        if m.opt.oscore is None:
+            payload = informative_response_payload(m, observer.code_points)
+            if payload is None:
+                raise ResponseError(m)
+            if via_stand_in:
+                tp = InformativeResponse.decode(payload).tp_info
+                if tp is None or not tp.has_details:
+                    raise StandInError("the stand-in answered with another 'tp_info' naming a stand-in")
+            # The server itself answered: join the group directly (App. D).
+            async for n in observer._follow_group(plain, payload):
+                yield n
+            return
+        try:
+            result = unprotect_notification(context, m, binding, response_number, expected_kid=server_kid)
+        except OscoreError as e:
+            observer.dropped.append(str(e))
+            log.warning("dropped a notification forwarded by the proxy: %s", e)
+            continue
+        message = result.message
+        if not message.code.is_successful():
+            observer.ended_by_server = message
+            return
+        yield Notification(message, Via.MULTICAST, observer.clock())
+
+
+async def follow_stand_in(
+    observer: Observer, request: Message, informative: InformativeResponse, protected_channel: bool
+) -> AsyncIterator[Notification]:
+    """'tp_info' names only a stand-in (a reverse proxy, no tpi_details): send the Deterministic
+    phantom request PH_REQ there and verify what comes back (proxy draft §10.1 step 1, §10.2 step e).
+
+    Used by :meth:`mcobserve.aio.client.Observer._follow_group`; raises
+    :class:`~mcobserve.errors.StandInError` when there is no Deterministic 'ph_req' it can verify.
+    """
+    from ..aio.client import _resolve_names
+    from ..engine.client import hostnames
+
+    client = GroupObservationClient(
+        request, code_points=observer.code_points, security=observer._security_for(informative)
+    )
+    resolved = await _resolve_names(hostnames(informative))
+    stand = client.stand_in(informative, resolved, protected_channel=protected_channel)
+    ctx = await observer._context()
+    host = f"[{stand.target.host}]" if stand.target.host.version == 6 else str(stand.target.host)
+    destination = f"{host}:{stand.target.port}"
+    state = stand.state
+    log.info("'tp_info' names a stand-in: sending the Deterministic phantom request to %s", destination)
+
+    async def register() -> tuple[Message, Any, Message]:
+        parsed = parse_message(stand.ph_req)  # as it is; aiocoap sets type, MID and Token
+        ph_req = Message(code=parsed.code, payload=parsed.payload)
+        ph_req.opt = parsed.opt
+        ph_req.unresolved_remote = destination
+        observer.registrations += 1
+        pending = ctx.request(ph_req, handle_blockwise=False)
+        return ph_req, pending, await pending.response
+
+    sent, pending, first = await register()
+    async for n in _follow_deterministic(
+        observer,
+        ctx,
+        sent,
+        pending,
+        first,
+        register,
+        state.context,
+        state.binding,
+        state.server_kid,
+        request,
+        via_stand_in=True,
+    ):
+        yield n
 
 
 #: The name used before reverse proxies and direct use were added.

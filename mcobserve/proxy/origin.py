@@ -22,9 +22,10 @@ from aiocoap import CON, Message
 
 from ..aio import _glue
 from ..aio.server import GroupServer
+from ..engine.common import Endpoint
 from ..engine.server import GroupObservation
 from ..oscore.deterministic import DeterministicGroup
-from ..wire import serialize_message
+from ..wire import CRI, serialize_message
 
 
 class PhantomRecognizer(aiocoap.interfaces.Resource):
@@ -71,7 +72,9 @@ class PhantomRecognizer(aiocoap.interfaces.Resource):
             return
         self.recognized += 1
         now = self.server.clock()
-        response = self.server.engine.informative_response(obs, request, now)
+        # Always the full 'tp_info': the reverse proxy (or client) that sent it listens to the group
+        # itself (proxy draft §10.1, step 2), even when other responses name a stand-in.
+        response = self.server.engine.informative_response(obs, request, now, full_tp_info=True)
         response.mtype = CON
         _glue.acknowledge_now(request)  # Confirmable, separate (draft §4.2)
         if self.server.on_event is not None:
@@ -85,6 +88,12 @@ class PhantomRecognizer(aiocoap.interfaces.Resource):
                 }
             )
         pipe.add_response(response, is_last=True)
+
+
+def stand_in_cri(proxy: Endpoint) -> CRI:
+    """The CRI of PRX_ADDR:PRX_PORT that 'tpi_server' carries when a reverse proxy stands in for the
+    server (proxy draft §10: 'tp_info' is then only ``[tpi_server]``)."""
+    return CRI(scheme_id=-1, host=proxy.host, port=proxy.port)
 
 
 def serve_deterministic_phantoms(server: GroupServer) -> PhantomRecognizer:
