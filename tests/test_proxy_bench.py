@@ -21,6 +21,32 @@ def test_cpu_seconds_of_this_process_grows():
     assert proxy_bench.cpu_seconds(os.getpid()) - before > 0.01
 
 
+def test_a_chatty_server_never_blocks_on_its_stdout_pipe():
+    """The server writes one JSON event per registration; the section reads them only at the start and
+    the end. At N = 1000 a full 64 KiB pipe stopped the server (464 registrations, no notification)."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import json,sys\n"
+        "print(json.dumps({'event': 'started'}), flush=True)\n"
+        "for i in range(5000): print(json.dumps({'event': 'registration', 'n': i, 'pad': 'x' * 100}))\n"
+        "print(json.dumps({'event': 'stopped'}), flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proxy_bench._json_lines(proc, lambda e: e.get("event") == "started", 10)["event"] == "started"
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # nobody asks for a line meanwhile, as while the section measures
+        assert proc.poll() == 0  # it wrote 600 KB without blocking
+        assert proxy_bench._json_lines(proc, lambda e: e.get("event") == "stopped", 10)["event"] == "stopped"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_the_section_is_registered():
     assert "proxy" in sections.names() and sections.load("proxy") is proxy_bench
 
