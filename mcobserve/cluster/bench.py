@@ -21,16 +21,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import queue
 import statistics
 import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..bench.procs import JsonLines, parse_json_line
 from .errors import ClusterError
 from .natsrun import find_nats_server
 
@@ -132,63 +130,11 @@ class BenchConfig:
         return cfg
 
 
-@dataclass
-class _Proc:
-    """A process whose stdout lines are collected by a thread."""
-
-    popen: subprocess.Popen[str]
-    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
-    seen: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        def pump() -> None:
-            assert self.popen.stdout is not None
-            for line in self.popen.stdout:
-                self.lines.put(line.rstrip("\n"))
-            self.lines.put(None)
-
-        threading.Thread(target=pump, daemon=True).start()
-
-    def wait_json(self, pred: Any, timeout: float) -> dict[str, Any]:
-        end = time.monotonic() + timeout
-        for line in self.seen:
-            ev = _json(line)
-            if ev is not None and pred(ev):
-                return ev
-        while time.monotonic() < end:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.seen.append(line)
-            ev = _json(line)
-            if ev is not None and pred(ev):
-                return ev
-        err = ""
-        if self.popen.poll() is not None and self.popen.stderr is not None:
-            err = self.popen.stderr.read()[-500:]
-        raise ClusterError(f"benchmark: a process did not report in {timeout} s ({err.strip()})")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-        try:
-            self.popen.wait(10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(5)
+def _proc(popen: subprocess.Popen[str]) -> JsonLines:
+    return JsonLines(popen, ClusterError)
 
 
-def _json(line: str) -> dict[str, Any] | None:
-    if not line.startswith("{"):
-        return None
-    try:
-        v = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return v if isinstance(v, dict) else None
+_json = parse_json_line
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -202,8 +148,8 @@ def _ms(v: float | None) -> float | None:
     return None if v is None else round(1000 * v, 2)
 
 
-def _start(host: Any, args: list[str]) -> _Proc:
-    return _Proc(host.popen([*PY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+def _start(host: Any, args: list[str]) -> JsonLines:
+    return _proc(host.popen([*PY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
 
 
 def _cli(host: Any, *args: str) -> dict[str, Any]:
@@ -269,7 +215,7 @@ def run(out: Path, cfg: BenchConfig, progress: Any = print) -> dict[str, Any]:
             "kernel": platform.release(),
         },
     }
-    procs: list[_Proc] = []
+    procs: list[JsonLines] = []
     # no publication rate limit, no rough counting rounds (they pause notifications, draft §13.1):
     # what is measured is the path through NATS, not the site's congestion control
     rate = ["--publish-rate", "100000", "--publish-burst", "100000", "--no-counting"]

@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import selectors
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from ..procs import JsonLines
 
 PY = [sys.executable, "-m", "mcobserve.cli.main"]
 GROUP = "[ff35:30:2001:db8::23]:61616"
@@ -160,44 +160,15 @@ def run_clients(args: argparse.Namespace) -> int:
 # -- the driver ---------------------------------------------------------------------------------
 
 
-_readers: dict[int, queue.Queue[str | None]] = {}
-
-
-def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
-    """The lines of ``proc``'s stdout, read by a thread from the start: a server that writes a JSON
-    event per registration never blocks on a full pipe (it did at N = 1000: 464 events of 64 KiB)."""
-    q = _readers.get(proc.pid)
-    if q is None:
-        q = _readers[proc.pid] = queue.Queue()
-        stream = proc.stdout
-        assert stream is not None
-
-        def pump() -> None:
-            for line in stream:
-                q.put(line)
-            q.put(None)
-
-        threading.Thread(target=pump, daemon=True, name=f"bench-stdout-{proc.pid}").start()
-    return q
+_readers: dict[int, JsonLines] = {}
 
 
 def _json_lines(proc: subprocess.Popen[str], pred: Any, timeout: float) -> dict[str, Any]:
-    q = _lines(proc)
-    end = time.monotonic() + timeout
-    while (remaining := end - time.monotonic()) > 0:
-        try:
-            line = q.get(timeout=remaining)
-        except queue.Empty:
-            break
-        if line is None:
-            break
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(item, dict) and pred(item):
-            return item
-    raise RuntimeError(f"no expected line from {proc.args}")
+    """The next event line of ``proc`` for which ``pred`` holds (stdout read by a thread from the start)."""
+    lines = _readers.get(proc.pid)
+    if lines is None:
+        lines = _readers[proc.pid] = JsonLines(proc)
+    return lines.wait_json(pred, timeout, rescan=False)
 
 
 def _case(lab: Any, mode: str, n: int, updates: int, gap: float) -> dict[str, Any]:
