@@ -258,6 +258,7 @@ class GroupServer:
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
         _glue.install_backlog_fix()  # N informative responses in flight (draft §4.2) must not cost O(N^2)
+        _glue.install_address_cache()  # aiocoap prints the peer's address several times per request
         engine = ServerEngine(
             bind,
             group,
@@ -269,7 +270,7 @@ class GroupServer:
         )  # checks SRV_ADDR and GRP_ADDR (draft §3, §4.2) before anything binds
         ensure_unserved(bind)  # one server per address and port (aiocoap sets SO_REUSEPORT)
         if site is None:  # a site of the caller's keeps its own /.well-known/core
-            site = aiocoap.resource.Site()
+            site = _glue.LeanSite()
             wkc = aiocoap.resource.WKCResource(site.get_resources_as_linkheader)
             site.add_resource([".well-known", "core"], wkc)
         bind_host = str(bind.host)
@@ -334,6 +335,7 @@ class GroupServer:
             resource._mc_path = path
             self._resources[path] = resource
             self.engine.add_resource(path, policy)
+            self.engine.prepare(path, self.clock(), self.rng)  # T and the signed phantom, ahead
 
     def remove_resource(self, path: Sequence[str]) -> None:
         """The resource goes away: its group observation is cancelled (draft §4.5)."""
@@ -547,6 +549,8 @@ class GroupServer:
             elif isinstance(action, Cancelled):
                 self._ready.pop(action.observation, None)
                 self._phantoms.pop(action.observation, None)
+                if action.observation.path in self._resources and not self._closed:
+                    self._timer.get_loop().call_soon(self._prepare, action.observation.path)
                 self._emit(
                     "cancelled",
                     resource=_path_str(action.observation.path),
@@ -554,6 +558,11 @@ class GroupServer:
                     reason=action.reason,
                 )
         self._wake.set()
+
+    def _prepare(self, path: Path) -> None:
+        """The next group observation's Token and signed phantom request, made while nobody waits."""
+        if path in self._resources and not self._closed:
+            self.engine.prepare(path, self.clock(), self.rng)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -66,6 +66,8 @@ MAX_TRANSMIT_WAIT = 93.0
 #: Floor for the Max-Age driven refresh (draft §4.3, last paragraph), so that a representation with
 #: Max-Age 0 does not turn into a multicast storm.
 MIN_REFRESH_INTERVAL = 1.0
+#: Seconds a phantom request protected ahead (ServerEngine.prepare) may wait for its group observation.
+PREPARED_MAX_AGE = 3600.0
 
 Path = tuple[str, ...]
 ObserverKey = Hashable
@@ -93,6 +95,9 @@ class GroupSecurity(Protocol):
     def expires_at(self, binding: Any) -> float | None:
         """When the keying material behind ``binding`` expires (App. C), or None."""
         ...
+
+    # Optional: ``usable(binding, now) -> bool``, whether a phantom request protected ahead
+    # (:meth:`ServerEngine.prepare`) may still start a group observation; without it nothing is prepared.
 
 
 @dataclass(frozen=True)
@@ -459,6 +464,22 @@ class _ResourceState:
     group: GroupObservation | None = None
     #: Traditional observers registered from a link-local address: never shifted (draft §4.2).
     local: set[ObserverKey] = field(default_factory=set)
+    #: Token T and protected phantom request made ahead of the next group observation (§4.1, §9.2.1).
+    prepared: _Prepared | None = None
+
+
+@dataclass
+class _Prepared:
+    """Steps 1-2 of starting a group observation done ahead (draft §4.1; §9.2.1 under Group OSCORE):
+    Token T, the phantom request and its protection (one signature), so that the registration that
+    starts the group observation does not wait for them. Nothing of it depends on the resource's state.
+    """
+
+    token: bytes
+    phantom: Message
+    ph_req: bytes
+    binding: Any
+    at: float
 
 
 #: All CoAP Nodes (RFC 7252 §12.8): every CoAP node listens there, so notifications sent to it reach
@@ -571,6 +592,37 @@ class ServerEngine:
         """Make ``path`` group-observable (draft §4, §6 'gp-obs')."""
         self._resources[tuple(path)] = _ResourceState(policy or GroupPolicy())
 
+    def prepare(self, path: Path, now: float, rng: random.Random) -> bool:
+        """Do the state-independent steps of the next group observation of ``path`` ahead (draft §4.1).
+
+        With group security this allocates T and protects (signs) the phantom request (§9.2.1) while no
+        registration waits; the registration that starts the group observation takes them over if they
+        are still usable (:meth:`_take_prepared`). Without security there is nothing worth preparing.
+        Returns whether something was prepared. Costs one Token and one sender sequence number.
+        """
+        st = self._resources.get(tuple(path))
+        if self.security is None or st is None or st.group is not None or st.prepared is not None:
+            return False
+        if getattr(self.security, "usable", None) is None:
+            return False
+        try:
+            token, phantom, ph_req, binding = self._fresh_phantom(tuple(path), now, rng)
+        except McObserveError:  # e.g. no Token or sequence number left: the registration will tell
+            return False
+        st.prepared = _Prepared(token, phantom, ph_req, binding, now)
+        return True
+
+    def _take_prepared(self, st: _ResourceState, now: float) -> _Prepared | None:
+        """The prepared phantom request, if its keying material is still the one to start with (App. C)."""
+        prepared, st.prepared = st.prepared, None
+        if prepared is None:
+            return None
+        usable = getattr(self.security, "usable", None)
+        if now - prepared.at <= PREPARED_MAX_AGE and usable is not None and usable(prepared.binding, now):
+            return prepared
+        self.tokens.release(prepared.token)  # never used on the wire: no quarantine
+        return None
+
     def is_group_observable(self, path: Path) -> bool:
         return tuple(path) in self._resources
 
@@ -581,6 +633,9 @@ class ServerEngine:
     def remove_resource(self, path: Path, now: float) -> list[Action]:
         """The resource goes away: cancel its group observation (draft §4.5)."""
         st = self._resources.pop(tuple(path), None)
+        if st is not None and st.prepared is not None:
+            self.tokens.release(st.prepared.token)
+            st.prepared = None
         if st is None or st.group is None:
             return []
         return self.cancel(st.group, now, "resource removed")
@@ -707,19 +762,16 @@ class ServerEngine:
         st.traditional = {k: r for k, r in st.traditional.items() if k in st.local}
 
     def _start(self, path: Path, st: _ResourceState, now: float, rng: random.Random) -> GroupObservation:
-        token = self.tokens.allocate(rng, now)
-        phantom = self._phantom(path, token)
-        ph_req = transport_independent(phantom)
-        binding = None
-        if self.security is not None:
-            # The phantom request is protected with the server's own Sender Context (§9.2.1); the
-            # resource still processes the plain one, inside the server.
-            try:
-                protected, binding = self.security.protect_phantom(phantom, now)
-            except McObserveError:
-                self.tokens.release(token)
-                raise
-            ph_req = transport_independent(protected)
+        prepared = self._take_prepared(st, now) if st.prepared is not None else None
+        if prepared is not None:
+            token, phantom, ph_req, binding = (
+                prepared.token,
+                prepared.phantom,
+                prepared.ph_req,
+                prepared.binding,
+            )
+        else:
+            token, phantom, ph_req, binding = self._fresh_phantom(path, now, rng)
         obs = GroupObservation(
             path=path,
             token=token,
@@ -743,6 +795,23 @@ class ServerEngine:
         self._by_token[token] = obs
         self._schedule(obs)
         return obs
+
+    def _fresh_phantom(self, path: Path, now: float, rng: random.Random) -> tuple[bytes, Message, bytes, Any]:
+        """Token T, the phantom request, its transport-independent form and the security binding."""
+        token = self.tokens.allocate(rng, now)
+        phantom = self._phantom(path, token)
+        ph_req = transport_independent(phantom)
+        binding = None
+        if self.security is not None:
+            # The phantom request is protected with the server's own Sender Context (§9.2.1); the
+            # resource still processes the plain one, inside the server.
+            try:
+                protected, binding = self.security.protect_phantom(phantom, now)
+            except McObserveError:
+                self.tokens.release(token)
+                raise
+            ph_req = transport_independent(protected)
+        return token, phantom, ph_req, binding
 
     @property
     def _renewable(self) -> bool:
@@ -1140,12 +1209,12 @@ class ServerEngine:
         'ph_req' is included whenever the phantom request differs from ``request`` in its
         transport-independent information (or always, without a request).
         """
-        if with_ph_req is None:
+        if self.security is not None:
+            with_ph_req = True  # the protected phantom request always differs (§9.2.2)
+        elif with_ph_req is None:
             with_ph_req = request is None or transport_independent(request) != obs.ph_req
         nnb = self.next_not_before(obs, now)
         extra = self.security.informative_parameters(obs.binding, now) if self.security is not None else {}
-        if self.security is not None:
-            with_ph_req = True  # the protected phantom request always differs (§9.2.2)
         key = (with_ph_req, nnb, obs.ending, extra.get("exi"), extra.get("exp"))
         cached = obs._payload_cache.get(key)
         if cached is None:

@@ -1,0 +1,123 @@
+"""The next group observation's Token T and protected phantom request are made ahead
+(``ServerEngine.prepare``, draft §4.1 steps 1-2 and §9.2.1), and taken over only while still right."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from aiocoap import CONTENT, GET, Message
+
+from mcobserve.engine.client import GroupObservationClient
+from mcobserve.engine.common import Endpoint
+from mcobserve.engine.server import CongestionControl, GroupPolicy, Kind, ServerEngine
+from mcobserve.oscore import SelfManagedGroup
+from mcobserve.oscore.groupobs import ClientGroupSecurity, SelfManagedGroupSecurity
+from mcobserve.oscore.protect import parse_oscore_option
+from mcobserve.wire import InformativeResponse, parse_message
+
+SRV = Endpoint.parse("[2001:db8::ab]")
+GRP = Endpoint.parse("[ff35:30:2001:db8::23]:61616")
+T0 = 1_700_000_000.0
+LIFETIME = 3600.0
+PATH = ("r",)
+
+
+def reg() -> Message:
+    return Message(code=GET, observe=0, uri_path=list(PATH))
+
+
+def engine(security: bool = True) -> tuple[ServerEngine, SelfManagedGroupSecurity | None]:
+    sec = None
+    if security:
+        sec = SelfManagedGroupSecurity(SelfManagedGroup.create(os.urandom), lifetime=LIFETIME, now=T0)
+    e = ServerEngine(SRV, GRP, security=sec, congestion=CongestionControl(interval=0))
+    e.add_resource(PATH, GroupPolicy(min_interval=0, counting=None))
+    return e, sec
+
+
+def piv(ph_req: bytes) -> bytes:
+    return parse_oscore_option(parse_message(ph_req).opt.oscore).piv
+
+
+def test_registration_takes_over_the_prepared_phantom_and_clients_verify_it():
+    e, _ = engine()
+    assert e.prepare(PATH, T0, random.Random(1))
+    prepared = e._resources[PATH].prepared
+    assert prepared is not None and prepared.token in e.tokens
+    reg_ = e.on_registration(PATH, "c", reg(), T0 + 30, random.Random(2), protected=True)
+    assert reg_.kind is Kind.GROUP and reg_.started
+    obs = reg_.observation
+    assert obs.token == prepared.token and obs.ph_req == prepared.ph_req  # no second signature
+    assert e._resources[PATH].prepared is None
+    # A client verifies the prepared phantom request and INIT_NOTIF exactly as a fresh one (§9.3.1).
+    e.rendered(obs, Message(code=CONTENT, payload=b"v1"), T0 + 30)
+    c = GroupObservationClient(reg(), security=ClientGroupSecurity())
+    first = c.join(c.parse(e.informative_payload(obs, reg(), T0 + 30)), T0 + 30, protected_channel=True)
+    assert first.message.payload == b"v1"
+
+
+def test_prepared_phantom_is_not_used_once_the_group_would_be_rekeyed():
+    e, sec = engine()
+    assert e.prepare(PATH, T0, random.Random(1))
+    prepared = e._resources[PATH].prepared
+    old_gid = sec.context.gid
+    later = T0 + LIFETIME / 2 + 1  # protect_phantom re-keys the group first from here on (App. C)
+    obs = e.on_registration(PATH, "c", reg(), later, random.Random(2), protected=True).observation
+    assert obs.ph_req != prepared.ph_req
+    assert sec.context.gid != old_gid and obs.binding.context is sec.context
+    assert prepared.token not in e.tokens or prepared.token == obs.token  # released, never leaked
+    assert InformativeResponse.decode(e.informative_payload(obs, reg(), later)).exi == int(
+        obs.binding.expires_at - later
+    )
+
+
+def test_prepared_phantom_after_the_material_changed_is_not_used():
+    e, sec = engine()
+    assert e.prepare(PATH, T0, random.Random(1))
+    prepared = e._resources[PATH].prepared
+    sec.group.rekey()  # e.g. another group observation re-keyed the group meanwhile
+    sec.context = sec.group.context
+    obs = e.on_registration(PATH, "c", reg(), T0 + 1, random.Random(2), protected=True).observation
+    assert obs.binding.context is sec.context and obs.ph_req != prepared.ph_req
+    assert piv(obs.ph_req) != piv(prepared.ph_req)
+
+
+def test_prepare_once_and_release_with_the_resource():
+    e, _ = engine()
+    assert e.prepare(PATH, T0, random.Random(1))
+    token = e._resources[PATH].prepared.token
+    assert not e.prepare(PATH, T0, random.Random(3))  # one is enough
+    assert e.remove_resource(PATH, T0) == []
+    assert token not in e.tokens
+    plain, _ = engine(security=False)
+    assert not plain.prepare(PATH, T0, random.Random(1))  # nothing worth preparing without security
+    assert not e.prepare(("other",), T0, random.Random(1))
+
+
+def test_no_prepare_while_a_group_observation_runs_then_again_after_it_ended():
+    e, _ = engine()
+    obs = e.on_registration(PATH, "c", reg(), T0, random.Random(2), protected=True).observation
+    assert not e.prepare(PATH, T0, random.Random(1))
+    e.cancel(obs, T0 + 5, "test")
+    assert e.prepare(PATH, T0 + 5, random.Random(1))
+    nxt = e._resources[PATH].prepared
+    assert nxt.token != obs.token  # the cancelled T stays quarantined (draft §4.5)
+    assert piv(nxt.ph_req) != piv(obs.ph_req)
+
+
+def test_last_notif_is_signed_again_after_a_change_never_reused():
+    e, _ = engine()
+    e.prepare(PATH, T0, random.Random(1))
+    obs = e.on_registration(PATH, "c", reg(), T0, random.Random(2), protected=True).observation
+    e.rendered(obs, Message(code=CONTENT, payload=b"v1"), T0)
+    first = e.informative_payload(obs, reg(), T0)
+    assert e.informative_payload(obs, reg(), T0) is first  # cached while nothing changed
+    e.on_change(PATH, T0 + 0.5)
+    e.rendered(obs, Message(code=CONTENT, payload=b"v2"), T0 + 0.5)
+    second = e.informative_payload(obs, reg(), T0 + 0.5)
+    old, new = (InformativeResponse.decode(p).last_notif for p in (first, second))
+    assert old != new and piv(new) != piv(old)  # a new signature, with its own Partial IV
+    c = GroupObservationClient(reg(), security=ClientGroupSecurity())
+    joined = c.join(c.parse(second), T0 + 0.5, protected_channel=True)
+    assert joined.message.payload == b"v2"
