@@ -22,9 +22,10 @@ Number). Both checks run once per distinct datagram per process: identical bytes
 result, so the other observers of the process (and the other copies of the same multicast datagram)
 only look the bytes up. A rejected datagram counts for nobody.
 
-Control protocol, JSON lines: stdin ``{"op": "register"}``, ``{"op": "flush", "seq": S}``,
-``{"op": "quit"}``; stdout ``{"ev": "ready"}``, ``{"ev": "registered", ...}`` once all registrations
-ended, ``{"ev": "arrived", "seq": S, ...}`` once every observer of this process has update S.
+Control protocol, JSON lines: stdin ``{"op": "warmup", "ctx": I}``, ``{"op": "register"}``,
+``{"op": "flush", "seq": S}``, ``{"op": "quit"}``; stdout ``{"ev": "ready"}``, ``{"ev": "warmed", "ok": ...}``
+(one GET from context I, see ``warmup``), ``{"ev": "registered", ...}`` once all registrations ended,
+``{"ev": "arrived", "seq": S, ...}`` once every observer of this process has update S.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ TYPE_CON = 0
 TYPE_ACK = 2
 
 NEW, SENT, ACKED, DONE, FAILED = range(5)
+#: Seconds the warm-up GET waits for its answer.
+WARMUP_TIMEOUT = 5.0
 #: Verified datagrams remembered per process (group-oscore): a few updates' worth.
 VERIFIED_CACHE = 256
 
@@ -219,6 +222,34 @@ class Observers:
         sys.stdout.write(json.dumps(fields) + "\n")
         sys.stdout.flush()
 
+    # -- warm-up -------------------------------------------------------------------------------
+
+    def warmup(self, ctx_id: int) -> dict[str, Any]:
+        """One plain GET (no Observe) of the resource from a socket and context of its own, answered
+        before the registrations start; the same request in every mode (see the harness)."""
+        context = None
+        if self.secured:
+            context = MemoryContext.load(Path(self.args.credentials), ctx_id)
+            outer, request_id = context.protect(Message(code=GET, uri_path=(self.args.path,)))
+        else:
+            outer = Message(code=GET, uri_path=(self.args.path,))
+        outer.mtype, outer.mid, outer.token = CON, 0xFFFF, b"warm"
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind((self.args.server, 0))
+            s.connect(self.server)
+            s.settimeout(WARMUP_TIMEOUT)
+            try:
+                s.send(outer.encode())
+                answer = Message.decode(s.recv(2048))
+            except OSError as e:
+                return {"ok": False, "why": str(e)}
+        if context is not None:
+            try:
+                answer, _ = context.unprotect(answer, request_id)
+            except aiocoap_oscore.ProtectionInvalid as e:
+                return {"ok": False, "why": f"OSCORE: {type(e).__name__}"}
+        return {"ok": answer.code.is_successful(), "why": answer.code.dotted}
+
     # -- registration --------------------------------------------------------------------------
 
     def register(self) -> None:
@@ -243,9 +274,9 @@ class Observers:
     def _fail_count(self, why: str) -> None:
         self.failures[why] = self.failures.get(why, 0) + 1
 
-    def _finish(self, i: int, ok: bool, why: str = "") -> None:
+    def _finish(self, i: int, ok: bool, why: str = "", at: float | None = None) -> None:
         self.state[i] = DONE if ok else FAILED
-        self.done_at[i] = time.time()
+        self.done_at[i] = time.time() if at is None else at
         self.pending.discard(i)
         if not ok:
             self._fail_count(why)
@@ -283,7 +314,12 @@ class Observers:
                 group_token=self.group_token.hex() if self.group_token else None,
             )
 
-    def _registration_response(self, i: int, data: bytes) -> None:
+    def _registration_response(self, i: int, data: bytes, received: float) -> None:
+        """Check observer ``i``'s answer; a good one counts as done at ``received`` (read and ACKed).
+
+        The checks (OSCORE, the informative response, the group material and phantom request) decide
+        success or failure, but their client CPU is not part of the registration time, in every mode.
+        """
         try:
             m = Message.decode(data)
         except Exception:  # aiocoap raises several types for garbage
@@ -336,9 +372,9 @@ class Observers:
                 if why:
                     self._finish(i, False, why)
                     return
-            self._finish(i, True)  # the ACK of the CON 5.03 already left (on_unicast)
+            self._finish(i, True, at=received)  # the ACK of the CON 5.03 already left (on_unicast)
         elif m.code.is_successful() and m.opt.observe is not None:
-            self._finish(i, True)  # the first notification (piggybacked 2.05, RFC 7641 §3.2)
+            self._finish(i, True, at=received)  # the first notification (RFC 7641 §3.2)
         else:
             self._finish(i, False, f"answered {m.code.dotted}")
 
@@ -426,7 +462,7 @@ class Observers:
             with contextlib.suppress(OSError):
                 self.usocks[i].send(empty_ack(data))  # every CON, retransmissions too
         if self.state[i] in (SENT, ACKED):
-            self._registration_response(i, data)
+            self._registration_response(i, data, time.time())  # read and (if CON) ACKed
             return
         if self.group_mode:
             self.other += 1  # e.g. a retransmitted 5.03 whose ACK got lost
@@ -507,7 +543,9 @@ class Observers:
                 continue
             cmd = json.loads(line)
             op = cmd.get("op")
-            if op == "register":
+            if op == "warmup":
+                self.emit(ev="warmed", id=cmd.get("id"), **self.warmup(int(cmd["ctx"])))
+            elif op == "register":
                 self.register()
             elif op == "flush":
                 seq = int(cmd["seq"])

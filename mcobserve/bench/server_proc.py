@@ -294,6 +294,7 @@ class Bench:
         out = {**cpu_now(), **self.counters.snapshot(), "observers": self.observers()}
         if cmd.get("gc"):
             gc.collect()  # after reading the clocks: the explicit collection is not part of any phase
+            out["after_gc"] = cpu_now()  # where the next phase starts (the collection is not in it)
         out["rss_kb"] = rss_kb()
         if tracemalloc.is_tracing():
             snap = tracemalloc.take_snapshot()
