@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+import socket
+import time
 
+import pytest
 from aiocoap import CONTENT, GET, Message
 
 from mcobserve.engine.client import GroupObservationClient
@@ -121,3 +125,105 @@ def test_last_notif_is_signed_again_after_a_change_never_reused():
     c = GroupObservationClient(reg(), security=ClientGroupSecurity())
     joined = c.join(c.parse(second), T0 + 0.5, protected_channel=True)
     assert joined.message.payload == b"v2"
+
+
+def prepared_engine(text: bytes = b"v1"):
+    e, sec = engine()
+    assert e.prepare(PATH, T0, random.Random(1))
+    _, version = e.prepared_phantom(PATH)
+    assert e.wants_init(PATH)
+    assert e.prepare_init(PATH, Message(code=CONTENT, payload=text), T0 + 1, version)
+    assert not e.wants_init(PATH)
+    return e, sec
+
+
+def test_prepared_init_notif_is_taken_over_without_signing_again():
+    e, sec = prepared_engine()
+    init = e.prepared_init(PATH)
+    ssn = sec.context.sequence_number.next_value
+    obs = e.on_registration(PATH, "c", reg(), T0 + 2, random.Random(2), protected=True).observation
+    assert obs is init and obs.ready and obs.started_at == T0 + 2  # nothing left to render (§4.1 step 6)
+    assert e.observation(PATH) is obs and e.by_token(obs.token) is obs
+    assert sec.context.sequence_number.next_value == ssn  # no Partial IV spent at registration
+    payload = e.informative_payload(obs, reg(), T0 + 2)
+    c = GroupObservationClient(reg(), security=ClientGroupSecurity())
+    first = c.join(c.parse(payload), T0 + 2, protected_channel=True)
+    assert first.message.payload == b"v1" and first.message.opt.observe == 1
+
+
+def test_a_change_drops_the_prepared_init_notif_its_signature_is_never_reused():
+    e, _ = prepared_engine(b"old")
+    old = e.prepared_init(PATH).latest_bytes
+    assert e.on_change(PATH, T0 + 2) == []
+    assert e.prepared_init(PATH) is None and e.wants_init(PATH)
+    obs = e.on_registration(PATH, "c", reg(), T0 + 3, random.Random(2), protected=True).observation
+    assert not obs.ready  # the registration renders the new state itself
+    e.rendered(obs, Message(code=CONTENT, payload=b"new"), T0 + 3)
+    assert obs.latest_bytes != old
+    c = GroupObservationClient(reg(), security=ClientGroupSecurity())
+    first = c.join(c.parse(e.informative_payload(obs, reg(), T0 + 3)), T0 + 3, protected_channel=True)
+    assert first.message.payload == b"new"
+
+
+def test_init_rendered_across_a_change_or_too_old_is_not_used():
+    e, _ = engine()
+    e.prepare(PATH, T0, random.Random(1))
+    _, version = e.prepared_phantom(PATH)
+    e.on_change(PATH, T0 + 0.5)  # the resource changed while it was being rendered
+    assert not e.prepare_init(PATH, Message(code=CONTENT, payload=b"v1"), T0 + 1, version)
+    _, version = e.prepared_phantom(PATH)
+    assert e.prepare_init(PATH, Message(code=CONTENT, payload=b"v2", max_age=10), T0 + 1, version)
+    obs = e.on_registration(PATH, "c", reg(), T0 + 1 + 6, random.Random(2), protected=True).observation
+    assert not obs.ready  # older than half its Max-Age (5 s): rendered again
+    assert not e.prepare_init(PATH, Message(code=CONTENT, payload=b"x"), T0 + 8, e._resources[PATH].version)
+
+
+@pytest.mark.asyncio
+async def test_server_prepares_init_notif_and_makes_it_again_after_a_change(monkeypatch):
+    from mcobserve.aio import server as server_module
+    from mcobserve.aio.resources import TextResource
+    from mcobserve.aio.server import GroupServer
+
+    monkeypatch.setattr(server_module, "PRERENDER_DELAY", 0.05)
+    sec = SelfManagedGroupSecurity(SelfManagedGroup.create(os.urandom), lifetime=LIFETIME, now=time.time())
+    srv = await GroupServer.create(
+        Endpoint.parse(f"127.0.0.1:{free_port()}"), Endpoint.parse("239.255.0.23:61616"), security=sec
+    )
+    try:
+        resource = TextResource("one")
+        srv.add_resource(PATH, resource, GroupPolicy(min_interval=0, counting=None))
+        first = await _until(lambda: srv.engine.prepared_init(PATH))
+        assert decrypted(sec, first) == b"one"
+        resource.set("two")
+        assert srv.engine.prepared_init(PATH) is None  # dropped at once
+        second = await _until(lambda: srv.engine.prepared_init(PATH))
+        assert decrypted(sec, second) == b"two" and second.latest_bytes != first.latest_bytes
+    finally:
+        await srv.shutdown()
+
+
+def decrypted(sec: SelfManagedGroupSecurity, obs) -> bytes:
+    c = GroupObservationClient(reg(), security=ClientGroupSecurity())
+    payload = InformativeResponse(
+        tp_info=obs.tp_info,
+        ph_req=obs.ph_req,
+        last_notif=obs.latest_bytes,
+        **sec.informative_parameters(obs.binding, time.time()),
+    ).encode()
+    return c.join(c.parse(payload), time.time(), protected_channel=True).message.payload
+
+
+async def _until(get, timeout: float = 5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = get()
+        if value is not None:
+            return value
+        await asyncio.sleep(0.01)
+    raise AssertionError("not prepared in time")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -219,6 +219,7 @@ class GroupServer:
         self._timer = asyncio.create_task(self._run_timers())
         self._closed = False
         self.datagrams_sent = 0
+        self._prerendering: set[Path] = set()
         #: Registrations answered with a plain 5.03 because too many CON responses were in flight.
         self.busy = 0
 
@@ -335,7 +336,8 @@ class GroupServer:
             resource._mc_path = path
             self._resources[path] = resource
             self.engine.add_resource(path, policy)
-            self.engine.prepare(path, self.clock(), self.rng)  # T and the signed phantom, ahead
+            if self.engine.prepare(path, self.clock(), self.rng):  # T and the signed phantom, ahead
+                self._prerender_soon(path)
 
     def remove_resource(self, path: Sequence[str]) -> None:
         """The resource goes away: its group observation is cancelled (draft §4.5)."""
@@ -477,7 +479,8 @@ class GroupServer:
     async def _start(self, obs: GroupObservation, shifted: Sequence[tuple[Any, Message]]) -> None:
         ready = self._ready[obs] = asyncio.Event()
         try:
-            await self._render(obs, RenderReason.INIT)
+            if not obs.ready:  # else INIT_NOTIF was prepared for the current state
+                await self._render(obs, RenderReason.INIT)
         finally:
             ready.set()
         if obs.cancelled:
@@ -518,6 +521,8 @@ class GroupServer:
 
     def _changed(self, path: Path) -> None:
         self._execute(self.engine.on_change(path, self.clock()))
+        if self.engine.wants_init(path):  # the prepared INIT_NOTIF showed the old state
+            self._prerender_soon(path, PRERENDER_DELAY)
 
     def _execute(self, actions: list[Action]) -> None:
         for action in actions:
@@ -561,8 +566,39 @@ class GroupServer:
 
     def _prepare(self, path: Path) -> None:
         """The next group observation's Token and signed phantom request, made while nobody waits."""
-        if path in self._resources and not self._closed:
-            self.engine.prepare(path, self.clock(), self.rng)
+        if path in self._resources and not self._closed and self.engine.prepare(path, self.clock(), self.rng):
+            self._prerender_soon(path)
+
+    def _prerender_soon(self, path: Path, delay: float = 0.0) -> None:
+        """Render and sign INIT_NOTIF of the prepared group observation in ``delay`` s (one pending per
+        resource), so that the registration starting it only answers (draft §4.1 step 6)."""
+        if self._closed or path in self._prerendering:
+            return
+        self._prerendering.add(path)
+        self._timer.get_loop().call_later(delay, lambda: self._spawn(self._prerender(path)))
+
+    async def _prerender(self, path: Path) -> None:
+        try:
+            resource = self._resources.get(path)
+            pending = self.engine.prepared_phantom(path)
+            if self._closed or resource is None or pending is None or not self.engine.wants_init(path):
+                return
+            phantom, version = pending
+            try:
+                response = await resource.render(_glue.incoming(phantom.copy(), self._remote))
+            except Exception:  # the registration renders again and reports it
+                return
+            if not self.engine.prepare_init(path, response, self.clock(), version):
+                return
+            init = self.engine.prepared_init(path)
+            if init is not None:  # made again after half its Max-Age while nobody registers
+                self._timer.get_loop().call_later(init.latest_max_age / 2, self._reprepare_init, path, init)
+        finally:
+            self._prerendering.discard(path)
+
+    def _reprepare_init(self, path: Path, init: GroupObservation) -> None:
+        if self.engine.drop_init(path, init):
+            self._prerender_soon(path)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -745,6 +781,9 @@ class _Hooks:
         return None
 
 
+#: After a change of a resource without group observation, its next INIT_NOTIF is prepared this many
+#: seconds later at the earliest (one render and one signature per resource and delay, at most).
+PRERENDER_DELAY = 1.0
 #: Seconds a challenged request's (address, port, MID) is remembered (EXCHANGE_LIFETIME, RFC 7252 §4.8.2).
 CHALLENGE_MEMORY = 247.0
 #: Challenged requests remembered at most (about 150 bytes each).

@@ -466,6 +466,9 @@ class _ResourceState:
     local: set[ObserverKey] = field(default_factory=set)
     #: Token T and protected phantom request made ahead of the next group observation (§4.1, §9.2.1).
     prepared: _Prepared | None = None
+    #: Changes of the representation so far (on_change), so that an INIT_NOTIF rendered across one
+    #: is never prepared.
+    version: int = 0
 
 
 @dataclass
@@ -480,6 +483,10 @@ class _Prepared:
     ph_req: bytes
     binding: Any
     at: float
+    #: The group observation with INIT_NOTIF for the representation at its ``latest_at`` (§4.1 step 6),
+    #: not started; dropped when the resource changes, so a signed 'last_notif' is never reused for
+    #: another state (:meth:`ServerEngine.prepare_init`).
+    init: GroupObservation | None = None
 
 
 #: All CoAP Nodes (RFC 7252 §12.8): every CoAP node listens there, so notifications sent to it reach
@@ -610,6 +617,60 @@ class ServerEngine:
         except McObserveError:  # e.g. no Token or sequence number left: the registration will tell
             return False
         st.prepared = _Prepared(token, phantom, ph_req, binding, now)
+        return True
+
+    def wants_init(self, path: Path) -> bool:
+        """Is a phantom request prepared whose INIT_NOTIF is not (or no longer) made?"""
+        st = self._resources.get(tuple(path))
+        return st is not None and st.group is None and st.prepared is not None and st.prepared.init is None
+
+    def prepared_phantom(self, path: Path) -> tuple[Message, int] | None:
+        """The plain phantom request of the prepared group observation, to render it (§4.1 step 3), and
+        the version of the representation (pass it to :meth:`prepare_init`)."""
+        st = self._resources.get(tuple(path))
+        if st is None or st.prepared is None:
+            return None
+        return st.prepared.phantom, st.version
+
+    def prepared_init(self, path: Path) -> GroupObservation | None:
+        """The prepared, not started group observation with its INIT_NOTIF, if any."""
+        st = self._resources.get(tuple(path))
+        return st.prepared.init if st is not None and st.group is None and st.prepared is not None else None
+
+    def drop_init(self, path: Path, init: GroupObservation) -> bool:
+        """Forget the prepared INIT_NOTIF ``init`` (e.g. half its Max-Age is over); the phantom stays."""
+        st = self._resources.get(tuple(path))
+        if st is None or st.group is not None or st.prepared is None or st.prepared.init is not init:
+            return False
+        st.prepared.init = None
+        return True
+
+    def prepare_init(self, path: Path, response: Message, now: float, version: int) -> bool:
+        """INIT_NOTIF of the prepared group observation from ``response``, the resource rendered for its
+        phantom request at ``now`` (§4.1 step 6; protected as in §9.2.3). :meth:`_start` takes it over
+        while the resource has not changed (:meth:`on_change` drops it) and for half its Max-Age."""
+        st = self._resources.get(tuple(path))
+        if st is None or st.group is not None or st.prepared is None or self.security is None:
+            return False
+        if not response.code.is_successful() or version != st.version:
+            return False  # rendered across a change, or unsuccessful: the registration renders again
+        p = st.prepared
+        obs = self._observation(tuple(path), st, p.token, p.phantom, p.ph_req, p.binding, now)
+        plain = self._notification(obs, response)
+        obs.observe = (obs.observe + 1) % OBSERVE_MODULUS
+        plain.opt.observe = obs.observe
+        try:
+            protected = self.security.protect_response(plain.copy(), obs.binding)
+        except McObserveError:
+            return False
+        obs._plain_latest = plain
+        obs.latest = protected
+        obs.latest_bytes = serialize_message(protected)
+        obs.latest_at = now
+        max_age = plain.opt.max_age
+        obs.latest_max_age = float(DEFAULT_MAX_AGE if max_age is None else max_age)
+        obs.rendering = None
+        p.init = obs
         return True
 
     def _take_prepared(self, st: _ResourceState, now: float) -> _Prepared | None:
@@ -763,6 +824,9 @@ class ServerEngine:
 
     def _start(self, path: Path, st: _ResourceState, now: float, rng: random.Random) -> GroupObservation:
         prepared = self._take_prepared(st, now) if st.prepared is not None else None
+        init = prepared.init if prepared is not None else None
+        if init is not None and now - init.latest_at <= init.latest_max_age / 2:
+            return self._started(st, init, now)  # INIT_NOTIF signed ahead for the current state
         if prepared is not None:
             token, phantom, ph_req, binding = (
                 prepared.token,
@@ -772,7 +836,19 @@ class ServerEngine:
             )
         else:
             token, phantom, ph_req, binding = self._fresh_phantom(path, now, rng)
-        obs = GroupObservation(
+        return self._started(st, self._observation(path, st, token, phantom, ph_req, binding, now), now)
+
+    def _observation(
+        self,
+        path: Path,
+        st: _ResourceState,
+        token: bytes,
+        phantom: Message,
+        ph_req: bytes,
+        binding: Any,
+        now: float,
+    ) -> GroupObservation:
+        return GroupObservation(
             path=path,
             token=token,
             server=self.server,
@@ -786,13 +862,18 @@ class ServerEngine:
             counter=ObserverCounter(st.policy.counting),
             rendering=RenderReason.INIT,
         )
+
+    def _started(self, st: _ResourceState, obs: GroupObservation, now: float) -> GroupObservation:
+        """``obs`` is the group observation of its resource from ``now`` on (draft §4.1 steps 4-5)."""
+        obs.started_at = now
+        obs.ending = now + st.policy.duration if st.policy.duration is not None else None
         end = None if self._renewable else self._material_end(obs)
         if end is not None and obs.ending is not None and end < obs.ending:
             # Never announce an 'ending' the keying material cannot keep (App. A, App. C): the group
             # observation ends, as announced, when its material has to be given up.
             obs.ending = end
         st.group = obs
-        self._by_token[token] = obs
+        self._by_token[obs.token] = obs
         self._schedule(obs)
         return obs
 
@@ -910,12 +991,7 @@ class ServerEngine:
         if not response.code.is_successful():
             # An unsuccessful response ends an observation (RFC 7641 §3.2); end the group one cleanly.
             return self.cancel(obs, now, f"resource answered {response.code.dotted}")
-        notification = Message(code=response.code, payload=response.payload)
-        notification.mtype = NON
-        for option in response.opt.option_list():
-            if option.number not in (OptionNumber.OBSERVE, OptionNumber.NO_RESPONSE):
-                notification.opt.add_option(option)
-        notification.token = obs.token
+        notification = self._notification(obs, response)
         if reason is not RenderReason.INIT:
             # Checked before an Observe number or a counting round is spent on it (draft §4.4).
             room = NOTIFICATION_OPTION_ROOM + (OSCORE_OVERHEAD if self.security is not None else 0)
@@ -955,6 +1031,17 @@ class ServerEngine:
         obs.sent += 1
         return [SendMulticast(obs, notification, "notification", q)]
 
+    @staticmethod
+    def _notification(obs: GroupObservation, response: Message) -> Message:
+        """The NON notification with Token T for a rendered ``response`` (no Observe yet, §4.3)."""
+        notification = Message(code=response.code, payload=response.payload)
+        notification.mtype = NON
+        for option in response.opt.option_list():
+            if option.number not in (OptionNumber.OBSERVE, OptionNumber.NO_RESPONSE):
+                notification.opt.add_option(option)
+        notification.token = obs.token
+        return notification
+
     def message_size(self, message: Message) -> int:
         """Bytes of ``message`` as a CoAP over UDP datagram payload (RFC 7252 §3)."""
         return UDP_HEADER_EXTRA + len(message.token or b"") + len(serialize_message(message))
@@ -992,8 +1079,13 @@ class ServerEngine:
         Changes coalesce inside the resource's minimum interval and while the group's congestion
         control (draft §4.4) or the §13.1 hold keeps it waiting; the latest state goes out when it may.
         """
+        st = self._resources.get(tuple(path))
+        if st is not None:
+            st.version += 1
         obs = self.observation(path)
         if obs is None or obs.cancelled:
+            if st is not None and st.prepared is not None:
+                st.prepared.init = None  # its signed INIT_NOTIF shows the old state: never reused
             return []
         obs.dirty = True
         actions: list[Action] = []
