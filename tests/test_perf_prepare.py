@@ -227,3 +227,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("seconds", [0, 1, 100, 3599])
+def test_informative_payload_is_byte_for_byte_the_full_encoding(seconds):
+    e, sec = prepared_engine()
+    obs = e.on_registration(PATH, "c", reg(), T0 + seconds, random.Random(2), protected=True).observation
+    now = T0 + seconds + 0.25
+    params = sec.informative_parameters(obs.binding, now)
+    expected = InformativeResponse(
+        tp_info=obs.tp_info, ph_req=obs.ph_req, last_notif=obs.latest_bytes, ending=obs.ending, **params
+    ).encode()
+    assert e.informative_payload(obs, reg(), now) == expected
+    assert InformativeResponse.decode(expected).exi == params["exi"]
+    e.max_message_size = len(expected)  # the payload plus its overhead no longer fit one datagram
+    obs._payload_cache.clear()
+    small = e.informative_payload(obs, reg(), now)
+    assert InformativeResponse.decode(small).last_notif is None  # 'last_notif' left out (§4.2, §4.4)
+    assert small == InformativeResponse(tp_info=obs.tp_info, ph_req=obs.ph_req, **params).encode()

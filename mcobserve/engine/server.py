@@ -41,7 +41,9 @@ from ..errors import (
     UnusableAddressError,
 )
 from ..wire import CRI, InformativeResponse, TpInfo, check_not_local, serialize_message
+from ..wire.cbor import cbor_encode
 from ..wire.feedback import get_feedback_divider, set_feedback_divider
+from ..wire.informative import PARAMETERS_BY_NAME
 from .common import OBSERVE_MODULUS, Endpoint, IPAddress
 from .counting import CountingPolicy, ObserverCounter, RoundResult
 
@@ -66,6 +68,19 @@ MAX_TRANSMIT_WAIT = 93.0
 #: Floor for the Max-Age driven refresh (draft §4.3, last paragraph), so that a representation with
 #: Max-Age 0 does not turn into a multicast storm.
 MIN_REFRESH_INTERVAL = 1.0
+#: Informative-response parameters that change with the time (App. C), encoded per response.
+TIMED_PARAMETERS = ("exi", "exp")
+
+
+def cbor_map_head(n: int) -> bytes:
+    """The CBOR head of a map of ``n`` pairs (RFC 8949 §3.1, shortest form)."""
+    if n < 24:
+        return bytes((0xA0 | n,))
+    if n < 256:
+        return bytes((0xB8, n))
+    return b"\xb9" + n.to_bytes(2, "big")
+
+
 #: Seconds a phantom request protected ahead (ServerEngine.prepare) may wait for its group observation.
 PREPARED_MAX_AGE = 3600.0
 
@@ -313,6 +328,8 @@ class GroupObservation:
     _payload_cache: dict[tuple[bool, int | None, float | None], bytes] = field(
         default_factory=dict, repr=False
     )
+    #: Encoded (key, value) pairs of the informative-response payload without 'exi' and 'exp'.
+    _payload_parts: dict[tuple[Any, ...], list[tuple[bytes, bytes]]] = field(default_factory=dict, repr=False)
     #: Notifications refused because they would not fit the size limit (draft §4.4).
     refused: int = 0
     #: Times the keying material was renewed in place by a multicast 5.03 (App. C).
@@ -671,6 +688,8 @@ class ServerEngine:
         obs.latest_max_age = float(DEFAULT_MAX_AGE if max_age is None else max_age)
         obs.rendering = None
         p.init = obs
+        # The payload of its informative responses, but 'exi'/'exp' (then encoded per response).
+        self._informative_encoded(obs, True, None, self.security.informative_parameters(obs.binding, now))
         return True
 
     def _take_prepared(self, st: _ResourceState, now: float) -> _Prepared | None:
@@ -938,6 +957,7 @@ class ServerEngine:
             obs.latest = latest
             obs.latest_bytes = serialize_message(latest)
         obs._payload_cache.clear()
+        obs._payload_parts.clear()
         obs.renewals += 1
         return [SendMulticast(obs, message, "renewal")]
 
@@ -1025,6 +1045,7 @@ class ServerEngine:
         obs.latest_at = now
         obs.latest_max_age = float(DEFAULT_MAX_AGE if max_age is None else max_age)
         obs._payload_cache.clear()
+        obs._payload_parts.clear()
         if reason is RenderReason.INIT:
             return []  # INIT_NOTIF is stored, never sent (draft §4.1, step 6)
         obs.last_sent_at = now
@@ -1310,22 +1331,46 @@ class ServerEngine:
         key = (with_ph_req, nnb, obs.ending, extra.get("exi"), extra.get("exp"))
         cached = obs._payload_cache.get(key)
         if cached is None:
-            informative = InformativeResponse(
-                tp_info=obs.tp_info,
-                ph_req=obs.ph_req if with_ph_req else None,
-                last_notif=obs.latest_bytes,
-                next_not_before=nnb,
-                ending=_time_value(obs.ending),
-                **extra,
-            )
-            cached = informative.encode()
-            overhead = INFORMATIVE_OVERHEAD + (OSCORE_OVERHEAD if self.security is not None else 0)
-            if informative.last_notif is not None and len(cached) + overhead > self.max_message_size:
-                # 'last_notif' is a SHOULD; a response that fits one datagram matters more (§4.2, §4.4).
-                informative.last_notif = None
-                cached = informative.encode()
+            cached = self._informative_encoded(obs, with_ph_req, nnb, extra)
             obs._payload_cache[key] = cached
         return cached
+
+    def _informative_encoded(
+        self, obs: GroupObservation, with_ph_req: bool, nnb: int | None, extra: dict[str, Any]
+    ) -> bytes:
+        """The payload of :meth:`informative_payload`, byte for byte ``InformativeResponse(...).encode()``.
+
+        'exi' and 'exp' change every second (App. C); the encoded rest is kept per group observation
+        and state (:attr:`GroupObservation._payload_parts`), and only those two are encoded per call.
+        """
+        timed = {k: extra[k] for k in TIMED_PARAMETERS if extra.get(k) is not None}
+        static = {k: v for k, v in extra.items() if k not in TIMED_PARAMETERS}
+        overhead = INFORMATIVE_OVERHEAD + (OSCORE_OVERHEAD if self.security is not None else 0)
+        for last_notif in (obs.latest_bytes, None):
+            parts_key = (with_ph_req, nnb, obs.ending, last_notif is not None)
+            parts = obs._payload_parts.get(parts_key)
+            if parts is None:
+                informative = InformativeResponse(
+                    tp_info=obs.tp_info,
+                    ph_req=obs.ph_req if with_ph_req else None,
+                    last_notif=last_notif,
+                    next_not_before=nnb,
+                    ending=_time_value(obs.ending),
+                    **static,
+                )
+                parts = [(cbor_encode(k), cbor_encode(v)) for k, v in informative.to_cbor_obj().items()]
+                obs._payload_parts[parts_key] = parts
+            if timed:
+                InformativeResponse(**timed).validate()
+                parts = parts + [
+                    (cbor_encode(PARAMETERS_BY_NAME[k].key), cbor_encode(v)) for k, v in timed.items()
+                ]
+            parts = sorted(parts)  # deterministic encoding: keys in bytewise order (RFC 8949 §4.2.1)
+            payload = cbor_map_head(len(parts)) + b"".join(k + v for k, v in parts)
+            if last_notif is None or len(payload) + overhead <= self.max_message_size:
+                return payload
+            # 'last_notif' is a SHOULD; a response that fits one datagram matters more (§4.2, §4.4).
+        return payload
 
     def informative_response(self, obs: GroupObservation, request: Message | None, now: float) -> Message:
         """5.03, Content-Format informative-response+cbor, Max-Age 0, no Observe (draft §4.2)."""
