@@ -22,9 +22,9 @@ Number). Both checks run once per distinct datagram per process: identical bytes
 result, so the other observers of the process (and the other copies of the same multicast datagram)
 only look the bytes up. A rejected datagram counts for nobody.
 
-Control protocol, JSON lines: stdin ``{"op": "warmup", "ctx": I}``, ``{"op": "register"}``,
+Control protocol, JSON lines: stdin ``{"op": "warmup", "ctx": I, "path": P}``, ``{"op": "register"}``,
 ``{"op": "flush", "seq": S}``, ``{"op": "quit"}``; stdout ``{"ev": "ready"}``, ``{"ev": "warmed", "ok": ...}``
-(one GET from context I, see ``warmup``), ``{"ev": "registered", ...}`` once all registrations ended,
+(one request to P from context I, see ``warmup``), ``{"ev": "registered", ...}`` once all registrations ended,
 ``{"ev": "arrived", "seq": S, ...}`` once every observer of this process has update S.
 """
 
@@ -224,15 +224,18 @@ class Observers:
 
     # -- warm-up -------------------------------------------------------------------------------
 
-    def warmup(self, ctx_id: int) -> dict[str, Any]:
-        """One plain GET (no Observe) of the resource from a socket and context of its own, answered
-        before the registrations start; the same request in every mode (see the harness)."""
+    def warmup(self, ctx_id: int, path: str) -> dict[str, Any]:
+        """One request to the server's warm-up resource ``path``, from a socket of its own, answered
+        before the registrations start (see the harness): in secured modes a registration (GET,
+        Observe 0, with context ``ctx_id``), as the measured ones; in the others a plain GET, because a
+        registration would verify the address all observers share (Echo) before the measured ones."""
         context = None
+        observe = 0 if self.secured else None
         if self.secured:
             context = MemoryContext.load(Path(self.args.credentials), ctx_id)
-            outer, request_id = context.protect(Message(code=GET, uri_path=(self.args.path,)))
+            outer, request_id = context.protect(Message(code=GET, uri_path=(path,), observe=observe))
         else:
-            outer = Message(code=GET, uri_path=(self.args.path,))
+            outer = Message(code=GET, uri_path=(path,))
         outer.mtype, outer.mid, outer.token = CON, 0xFFFF, b"warm"
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
             s.bind((self.args.server, 0))
@@ -240,7 +243,13 @@ class Observers:
             s.settimeout(WARMUP_TIMEOUT)
             try:
                 s.send(outer.encode())
-                answer = Message.decode(s.recv(2048))
+                while True:
+                    data = s.recv(2048)
+                    if len(data) >= 4 and (data[0] >> 4) & 3 == TYPE_CON:
+                        s.send(empty_ack(data))
+                    answer = Message.decode(data)
+                    if answer.code != EMPTY:  # not the empty ACK of a separate response
+                        break
             except OSError as e:
                 return {"ok": False, "why": str(e)}
         if context is not None:
@@ -248,7 +257,8 @@ class Observers:
                 answer, _ = context.unprotect(answer, request_id)
             except aiocoap_oscore.ProtectionInvalid as e:
                 return {"ok": False, "why": f"OSCORE: {type(e).__name__}"}
-        return {"ok": answer.code.is_successful(), "why": answer.code.dotted}
+        ok = answer.code.is_successful() or (self.group_mode and answer.code == SERVICE_UNAVAILABLE)
+        return {"ok": ok, "why": answer.code.dotted}
 
     # -- registration --------------------------------------------------------------------------
 
@@ -544,7 +554,7 @@ class Observers:
             cmd = json.loads(line)
             op = cmd.get("op")
             if op == "warmup":
-                self.emit(ev="warmed", id=cmd.get("id"), **self.warmup(int(cmd["ctx"])))
+                self.emit(ev="warmed", id=cmd.get("id"), **self.warmup(int(cmd["ctx"]), cmd["path"]))
             elif op == "register":
                 self.register()
             elif op == "flush":
