@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import struct
+
 import aiocoap.resource
 import pytest
 from aiocoap import CON, GET, Message
@@ -75,3 +79,54 @@ def test_address_cache_prints_the_same_strings():
     assert after == before == {"::ffff:10.1.2.3": "10.1.2.3", "fd00:0:0:0::1": "fd00::1", "::1": "::1"}
     remote = _remote()
     assert remote.hostinfo == "127.0.0.1:40000"
+
+
+@pytest.mark.asyncio
+async def test_group_registration_is_acked_on_receipt_not_after_waiting_its_turn():
+    """In a storm a registration waits behind thousands of others; its answer is a separate CON 5.03
+    anyway (draft §4.2), so the empty ACK leaves while the datagram is received (no retransmission)."""
+    import ipaddress
+
+    from mcobserve.aio.resources import TextResource
+    from mcobserve.aio.server import GroupServer
+    from mcobserve.engine.common import Endpoint
+    from mcobserve.engine.server import GroupPolicy
+
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    server = await GroupServer.create(
+        Endpoint(ipaddress.ip_address("127.0.0.1"), port),
+        Endpoint.parse("239.255.0.23:61616"),
+        trusted_network=True,
+    )
+    try:
+        server.add_resource(("r",), TextResource("v"), GroupPolicy(min_interval=0, counting=None))
+        mif = _glue.udp_message_manager(server.ctx).message_interface
+        sent: list[bytes] = []
+        real = mif.transport.sendmsg
+        mif.transport.sendmsg = lambda data, anc, flags, addr: (
+            sent.append(data),
+            real(data, anc, flags, addr),
+        )
+        address = ("::ffff:127.0.0.1", client.getsockname()[1], 0, 0)
+        local = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
+        pktinfo = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("16sI", local, 0))]
+        for mid, observe, path in ((0x10, 0, "r"), (0x11, None, "r"), (0x12, 0, "other")):
+            m = Message(code=GET, uri_path=(path,), observe=observe)
+            m.mtype, m.mid, m.token = CON, mid, bytes([mid])
+            sent.clear()
+            mif.datagram_msg_received(m.encode(), pktinfo, 0, address)  # nothing else runs in between
+            acks = [d for d in sent if d[:2] == b"\x60\x00"]
+            if path == "r" and observe == 0:
+                assert acks == [bytes((0x60, 0, 0, mid))]  # the empty ACK of that registration, at once
+            else:
+                assert acks == []  # a plain GET, or no group-observable resource: piggybacked later
+        await asyncio.sleep(0.3)
+        assert server.engine.observation(("r",)).count == 1
+    finally:
+        client.close()
+        await server.shutdown()

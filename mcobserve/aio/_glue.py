@@ -280,6 +280,9 @@ class DatagramHooks(Protocol):
     def may_ack_early(self, source: str, message: Message) -> bool:
         """May this CON request get its empty ACK before it is processed (the server is behind)?"""
 
+    def ack_at_once(self, source: str, message: Message) -> bool:
+        """Optional: is this CON request answered separately anyway, so its empty ACK goes out on receipt?"""
+
 
 #: Remotes whose latest outer OSCORE Token is remembered for :func:`acknowledge_now`.
 OUTER_TOKENS_MAX = 65536
@@ -345,6 +348,7 @@ def install_datagram_hooks(ctx: Context, hooks: DatagramHooks) -> None:
     sock = transport.get_extra_info("socket")
     mman = mif._ctx
     early_ack = [False]  # set while poll() hands over a backlog
+    ack_at_once = getattr(hooks, "ack_at_once", None)  # optional in DatagramHooks
 
     def datagram_msg_received(
         data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int, address: tuple
@@ -389,9 +393,9 @@ def install_datagram_hooks(ctx: Context, hooks: DatagramHooks) -> None:
             hooks.on_dropped(source, "processing failed")
             return
         if (
-            early_ack[0]
-            and message.mtype is CON
+            message.mtype is CON
             and message.code.is_request()
+            and (early_ack[0] or (ack_at_once is not None and ack_at_once(source, message)))
             and hooks.may_ack_early(source, message)
         ):
             entry = mman._piggyback_opportunities.pop((message.remote, message.token), None)

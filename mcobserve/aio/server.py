@@ -26,6 +26,7 @@ from aiocoap import (
     BAD_REQUEST,
     CON,
     CONTENT,
+    FETCH,
     GET,
     INTERNAL_SERVER_ERROR,
     NOT_FOUND,
@@ -756,6 +757,22 @@ class _Hooks:
         if self.guard is None or message.opt.oscore is not None:
             return True
         return self.guard.verified(source, self.clock())
+
+    def ack_at_once(self, source: str, message: Message) -> bool:
+        """A registration for a group observation: its informative response is a separate CON (draft
+        §4.2), so its empty ACK leaves on receipt, not after the request waited its turn in a storm (the
+        client would retransmit after ACK_TIMEOUT). Under OSCORE the path is encrypted: every protected
+        registration (Observe 0) counts, when the server has group-observable resources."""
+        if message.opt.observe != 0 or message.code not in (GET, FETCH):
+            return False
+        server = self.server
+        if _glue.open_exchanges(server.ctx) >= server.limits.max_in_flight:
+            return False  # it may get the plain 5.03 "come back later", piggybacked: nothing kept for it
+        if message.opt.oscore is not None:
+            return bool(self.server._resources)
+        return tuple(message.opt.uri_path) in self.server._resources and not _answerless(
+            message, self.server.code_points
+        )
 
     def on_send(self, source: str, message: Message, size: int) -> Message | None:
         guard = self.guard
