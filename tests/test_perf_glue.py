@@ -130,3 +130,59 @@ async def test_group_registration_is_acked_on_receipt_not_after_waiting_its_turn
     finally:
         client.close()
         await server.shutdown()
+
+
+@pytest.mark.asyncio
+async def test_registrations_acked_on_receipt_still_respect_the_in_flight_cap():
+    """Registrations ACKed on receipt that meet the cap of informative responses in flight when their
+    turn comes get the plain 5.03 Non-confirmable: clients that never ACK hold no more exchanges."""
+    import ipaddress
+
+    from aiocoap import NON, SERVICE_UNAVAILABLE
+
+    from mcobserve.aio.resources import TextResource
+    from mcobserve.aio.server import GroupServer
+    from mcobserve.aio.sourceguard import GuardLimits
+    from mcobserve.engine.common import Endpoint
+    from mcobserve.engine.server import GroupPolicy
+
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(6)]
+    for c in clients:
+        c.bind(("127.0.0.1", 0))
+        c.setblocking(False)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    server = await GroupServer.create(
+        Endpoint(ipaddress.ip_address("127.0.0.1"), port),
+        Endpoint.parse("239.255.0.23:61616"),
+        trusted_network=True,
+        guard_limits=GuardLimits(max_in_flight=2),
+    )
+    try:
+        server.add_resource(("r",), TextResource("v"), GroupPolicy(min_interval=0, counting=None))
+        mif = _glue.udp_message_manager(server.ctx).message_interface
+        local = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
+        pktinfo = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("16sI", local, 0))]
+        for k, c in enumerate(clients):  # six observers that never ACK (one exchange each, NSTART 1)
+            m = Message(code=GET, uri_path=("r",), observe=0)
+            m.mtype, m.mid, m.token = CON, 0x20 + k, bytes([0x20 + k])
+            address = ("::ffff:127.0.0.1", c.getsockname()[1], 0, 0)
+            mif.datagram_msg_received(m.encode(), pktinfo, 0, address)  # all ACKed before any is served
+        await asyncio.sleep(0.5)
+        assert _glue.open_exchanges(server.ctx) <= 2 and server.busy >= 1
+        answers = []
+        for c in clients:
+            while True:
+                try:
+                    answers.append(Message.decode(c.recv(2048)))
+                except BlockingIOError:
+                    break
+        busy = [a for a in answers if a.code == SERVICE_UNAVAILABLE and a.opt.content_format is None]
+        assert busy and all(a.mtype is NON and a.opt.max_age == 5 for a in busy)
+        assert len([a for a in answers if a.code.dotted == "0.00"]) == 6  # every one ACKed on receipt
+    finally:
+        for c in clients:
+            c.close()
+        await server.shutdown()

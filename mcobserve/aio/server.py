@@ -411,9 +411,13 @@ class GroupServer:
             if _glue.open_exchanges(self.ctx) >= self.limits.max_in_flight:
                 # Too many CON responses wait for their ACK: come back later (RFC 7252 §5.9.3.4).
                 self.busy += 1
-                pipe.add_response(
-                    Message(code=SERVICE_UNAVAILABLE, max_age=self.limits.busy_max_age), is_last=True
+                # Piggybacked if it still can be; else (ACKed on receipt) Non-confirmable: no exchange kept.
+                busy = Message(
+                    code=SERVICE_UNAVAILABLE,
+                    max_age=self.limits.busy_max_age,
+                    transport_tuning=aiocoap.Unreliable,
                 )
+                pipe.add_response(busy, is_last=True)
                 return
         key = _observer_key(request)
         # aiocoap's Site strips the matched Uri-Path; the engine compares the request as it was sent.
