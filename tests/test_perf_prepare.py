@@ -245,3 +245,15 @@ def test_informative_payload_is_byte_for_byte_the_full_encoding(seconds):
     small = e.informative_payload(obs, reg(), now)
     assert InformativeResponse.decode(small).last_notif is None  # 'last_notif' left out (§4.2, §4.4)
     assert small == InformativeResponse(tp_info=obs.tp_info, ph_req=obs.ph_req, **params).encode()
+
+
+def test_start_without_registration_uses_the_callers_token_not_the_prepared_one():
+    """``start`` (e.g. the broker resuming a stored group observation on its Token T) is not served from
+    the prepared phantom request: the caller's rng and security decide; the prepared T is released."""
+    e, _ = prepared_engine()
+    prepared = e._resources[PATH].prepared
+    fixed = random.Random(99)
+    expected = random.Random(99).getrandbits(16).to_bytes(2, "big")
+    obs, _ = e.start(PATH, T0 + 2, fixed)
+    assert obs.token == expected != prepared.token
+    assert prepared.token not in e.tokens and not obs.ready  # INIT_NOTIF is rendered by the caller

@@ -830,6 +830,9 @@ class ServerEngine:
         st = self._resources[path]
         if st.group is not None:
             return st.group, ()
+        if st.prepared is not None:  # the caller's rng and security decide T and the phantom request
+            self.tokens.release(st.prepared.token)
+            st.prepared = None
         obs = self._start(path, st, now, rng)
         shifted = tuple((k, r) for k, r in st.traditional.items() if k not in st.local)
         obs.count = len(shifted)
