@@ -12,6 +12,8 @@ import asyncio
 import collections
 import contextlib
 import errno
+import functools
+import ipaddress
 import logging
 import random
 import socket
@@ -37,7 +39,7 @@ from aiocoap import (
 )
 
 from ..constants import DEFAULT_CODE_POINTS, NO_RESPONSE_5XX, CodePoints
-from ..engine.common import Endpoint, host_address
+from ..engine.common import Endpoint, bad_option_response, host_address
 from ..engine.server import (
     Action,
     Cancelled,
@@ -772,11 +774,19 @@ class _Hooks:
         server = self.server
         if _glue.open_exchanges(server.ctx) >= server.limits.max_in_flight:
             return False  # it may get the plain 5.03 "come back later", piggybacked: nothing kept for it
+        if _link_local(source):
+            return False  # served as a traditional observation, piggybacked (draft §4.2)
+        if bad_option_response(message, server.code_points) is not None:
+            return False  # answered 4.02 at once, piggybacked (RFC 7252 §5.4.1)
         if message.opt.oscore is not None:
-            return bool(self.server._resources)
-        return tuple(message.opt.uri_path) in self.server._resources and not _answerless(
-            message, self.server.code_points
-        )
+            return bool(server._resources)
+        path = tuple(message.opt.uri_path)
+        if path not in server._resources or _answerless(message, server.code_points):
+            return False
+        if message.opt.uri_query or message.opt.accept is not None or message.opt.block2 is not None:
+            return False  # may be served traditionally (ServerEngine._compatible, _fits_blocks)
+        policy = server.engine.policy(path)
+        return server.engine.observation(path) is not None or (policy is not None and policy.group_after <= 1)
 
     def on_send(self, source: str, message: Message, size: int) -> Message | None:
         guard = self.guard
@@ -809,6 +819,18 @@ PRERENDER_DELAY = 1.0
 CHALLENGE_MEMORY = 247.0
 #: Challenged requests remembered at most (about 150 bytes each).
 CHALLENGED_MAX = 16384
+
+
+@functools.lru_cache(maxsize=4096)
+def _link_local(source: str) -> bool:
+    """Is the UDP source address link-local (fe80::/10, 169.254/16, also as v4-mapped)?"""
+    try:
+        address = ipaddress.ip_address(source.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_link_local
 
 
 def _answerless(request: Message, code_points: CodePoints) -> bool:
