@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiocoap
-from aiocoap import GET, UNAUTHORIZED, Message
+from aiocoap import GET, SERVICE_UNAVAILABLE, UNAUTHORIZED, Message
 
 from ..constants import DEFAULT_CODE_POINTS, CodePoints
 from ..engine.client import (
@@ -218,6 +218,13 @@ async def _resolve_names(names: list[str]) -> dict[str, IPAddress]:
     return out
 
 
+#: Plain 5.03 answers in a row after which the registration fails (the server stays busy).
+BUSY_RETRIES = 10
+#: Up to this many seconds are added at random to a busy server's Max-Age, so that the clients it
+#: turned away do not all come back at the same instant.
+BUSY_JITTER = 1.0
+
+
 class Observer:
     """Observe ``uri``; follow the server into a group observation when it answers with one (draft §5).
 
@@ -242,6 +249,7 @@ class Observer:
         group_security: NotificationSecurity | None = None,
         silence_margin: float = SILENCE_MARGIN,
         clock_synchronized: bool = False,
+        busy_retries: int = BUSY_RETRIES,
     ) -> None:
         self.uri = uri
         self._ctx = context
@@ -276,6 +284,12 @@ class Observer:
         self.deregistrations_sent = 0
         #: Late informative responses whose 'last_notif' a GET replaced with newer state (item 11).
         self.revalidations = 0
+        #: A plain 5.03 (the server is busy, e.g. its cap of informative responses in flight) is
+        #: followed by a new registration after its Max-Age, at most this many times in a row.
+        self.busy_retries = busy_retries
+        #: Registrations sent again after such a 5.03 (RFC 7252 §5.9.3.4).
+        self.busy_waits = 0
+        self._wake_busy = asyncio.Event()
         self._cancelled = False
         self._queue: asyncio.Queue[Heard | None] | None = None
         self._pending: aiocoap.protocol.Request | None = None
@@ -331,6 +345,7 @@ class Observer:
                 self._pending.observation.cancel()
         if self._wake_traditional is not None:
             self._wake_traditional.set()
+        self._wake_busy.set()
 
     async def aclose(self) -> None:
         pending = list(self._confirmations)
@@ -352,6 +367,7 @@ class Observer:
             raise GroupObservationError(problem)
         ctx = await self._context()
         retries = self.malformed_retries
+        busy = self.busy_retries
         try:
             while not self._cancelled:
                 request = self._request()
@@ -373,6 +389,15 @@ class Observer:
                     retries -= 1
                     log.warning("protected response rejected (%s); registering again", e)
                     continue
+                if busy > 0 and _busy(response, self.code_points):
+                    busy -= 1
+                    self.busy_waits += 1
+                    delay = _retry_after(response) + self.rng.uniform(0.0, BUSY_JITTER)
+                    log.info("server busy (5.03); registering again in %.1f s", delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake_busy.wait(), delay)
+                    continue
+                busy = self.busy_retries
                 try:
                     async for n in self._follow(pending, request, response, requested_at):
                         yield n
@@ -622,6 +647,22 @@ class Observer:
             await asyncio.wait_for(pending.response, DEREGISTRATION_GRACE)
 
 
+def _busy(response: Message, code_points: CodePoints) -> bool:
+    """A 5.03 that is not an informative response: come back after Max-Age (RFC 7252 §5.9.3.4), as a
+    server answers when too many informative responses wait for their ACK (docs/security.md)."""
+    return (
+        response.code == SERVICE_UNAVAILABLE
+        and response.opt.observe is None
+        and informative_response_payload(response, code_points) is None
+    )
+
+
+def _retry_after(response: Message) -> float:
+    """Max-Age of a 5.03, 60 s when absent (RFC 7252 §5.10.5)."""
+    max_age = response.opt.max_age
+    return 60.0 if max_age is None else float(max_age)
+
+
 def _echo_request(response: Message) -> bool:
     """A plain 4.01 carrying an Echo option: repeat the request with that Echo value (RFC 9175 §2.4)."""
     if response.code != UNAUTHORIZED or response.opt.echo is None:
@@ -638,5 +679,3 @@ async def observing(uri: str, **kwargs: Any) -> AsyncIterator[AsyncIterator[Noti
         yield gen
     finally:
         await gen.aclose()
-
-

@@ -12,6 +12,8 @@ import asyncio
 import collections
 import contextlib
 import errno
+import functools
+import ipaddress
 import logging
 import random
 import socket
@@ -26,6 +28,7 @@ from aiocoap import (
     BAD_REQUEST,
     CON,
     CONTENT,
+    FETCH,
     GET,
     INTERNAL_SERVER_ERROR,
     NOT_FOUND,
@@ -36,7 +39,7 @@ from aiocoap import (
 )
 
 from ..constants import DEFAULT_CODE_POINTS, NO_RESPONSE_5XX, CodePoints
-from ..engine.common import Endpoint, host_address
+from ..engine.common import Endpoint, bad_option_response, host_address
 from ..engine.server import (
     Action,
     Cancelled,
@@ -219,6 +222,7 @@ class GroupServer:
         self._timer = asyncio.create_task(self._run_timers())
         self._closed = False
         self.datagrams_sent = 0
+        self._prerendering: set[Path] = set()
         #: Registrations answered with a plain 5.03 because too many CON responses were in flight.
         self.busy = 0
 
@@ -258,6 +262,7 @@ class GroupServer:
         if bind.host.is_unspecified:
             raise ValueError("bind to a specific SRV_ADDR: it is announced in 'tpi_server' (draft §4.2.1.1)")
         _glue.install_backlog_fix()  # N informative responses in flight (draft §4.2) must not cost O(N^2)
+        _glue.install_address_cache()  # aiocoap prints the peer's address several times per request
         engine = ServerEngine(
             bind,
             group,
@@ -269,7 +274,7 @@ class GroupServer:
         )  # checks SRV_ADDR and GRP_ADDR (draft §3, §4.2) before anything binds
         ensure_unserved(bind)  # one server per address and port (aiocoap sets SO_REUSEPORT)
         if site is None:  # a site of the caller's keeps its own /.well-known/core
-            site = aiocoap.resource.Site()
+            site = _glue.LeanSite()
             wkc = aiocoap.resource.WKCResource(site.get_resources_as_linkheader)
             site.add_resource([".well-known", "core"], wkc)
         bind_host = str(bind.host)
@@ -334,6 +339,8 @@ class GroupServer:
             resource._mc_path = path
             self._resources[path] = resource
             self.engine.add_resource(path, policy)
+            if self.engine.prepare(path, self.clock(), self.rng):  # T and the signed phantom, ahead
+                self._prerender_soon(path)
 
     def remove_resource(self, path: Sequence[str]) -> None:
         """The resource goes away: its group observation is cancelled (draft §4.5)."""
@@ -406,9 +413,13 @@ class GroupServer:
             if _glue.open_exchanges(self.ctx) >= self.limits.max_in_flight:
                 # Too many CON responses wait for their ACK: come back later (RFC 7252 §5.9.3.4).
                 self.busy += 1
-                pipe.add_response(
-                    Message(code=SERVICE_UNAVAILABLE, max_age=self.limits.busy_max_age), is_last=True
+                # Piggybacked if it still can be; else (ACKed on receipt) Non-confirmable: no exchange kept.
+                busy = Message(
+                    code=SERVICE_UNAVAILABLE,
+                    max_age=self.limits.busy_max_age,
+                    transport_tuning=aiocoap.Unreliable,
                 )
+                pipe.add_response(busy, is_last=True)
                 return
         key = _observer_key(request)
         # aiocoap's Site strips the matched Uri-Path; the engine compares the request as it was sent.
@@ -475,7 +486,8 @@ class GroupServer:
     async def _start(self, obs: GroupObservation, shifted: Sequence[tuple[Any, Message]]) -> None:
         ready = self._ready[obs] = asyncio.Event()
         try:
-            await self._render(obs, RenderReason.INIT)
+            if not obs.ready:  # else INIT_NOTIF was prepared for the current state
+                await self._render(obs, RenderReason.INIT)
         finally:
             ready.set()
         if obs.cancelled:
@@ -516,6 +528,8 @@ class GroupServer:
 
     def _changed(self, path: Path) -> None:
         self._execute(self.engine.on_change(path, self.clock()))
+        if self.engine.wants_init(path):  # the prepared INIT_NOTIF showed the old state
+            self._prerender_soon(path, PRERENDER_DELAY)
 
     def _execute(self, actions: list[Action]) -> None:
         for action in actions:
@@ -547,6 +561,8 @@ class GroupServer:
             elif isinstance(action, Cancelled):
                 self._ready.pop(action.observation, None)
                 self._phantoms.pop(action.observation, None)
+                if action.observation.path in self._resources and not self._closed:
+                    self._timer.get_loop().call_soon(self._prepare, action.observation.path)
                 self._emit(
                     "cancelled",
                     resource=_path_str(action.observation.path),
@@ -554,6 +570,42 @@ class GroupServer:
                     reason=action.reason,
                 )
         self._wake.set()
+
+    def _prepare(self, path: Path) -> None:
+        """The next group observation's Token and signed phantom request, made while nobody waits."""
+        if path in self._resources and not self._closed and self.engine.prepare(path, self.clock(), self.rng):
+            self._prerender_soon(path)
+
+    def _prerender_soon(self, path: Path, delay: float = 0.0) -> None:
+        """Render and sign INIT_NOTIF of the prepared group observation in ``delay`` s (one pending per
+        resource), so that the registration starting it only answers (draft §4.1 step 6)."""
+        if self._closed or path in self._prerendering:
+            return
+        self._prerendering.add(path)
+        self._timer.get_loop().call_later(delay, lambda: self._spawn(self._prerender(path)))
+
+    async def _prerender(self, path: Path) -> None:
+        try:
+            resource = self._resources.get(path)
+            pending = self.engine.prepared_phantom(path)
+            if self._closed or resource is None or pending is None or not self.engine.wants_init(path):
+                return
+            phantom, version = pending
+            try:
+                response = await resource.render(_glue.incoming(phantom.copy(), self._remote))
+            except Exception:  # the registration renders again and reports it
+                return
+            if not self.engine.prepare_init(path, response, self.clock(), version):
+                return
+            init = self.engine.prepared_init(path)
+            if init is not None:  # made again after half its Max-Age while nobody registers
+                self._timer.get_loop().call_later(init.latest_max_age / 2, self._reprepare_init, path, init)
+        finally:
+            self._prerendering.discard(path)
+
+    def _reprepare_init(self, path: Path, init: GroupObservation) -> None:
+        if self.engine.drop_init(path, init):
+            self._prerender_soon(path)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -712,6 +764,30 @@ class _Hooks:
             return True
         return self.guard.verified(source, self.clock())
 
+    def ack_at_once(self, source: str, message: Message) -> bool:
+        """A registration for a group observation: its informative response is a separate CON (draft
+        §4.2), so its empty ACK leaves on receipt, not after the request waited its turn in a storm (the
+        client would retransmit after ACK_TIMEOUT). Under OSCORE the path is encrypted: every protected
+        registration (Observe 0) counts, when the server has group-observable resources."""
+        if message.opt.observe != 0 or message.code not in (GET, FETCH):
+            return False
+        server = self.server
+        if _glue.open_exchanges(server.ctx) >= server.limits.max_in_flight:
+            return False  # it may get the plain 5.03 "come back later", piggybacked: nothing kept for it
+        if _link_local(source):
+            return False  # served as a traditional observation, piggybacked (draft §4.2)
+        if bad_option_response(message, server.code_points) is not None:
+            return False  # answered 4.02 at once, piggybacked (RFC 7252 §5.4.1)
+        if message.opt.oscore is not None:
+            return bool(server._resources)
+        path = tuple(message.opt.uri_path)
+        if path not in server._resources or _answerless(message, server.code_points):
+            return False
+        if message.opt.uri_query or message.opt.accept is not None or message.opt.block2 is not None:
+            return False  # may be served traditionally (ServerEngine._compatible, _fits_blocks)
+        policy = server.engine.policy(path)
+        return server.engine.observation(path) is not None or (policy is not None and policy.group_after <= 1)
+
     def on_send(self, source: str, message: Message, size: int) -> Message | None:
         guard = self.guard
         if guard is None:
@@ -736,10 +812,25 @@ class _Hooks:
         return None
 
 
+#: After a change of a resource without group observation, its next INIT_NOTIF is prepared this many
+#: seconds later at the earliest (one render and one signature per resource and delay, at most).
+PRERENDER_DELAY = 1.0
 #: Seconds a challenged request's (address, port, MID) is remembered (EXCHANGE_LIFETIME, RFC 7252 §4.8.2).
 CHALLENGE_MEMORY = 247.0
 #: Challenged requests remembered at most (about 150 bytes each).
 CHALLENGED_MAX = 16384
+
+
+@functools.lru_cache(maxsize=4096)
+def _link_local(source: str) -> bool:
+    """Is the UDP source address link-local (fe80::/10, 169.254/16, also as v4-mapped)?"""
+    try:
+        address = ipaddress.ip_address(source.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_link_local
 
 
 def _answerless(request: Message, code_points: CodePoints) -> bool:

@@ -22,9 +22,10 @@ Number). Both checks run once per distinct datagram per process: identical bytes
 result, so the other observers of the process (and the other copies of the same multicast datagram)
 only look the bytes up. A rejected datagram counts for nobody.
 
-Control protocol, JSON lines: stdin ``{"op": "register"}``, ``{"op": "flush", "seq": S}``,
-``{"op": "quit"}``; stdout ``{"ev": "ready"}``, ``{"ev": "registered", ...}`` once all registrations
-ended, ``{"ev": "arrived", "seq": S, ...}`` once every observer of this process has update S.
+Control protocol, JSON lines: stdin ``{"op": "warmup", "ctx": I, "path": P}``, ``{"op": "register"}``,
+``{"op": "flush", "seq": S}``, ``{"op": "quit"}``; stdout ``{"ev": "ready"}``, ``{"ev": "warmed", "ok": ...}``
+(one request to P from context I, see ``warmup``), ``{"ev": "registered", ...}`` once all registrations ended,
+``{"ev": "arrived", "seq": S, ...}`` once every observer of this process has update S.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ TYPE_CON = 0
 TYPE_ACK = 2
 
 NEW, SENT, ACKED, DONE, FAILED = range(5)
+#: Seconds the warm-up GET waits for its answer.
+WARMUP_TIMEOUT = 5.0
 #: Verified datagrams remembered per process (group-oscore): a few updates' worth.
 VERIFIED_CACHE = 256
 
@@ -219,6 +222,44 @@ class Observers:
         sys.stdout.write(json.dumps(fields) + "\n")
         sys.stdout.flush()
 
+    # -- warm-up -------------------------------------------------------------------------------
+
+    def warmup(self, ctx_id: int, path: str) -> dict[str, Any]:
+        """One request to the server's warm-up resource ``path``, from a socket of its own, answered
+        before the registrations start (see the harness): in secured modes a registration (GET,
+        Observe 0, with context ``ctx_id``), as the measured ones; in the others a plain GET, because a
+        registration would verify the address all observers share (Echo) before the measured ones."""
+        context = None
+        observe = 0 if self.secured else None
+        if self.secured:
+            context = MemoryContext.load(Path(self.args.credentials), ctx_id)
+            outer, request_id = context.protect(Message(code=GET, uri_path=(path,), observe=observe))
+        else:
+            outer = Message(code=GET, uri_path=(path,))
+        outer.mtype, outer.mid, outer.token = CON, 0xFFFF, b"warm"
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind((self.args.server, 0))
+            s.connect(self.server)
+            s.settimeout(WARMUP_TIMEOUT)
+            try:
+                s.send(outer.encode())
+                while True:
+                    data = s.recv(2048)
+                    if len(data) >= 4 and (data[0] >> 4) & 3 == TYPE_CON:
+                        s.send(empty_ack(data))
+                    answer = Message.decode(data)
+                    if answer.code != EMPTY:  # not the empty ACK of a separate response
+                        break
+            except OSError as e:
+                return {"ok": False, "why": str(e)}
+        if context is not None:
+            try:
+                answer, _ = context.unprotect(answer, request_id)
+            except aiocoap_oscore.ProtectionInvalid as e:
+                return {"ok": False, "why": f"OSCORE: {type(e).__name__}"}
+        ok = answer.code.is_successful() or (self.group_mode and answer.code == SERVICE_UNAVAILABLE)
+        return {"ok": ok, "why": answer.code.dotted}
+
     # -- registration --------------------------------------------------------------------------
 
     def register(self) -> None:
@@ -243,9 +284,9 @@ class Observers:
     def _fail_count(self, why: str) -> None:
         self.failures[why] = self.failures.get(why, 0) + 1
 
-    def _finish(self, i: int, ok: bool, why: str = "") -> None:
+    def _finish(self, i: int, ok: bool, why: str = "", at: float | None = None) -> None:
         self.state[i] = DONE if ok else FAILED
-        self.done_at[i] = time.time()
+        self.done_at[i] = time.time() if at is None else at
         self.pending.discard(i)
         if not ok:
             self._fail_count(why)
@@ -283,7 +324,12 @@ class Observers:
                 group_token=self.group_token.hex() if self.group_token else None,
             )
 
-    def _registration_response(self, i: int, data: bytes) -> None:
+    def _registration_response(self, i: int, data: bytes, received: float) -> None:
+        """Check observer ``i``'s answer; a good one counts as done at ``received`` (read and ACKed).
+
+        The checks (OSCORE, the informative response, the group material and phantom request) decide
+        success or failure, but their client CPU is not part of the registration time, in every mode.
+        """
         try:
             m = Message.decode(data)
         except Exception:  # aiocoap raises several types for garbage
@@ -336,9 +382,9 @@ class Observers:
                 if why:
                     self._finish(i, False, why)
                     return
-            self._finish(i, True)  # the ACK of the CON 5.03 already left (on_unicast)
+            self._finish(i, True, at=received)  # the ACK of the CON 5.03 already left (on_unicast)
         elif m.code.is_successful() and m.opt.observe is not None:
-            self._finish(i, True)  # the first notification (piggybacked 2.05, RFC 7641 §3.2)
+            self._finish(i, True, at=received)  # the first notification (RFC 7641 §3.2)
         else:
             self._finish(i, False, f"answered {m.code.dotted}")
 
@@ -426,7 +472,7 @@ class Observers:
             with contextlib.suppress(OSError):
                 self.usocks[i].send(empty_ack(data))  # every CON, retransmissions too
         if self.state[i] in (SENT, ACKED):
-            self._registration_response(i, data)
+            self._registration_response(i, data, time.time())  # read and (if CON) ACKed
             return
         if self.group_mode:
             self.other += 1  # e.g. a retransmitted 5.03 whose ACK got lost
@@ -507,7 +553,9 @@ class Observers:
                 continue
             cmd = json.loads(line)
             op = cmd.get("op")
-            if op == "register":
+            if op == "warmup":
+                self.emit(ev="warmed", id=cmd.get("id"), **self.warmup(int(cmd["ctx"]), cmd["path"]))
+            elif op == "register":
                 self.register()
             elif op == "flush":
                 seq = int(cmd["seq"])

@@ -55,6 +55,8 @@ from mcobserve.engine.common import Endpoint
 from . import CON_MODES, GROUP_MODES, MODES, SECURED_MODES
 
 PATH = ("r",)
+#: A second resource of the same kind, observed once by the warm-up client before the measurements.
+WARMUP_PATH = ("w",)
 #: Self-managed group material lives this long (longer than any case: no rekeying, no cancellation).
 KEY_LIFETIME = 24 * 3600.0
 
@@ -258,11 +260,15 @@ class Bench:
             )
             self.resource = TextResource(value(0))
             self.server.add_resource(PATH, self.resource, GroupPolicy(min_interval=0, counting=None))
+            self.server.add_resource(
+                WARMUP_PATH, TextResource(value(0)), GroupPolicy(min_interval=0, counting=None)
+            )
             self.ctx = self.server.ctx
         else:
             site: Any = aiocoap.resource.Site()
             self.resource = PlainResource(value(0), reliable=args.mode in CON_MODES)
             site.add_resource(PATH, self.resource)
+            site.add_resource(WARMUP_PATH, PlainResource(value(0), reliable=args.mode in CON_MODES))
             transports = ["udp6"]
             if credentials is not None:
                 site = _glue.oscore_site(site, credentials)
@@ -294,12 +300,21 @@ class Bench:
         out = {**cpu_now(), **self.counters.snapshot(), "observers": self.observers()}
         if cmd.get("gc"):
             gc.collect()  # after reading the clocks: the explicit collection is not part of any phase
+            out["after_gc"] = cpu_now()  # where the next phase starts (the collection is not in it)
         out["rss_kb"] = rss_kb()
         if tracemalloc.is_tracing():
             snap = tracemalloc.take_snapshot()
             out["traced_bytes"] = tracemalloc.get_traced_memory()[0]
             out["top"] = [(str(st.traceback), st.size, st.count) for st in snap.statistics("filename")[:12]]
         return out
+
+    async def warmed(self) -> dict[str, Any]:
+        """The warm-up is over: a group observation of the warm-up resource ends (its one multicast
+        5.03 leaves before the measurements start); a traditional one stays, without changes."""
+        if self.args.mode in GROUP_MODES:
+            self.server.remove_resource(WARMUP_PATH)
+            await asyncio.sleep(0.05)
+        return {"ok": True}
 
     async def quiesce(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Wait until nothing was sent or received for ``quiet`` s and no CON exchange is open (bounded)."""
@@ -409,6 +424,8 @@ async def serve(args: argparse.Namespace) -> None:
             op = cmd.get("op")
             if op == "stats":
                 reply = bench.stats(cmd)
+            elif op == "warmed":
+                reply = await bench.warmed()
             elif op == "update":
                 reply = await bench.update(cmd)
             elif op == "quiesce":

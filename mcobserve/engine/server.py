@@ -41,7 +41,9 @@ from ..errors import (
     UnusableAddressError,
 )
 from ..wire import CRI, InformativeResponse, TpInfo, check_not_local, serialize_message
+from ..wire.cbor import cbor_encode
 from ..wire.feedback import get_feedback_divider, set_feedback_divider
+from ..wire.informative import PARAMETERS_BY_NAME
 from .common import OBSERVE_MODULUS, Endpoint, IPAddress
 from .counting import CountingPolicy, ObserverCounter, RoundResult
 
@@ -66,6 +68,21 @@ MAX_TRANSMIT_WAIT = 93.0
 #: Floor for the Max-Age driven refresh (draft §4.3, last paragraph), so that a representation with
 #: Max-Age 0 does not turn into a multicast storm.
 MIN_REFRESH_INTERVAL = 1.0
+#: Informative-response parameters that change with the time (App. C), encoded per response.
+TIMED_PARAMETERS = ("exi", "exp")
+
+
+def cbor_map_head(n: int) -> bytes:
+    """The CBOR head of a map of ``n`` pairs (RFC 8949 §3.1, shortest form)."""
+    if n < 24:
+        return bytes((0xA0 | n,))
+    if n < 256:
+        return bytes((0xB8, n))
+    return b"\xb9" + n.to_bytes(2, "big")
+
+
+#: Seconds a phantom request protected ahead (ServerEngine.prepare) may wait for its group observation.
+PREPARED_MAX_AGE = 3600.0
 
 Path = tuple[str, ...]
 ObserverKey = Hashable
@@ -93,6 +110,9 @@ class GroupSecurity(Protocol):
     def expires_at(self, binding: Any) -> float | None:
         """When the keying material behind ``binding`` expires (App. C), or None."""
         ...
+
+    # Optional: ``usable(binding, now) -> bool``, whether a phantom request protected ahead
+    # (:meth:`ServerEngine.prepare`) may still start a group observation; without it nothing is prepared.
 
 
 @dataclass(frozen=True)
@@ -308,6 +328,8 @@ class GroupObservation:
     _payload_cache: dict[tuple[bool, int | None, float | None], bytes] = field(
         default_factory=dict, repr=False
     )
+    #: Encoded (key, value) pairs of the informative-response payload without 'exi' and 'exp'.
+    _payload_parts: dict[tuple[Any, ...], list[tuple[bytes, bytes]]] = field(default_factory=dict, repr=False)
     #: Notifications refused because they would not fit the size limit (draft §4.4).
     refused: int = 0
     #: Times the keying material was renewed in place by a multicast 5.03 (App. C).
@@ -459,6 +481,29 @@ class _ResourceState:
     group: GroupObservation | None = None
     #: Traditional observers registered from a link-local address: never shifted (draft §4.2).
     local: set[ObserverKey] = field(default_factory=set)
+    #: Token T and protected phantom request made ahead of the next group observation (§4.1, §9.2.1).
+    prepared: _Prepared | None = None
+    #: Changes of the representation so far (on_change), so that an INIT_NOTIF rendered across one
+    #: is never prepared.
+    version: int = 0
+
+
+@dataclass
+class _Prepared:
+    """Steps 1-2 of starting a group observation done ahead (draft §4.1; §9.2.1 under Group OSCORE):
+    Token T, the phantom request and its protection (one signature), so that the registration that
+    starts the group observation does not wait for them. Nothing of it depends on the resource's state.
+    """
+
+    token: bytes
+    phantom: Message
+    ph_req: bytes
+    binding: Any
+    at: float
+    #: The group observation with INIT_NOTIF for the representation at its ``latest_at`` (§4.1 step 6),
+    #: not started; dropped when the resource changes, so a signed 'last_notif' is never reused for
+    #: another state (:meth:`ServerEngine.prepare_init`).
+    init: GroupObservation | None = None
 
 
 #: All CoAP Nodes (RFC 7252 §12.8): every CoAP node listens there, so notifications sent to it reach
@@ -575,6 +620,93 @@ class ServerEngine:
         """Make ``path`` group-observable (draft §4, §6 'gp-obs')."""
         self._resources[tuple(path)] = _ResourceState(policy or GroupPolicy())
 
+    def prepare(self, path: Path, now: float, rng: random.Random) -> bool:
+        """Do the state-independent steps of the next group observation of ``path`` ahead (draft §4.1).
+
+        With group security this allocates T and protects (signs) the phantom request (§9.2.1) while no
+        registration waits; the registration that starts the group observation takes them over if they
+        are still usable (:meth:`_take_prepared`). Without security there is nothing worth preparing.
+        Returns whether something was prepared. Costs one Token and one sender sequence number.
+        """
+        st = self._resources.get(tuple(path))
+        if self.security is None or st is None or st.group is not None or st.prepared is not None:
+            return False
+        if getattr(self.security, "usable", None) is None:
+            return False
+        try:
+            token, phantom, ph_req, binding = self._fresh_phantom(tuple(path), now, rng)
+        except McObserveError:  # e.g. no Token or sequence number left: the registration will tell
+            return False
+        st.prepared = _Prepared(token, phantom, ph_req, binding, now)
+        return True
+
+    def wants_init(self, path: Path) -> bool:
+        """Is a phantom request prepared whose INIT_NOTIF is not (or no longer) made?"""
+        st = self._resources.get(tuple(path))
+        return st is not None and st.group is None and st.prepared is not None and st.prepared.init is None
+
+    def prepared_phantom(self, path: Path) -> tuple[Message, int] | None:
+        """The plain phantom request of the prepared group observation, to render it (§4.1 step 3), and
+        the version of the representation (pass it to :meth:`prepare_init`)."""
+        st = self._resources.get(tuple(path))
+        if st is None or st.prepared is None:
+            return None
+        return st.prepared.phantom, st.version
+
+    def prepared_init(self, path: Path) -> GroupObservation | None:
+        """The prepared, not started group observation with its INIT_NOTIF, if any."""
+        st = self._resources.get(tuple(path))
+        return st.prepared.init if st is not None and st.group is None and st.prepared is not None else None
+
+    def drop_init(self, path: Path, init: GroupObservation) -> bool:
+        """Forget the prepared INIT_NOTIF ``init`` (e.g. half its Max-Age is over); the phantom stays."""
+        st = self._resources.get(tuple(path))
+        if st is None or st.group is not None or st.prepared is None or st.prepared.init is not init:
+            return False
+        st.prepared.init = None
+        return True
+
+    def prepare_init(self, path: Path, response: Message, now: float, version: int) -> bool:
+        """INIT_NOTIF of the prepared group observation from ``response``, the resource rendered for its
+        phantom request at ``now`` (§4.1 step 6; protected as in §9.2.3). :meth:`_start` takes it over
+        while the resource has not changed (:meth:`on_change` drops it) and for half its Max-Age."""
+        st = self._resources.get(tuple(path))
+        if st is None or st.group is not None or st.prepared is None or self.security is None:
+            return False
+        if not response.code.is_successful() or version != st.version:
+            return False  # rendered across a change, or unsuccessful: the registration renders again
+        p = st.prepared
+        obs = self._observation(tuple(path), st, p.token, p.phantom, p.ph_req, p.binding, now)
+        plain = self._notification(obs, response)
+        obs.observe = (obs.observe + 1) % OBSERVE_MODULUS
+        plain.opt.observe = obs.observe
+        try:
+            protected = self.security.protect_response(plain.copy(), obs.binding)
+        except McObserveError:
+            return False
+        obs._plain_latest = plain
+        obs.latest = protected
+        obs.latest_bytes = serialize_message(protected)
+        obs.latest_at = now
+        max_age = plain.opt.max_age
+        obs.latest_max_age = float(DEFAULT_MAX_AGE if max_age is None else max_age)
+        obs.rendering = None
+        p.init = obs
+        # The payload of its informative responses, but 'exi'/'exp' (then encoded per response).
+        self._informative_encoded(obs, True, None, self.security.informative_parameters(obs.binding, now))
+        return True
+
+    def _take_prepared(self, st: _ResourceState, now: float) -> _Prepared | None:
+        """The prepared phantom request, if its keying material is still the one to start with (App. C)."""
+        prepared, st.prepared = st.prepared, None
+        if prepared is None:
+            return None
+        usable = getattr(self.security, "usable", None)
+        if now - prepared.at <= PREPARED_MAX_AGE and usable is not None and usable(prepared.binding, now):
+            return prepared
+        self.tokens.release(prepared.token)  # never used on the wire: no quarantine
+        return None
+
     def is_group_observable(self, path: Path) -> bool:
         return tuple(path) in self._resources
 
@@ -585,6 +717,9 @@ class ServerEngine:
     def remove_resource(self, path: Path, now: float) -> list[Action]:
         """The resource goes away: cancel its group observation (draft §4.5)."""
         st = self._resources.pop(tuple(path), None)
+        if st is not None and st.prepared is not None:
+            self.tokens.release(st.prepared.token)
+            st.prepared = None
         if st is None or st.group is None:
             return []
         return self.cancel(st.group, now, "resource removed")
@@ -699,6 +834,9 @@ class ServerEngine:
         st = self._resources[path]
         if st.group is not None:
             return st.group, ()
+        if st.prepared is not None:  # the caller's rng and security decide T and the phantom request
+            self.tokens.release(st.prepared.token)
+            st.prepared = None
         obs = self._start(path, st, now, rng)
         shifted = tuple((k, r) for k, r in st.traditional.items() if k not in st.local)
         obs.count = len(shifted)
@@ -711,20 +849,32 @@ class ServerEngine:
         st.traditional = {k: r for k, r in st.traditional.items() if k in st.local}
 
     def _start(self, path: Path, st: _ResourceState, now: float, rng: random.Random) -> GroupObservation:
-        token = self.tokens.allocate(rng, now)
-        phantom = self._phantom(path, token)
-        ph_req = transport_independent(phantom)
-        binding = None
-        if self.security is not None:
-            # The phantom request is protected with the server's own Sender Context (§9.2.1); the
-            # resource still processes the plain one, inside the server.
-            try:
-                protected, binding = self.security.protect_phantom(phantom, now)
-            except McObserveError:
-                self.tokens.release(token)
-                raise
-            ph_req = transport_independent(protected)
-        obs = GroupObservation(
+        prepared = self._take_prepared(st, now) if st.prepared is not None else None
+        init = prepared.init if prepared is not None else None
+        if init is not None and now - init.latest_at <= init.latest_max_age / 2:
+            return self._started(st, init, now)  # INIT_NOTIF signed ahead for the current state
+        if prepared is not None:
+            token, phantom, ph_req, binding = (
+                prepared.token,
+                prepared.phantom,
+                prepared.ph_req,
+                prepared.binding,
+            )
+        else:
+            token, phantom, ph_req, binding = self._fresh_phantom(path, now, rng)
+        return self._started(st, self._observation(path, st, token, phantom, ph_req, binding, now), now)
+
+    def _observation(
+        self,
+        path: Path,
+        st: _ResourceState,
+        token: bytes,
+        phantom: Message,
+        ph_req: bytes,
+        binding: Any,
+        now: float,
+    ) -> GroupObservation:
+        return GroupObservation(
             path=path,
             token=token,
             server=self.server,
@@ -738,15 +888,37 @@ class ServerEngine:
             counter=ObserverCounter(st.policy.counting),
             rendering=RenderReason.INIT,
         )
+
+    def _started(self, st: _ResourceState, obs: GroupObservation, now: float) -> GroupObservation:
+        """``obs`` is the group observation of its resource from ``now`` on (draft §4.1 steps 4-5)."""
+        obs.started_at = now
+        obs.ending = now + st.policy.duration if st.policy.duration is not None else None
         end = None if self._renewable else self._material_end(obs)
         if end is not None and obs.ending is not None and end < obs.ending:
             # Never announce an 'ending' the keying material cannot keep (App. A, App. C): the group
             # observation ends, as announced, when its material has to be given up.
             obs.ending = end
         st.group = obs
-        self._by_token[token] = obs
+        self._by_token[obs.token] = obs
         self._schedule(obs)
         return obs
+
+    def _fresh_phantom(self, path: Path, now: float, rng: random.Random) -> tuple[bytes, Message, bytes, Any]:
+        """Token T, the phantom request, its transport-independent form and the security binding."""
+        token = self.tokens.allocate(rng, now)
+        phantom = self._phantom(path, token)
+        ph_req = transport_independent(phantom)
+        binding = None
+        if self.security is not None:
+            # The phantom request is protected with the server's own Sender Context (§9.2.1); the
+            # resource still processes the plain one, inside the server.
+            try:
+                protected, binding = self.security.protect_phantom(phantom, now)
+            except McObserveError:
+                self.tokens.release(token)
+                raise
+            ph_req = transport_independent(protected)
+        return token, phantom, ph_req, binding
 
     @property
     def _renewable(self) -> bool:
@@ -792,6 +964,7 @@ class ServerEngine:
             obs.latest = latest
             obs.latest_bytes = serialize_message(latest)
         obs._payload_cache.clear()
+        obs._payload_parts.clear()
         obs.renewals += 1
         return [SendMulticast(obs, message, "renewal")]
 
@@ -845,12 +1018,7 @@ class ServerEngine:
         if not response.code.is_successful():
             # An unsuccessful response ends an observation (RFC 7641 §3.2); end the group one cleanly.
             return self.cancel(obs, now, f"resource answered {response.code.dotted}")
-        notification = Message(code=response.code, payload=response.payload)
-        notification.mtype = NON
-        for option in response.opt.option_list():
-            if option.number not in (OptionNumber.OBSERVE, OptionNumber.NO_RESPONSE):
-                notification.opt.add_option(option)
-        notification.token = obs.token
+        notification = self._notification(obs, response)
         if reason is not RenderReason.INIT:
             # Checked before an Observe number or a counting round is spent on it (draft §4.4).
             room = NOTIFICATION_OPTION_ROOM + (OSCORE_OVERHEAD if self.security is not None else 0)
@@ -884,11 +1052,23 @@ class ServerEngine:
         obs.latest_at = now
         obs.latest_max_age = float(DEFAULT_MAX_AGE if max_age is None else max_age)
         obs._payload_cache.clear()
+        obs._payload_parts.clear()
         if reason is RenderReason.INIT:
             return []  # INIT_NOTIF is stored, never sent (draft §4.1, step 6)
         obs.last_sent_at = now
         obs.sent += 1
         return [SendMulticast(obs, notification, "notification", q)]
+
+    @staticmethod
+    def _notification(obs: GroupObservation, response: Message) -> Message:
+        """The NON notification with Token T for a rendered ``response`` (no Observe yet, §4.3)."""
+        notification = Message(code=response.code, payload=response.payload)
+        notification.mtype = NON
+        for option in response.opt.option_list():
+            if option.number not in (OptionNumber.OBSERVE, OptionNumber.NO_RESPONSE):
+                notification.opt.add_option(option)
+        notification.token = obs.token
+        return notification
 
     def message_size(self, message: Message) -> int:
         """Bytes of ``message`` as a CoAP over UDP datagram payload (RFC 7252 §3)."""
@@ -927,8 +1107,13 @@ class ServerEngine:
         Changes coalesce inside the resource's minimum interval and while the group's congestion
         control (draft §4.4) or the §13.1 hold keeps it waiting; the latest state goes out when it may.
         """
+        st = self._resources.get(tuple(path))
+        if st is not None:
+            st.version += 1
         obs = self.observation(path)
         if obs is None or obs.cancelled:
+            if st is not None and st.prepared is not None:
+                st.prepared.init = None  # its signed INIT_NOTIF shows the old state: never reused
             return []
         obs.dirty = True
         actions: list[Action] = []
@@ -1151,32 +1336,61 @@ class ServerEngine:
         transport-independent information (or always, without a request). With :attr:`stand_in` set
         and not ``full_tp_info``, 'tp_info' only names the reverse proxy (proxy draft §10.2, step c).
         """
-        if with_ph_req is None:
+        if self.security is not None:
+            with_ph_req = True  # the protected phantom request always differs (§9.2.2)
+        elif with_ph_req is None:
             with_ph_req = request is None or transport_independent(request) != obs.ph_req
         nnb = self.next_not_before(obs, now)
         extra = self.security.informative_parameters(obs.binding, now) if self.security is not None else {}
-        if self.security is not None:
-            with_ph_req = True  # the protected phantom request always differs (§9.2.2)
         tp_info = self.tp_info_for(obs, full=full_tp_info)
         key = (with_ph_req, nnb, obs.ending, extra.get("exi"), extra.get("exp"), tp_info.has_details)
         cached = obs._payload_cache.get(key)
         if cached is None:
-            informative = InformativeResponse(
-                tp_info=tp_info,
-                ph_req=obs.ph_req if with_ph_req else None,
-                last_notif=obs.latest_bytes,
-                next_not_before=nnb,
-                ending=_time_value(obs.ending),
-                **extra,
-            )
-            cached = informative.encode()
-            overhead = INFORMATIVE_OVERHEAD + (OSCORE_OVERHEAD if self.security is not None else 0)
-            if informative.last_notif is not None and len(cached) + overhead > self.max_message_size:
-                # 'last_notif' is a SHOULD; a response that fits one datagram matters more (§4.2, §4.4).
-                informative.last_notif = None
-                cached = informative.encode()
+            cached = self._informative_encoded(obs, tp_info, with_ph_req, nnb, extra)
             obs._payload_cache[key] = cached
         return cached
+
+    def _informative_encoded(
+        self,
+        obs: GroupObservation,
+        tp_info: TpInfo,
+        with_ph_req: bool,
+        nnb: int | None,
+        extra: dict[str, Any],
+    ) -> bytes:
+        """The payload of :meth:`informative_payload`, byte for byte ``InformativeResponse(...).encode()``.
+
+        'exi' and 'exp' change every second (App. C); the encoded rest is kept per group observation
+        and state (:attr:`GroupObservation._payload_parts`), and only those two are encoded per call.
+        """
+        timed = {k: extra[k] for k in TIMED_PARAMETERS if extra.get(k) is not None}
+        static = {k: v for k, v in extra.items() if k not in TIMED_PARAMETERS}
+        overhead = INFORMATIVE_OVERHEAD + (OSCORE_OVERHEAD if self.security is not None else 0)
+        for last_notif in (obs.latest_bytes, None):
+            parts_key = (with_ph_req, nnb, obs.ending, last_notif is not None, tp_info.has_details)
+            parts = obs._payload_parts.get(parts_key)
+            if parts is None:
+                informative = InformativeResponse(
+                    tp_info=tp_info,
+                    ph_req=obs.ph_req if with_ph_req else None,
+                    last_notif=last_notif,
+                    next_not_before=nnb,
+                    ending=_time_value(obs.ending),
+                    **static,
+                )
+                parts = [(cbor_encode(k), cbor_encode(v)) for k, v in informative.to_cbor_obj().items()]
+                obs._payload_parts[parts_key] = parts
+            if timed:
+                InformativeResponse(**timed).validate()
+                parts = parts + [
+                    (cbor_encode(PARAMETERS_BY_NAME[k].key), cbor_encode(v)) for k, v in timed.items()
+                ]
+            parts = sorted(parts)  # deterministic encoding: keys in bytewise order (RFC 8949 §4.2.1)
+            payload = cbor_map_head(len(parts)) + b"".join(k + v for k, v in parts)
+            if last_notif is None or len(payload) + overhead <= self.max_message_size:
+                return payload
+            # 'last_notif' is a SHOULD; a response that fits one datagram matters more (§4.2, §4.4).
+        return payload
 
     def tp_info_for(self, obs: GroupObservation, *, full: bool = False) -> TpInfo:
         """``obs``'s 'tp_info'; only ``[tpi_server]`` = :attr:`stand_in` when a reverse proxy stands in

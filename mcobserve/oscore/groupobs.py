@@ -84,6 +84,10 @@ class PreArrangedGroup:
             raise GroupObservationError(f"cannot protect the phantom request: {e}") from e
         return protected, ServerBinding(self.context, request, None, self.parameters)
 
+    def usable(self, binding: ServerBinding, now: float) -> bool:
+        """May a phantom request protected ahead under ``binding`` start a group observation now?"""
+        return binding.context is self.context
+
     def protect_response(self, response: Message, binding: ServerBinding) -> Message:
         """A notification, INIT_NOTIF or the cancellation, with its own Partial IV (§9.2.3, §9.2.4)."""
         try:
@@ -137,6 +141,10 @@ class SelfManagedGroupSecurity(PreArrangedGroup):
         except OscoreError as e:
             raise GroupObservationError(f"cannot protect the phantom request: {e}") from e
         return protected, ServerBinding(self.context, request, self.expiry, self._material())
+
+    def usable(self, binding: ServerBinding, now: float) -> bool:
+        """Only while :meth:`protect_phantom` would not re-key the group first (App. C)."""
+        return binding.context is self.context and now < self.expiry - self.lifetime / 2
 
     def renew(self, phantom: Message, binding: ServerBinding, now: float) -> tuple[Message, ServerBinding]:
         """The next keying material for a running group observation (App. C, last paragraphs).

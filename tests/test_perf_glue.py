@@ -1,0 +1,188 @@
+"""The registration-path shortcuts in mcobserve.aio._glue give what aiocoap 0.4.17 itself gives."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import aiocoap.resource
+import pytest
+from aiocoap import CON, GET, Message
+from aiocoap.transports.udp6 import UDP6EndpointAddress
+
+from mcobserve.aio import _glue
+
+
+def request() -> Message:
+    m = Message(code=GET, uri_path=("a", "b"), observe=0, uri_query=("x=1",), echo=b"12", payload=b"p")
+    m.mtype, m.mid, m.token = CON, 0x1234, b"tk"
+    return m
+
+
+def test_path_stripped_equals_aiocoaps_copy_and_is_independent():
+    m = request()
+    lean, deep = _glue.path_stripped(m), m.copy(uri_path=())
+    assert lean.encode() == deep.encode()
+    assert (lean.mtype, lean.mid, lean.token, lean.remote, lean.direction) == (
+        m.mtype,
+        m.mid,
+        m.token,
+        m.remote,
+        m.direction,
+    )
+    assert lean.opt.uri_path == () and m.opt.uri_path == ("a", "b")
+    lean.opt.observe = 1
+    lean.opt.uri_path = ("z",)
+    assert m.opt.observe == 0 and m.opt.uri_path == ("a", "b")  # the original is untouched
+
+
+class Echo(aiocoap.resource.Resource):
+    async def render_get(self, request: Message) -> Message:
+        return Message(payload=f"{request.opt.uri_path}|{request.get_request_uri()}".encode())
+
+
+@pytest.mark.parametrize("site_class", [aiocoap.resource.Site, _glue.LeanSite])
+def test_lean_site_gives_resources_what_aiocoaps_site_gives(site_class):
+    site = site_class()
+    site.add_resource(("a", "b"), Echo())
+    sub = aiocoap.resource.Site()
+    sub.add_resource(("c",), Echo())
+    site.add_resource(("s",), sub)
+    m = request()
+    m.remote = _remote()
+    child, stripped = site._find_child_and_pathstripped_message(m)
+    assert isinstance(child, Echo) and stripped.opt.uri_path == ()
+    assert stripped.get_request_uri() == m.get_request_uri()
+    m2 = Message(code=GET, uri_path=("s", "c"))
+    m2.remote = m.remote
+    child, stripped = site._find_child_and_pathstripped_message(m2)  # through a sub-site
+    assert stripped.opt.uri_path == ("c",)
+    m3 = Message(code=GET, uri_path=("nothing",))
+    m3.remote = m.remote
+    with pytest.raises(KeyError):
+        site._find_child_and_pathstripped_message(m3)
+
+
+def _remote() -> UDP6EndpointAddress:
+    class Interface:
+        pass
+
+    return UDP6EndpointAddress(("::ffff:127.0.0.1", 40000, 0, 0), Interface())
+
+
+def test_address_cache_prints_the_same_strings():
+    before = {a: UDP6EndpointAddress._strip_v4mapped(a) for a in ("::ffff:10.1.2.3", "fd00:0:0:0::1", "::1")}
+    _glue.install_address_cache()
+    assert not _glue.install_address_cache()  # once per process
+    after = {a: UDP6EndpointAddress._strip_v4mapped(a) for a in before}
+    assert after == before == {"::ffff:10.1.2.3": "10.1.2.3", "fd00:0:0:0::1": "fd00::1", "::1": "::1"}
+    remote = _remote()
+    assert remote.hostinfo == "127.0.0.1:40000"
+
+
+@pytest.mark.asyncio
+async def test_group_registration_is_acked_on_receipt_not_after_waiting_its_turn():
+    """In a storm a registration waits behind thousands of others; its answer is a separate CON 5.03
+    anyway (draft §4.2), so the empty ACK leaves while the datagram is received (no retransmission)."""
+    import ipaddress
+
+    from mcobserve.aio.resources import TextResource
+    from mcobserve.aio.server import GroupServer
+    from mcobserve.engine.common import Endpoint
+    from mcobserve.engine.server import GroupPolicy
+
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    server = await GroupServer.create(
+        Endpoint(ipaddress.ip_address("127.0.0.1"), port),
+        Endpoint.parse("239.255.0.23:61616"),
+        trusted_network=True,
+    )
+    try:
+        server.add_resource(("r",), TextResource("v"), GroupPolicy(min_interval=0, counting=None))
+        mif = _glue.udp_message_manager(server.ctx).message_interface
+        sent: list[bytes] = []
+        real = mif.transport.sendmsg
+        mif.transport.sendmsg = lambda data, anc, flags, addr: (
+            sent.append(data),
+            real(data, anc, flags, addr),
+        )
+        address = ("::ffff:127.0.0.1", client.getsockname()[1], 0, 0)
+        local = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
+        pktinfo = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("16sI", local, 0))]
+        for mid, observe, path in ((0x10, 0, "r"), (0x11, None, "r"), (0x12, 0, "other")):
+            m = Message(code=GET, uri_path=(path,), observe=observe)
+            m.mtype, m.mid, m.token = CON, mid, bytes([mid])
+            sent.clear()
+            mif.datagram_msg_received(m.encode(), pktinfo, 0, address)  # nothing else runs in between
+            acks = [d for d in sent if d[:2] == b"\x60\x00"]
+            if path == "r" and observe == 0:
+                assert acks == [bytes((0x60, 0, 0, mid))]  # the empty ACK of that registration, at once
+            else:
+                assert acks == []  # a plain GET, or no group-observable resource: piggybacked later
+        await asyncio.sleep(0.3)
+        assert server.engine.observation(("r",)).count == 1
+    finally:
+        client.close()
+        await server.shutdown()
+
+
+@pytest.mark.asyncio
+async def test_registrations_acked_on_receipt_still_respect_the_in_flight_cap():
+    """Registrations ACKed on receipt that meet the cap of informative responses in flight when their
+    turn comes get the plain 5.03 Non-confirmable: clients that never ACK hold no more exchanges."""
+    import ipaddress
+
+    from aiocoap import NON, SERVICE_UNAVAILABLE
+
+    from mcobserve.aio.resources import TextResource
+    from mcobserve.aio.server import GroupServer
+    from mcobserve.aio.sourceguard import GuardLimits
+    from mcobserve.engine.common import Endpoint
+    from mcobserve.engine.server import GroupPolicy
+
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(6)]
+    for c in clients:
+        c.bind(("127.0.0.1", 0))
+        c.setblocking(False)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    server = await GroupServer.create(
+        Endpoint(ipaddress.ip_address("127.0.0.1"), port),
+        Endpoint.parse("239.255.0.23:61616"),
+        trusted_network=True,
+        guard_limits=GuardLimits(max_in_flight=2),
+    )
+    try:
+        server.add_resource(("r",), TextResource("v"), GroupPolicy(min_interval=0, counting=None))
+        mif = _glue.udp_message_manager(server.ctx).message_interface
+        local = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
+        pktinfo = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("16sI", local, 0))]
+        for k, c in enumerate(clients):  # six observers that never ACK (one exchange each, NSTART 1)
+            m = Message(code=GET, uri_path=("r",), observe=0)
+            m.mtype, m.mid, m.token = CON, 0x20 + k, bytes([0x20 + k])
+            address = ("::ffff:127.0.0.1", c.getsockname()[1], 0, 0)
+            mif.datagram_msg_received(m.encode(), pktinfo, 0, address)  # all ACKed before any is served
+        await asyncio.sleep(0.5)
+        assert _glue.open_exchanges(server.ctx) <= 2 and server.busy >= 1
+        answers = []
+        for c in clients:
+            while True:
+                try:
+                    answers.append(Message.decode(c.recv(2048)))
+                except BlockingIOError:
+                    break
+        busy = [a for a in answers if a.code == SERVICE_UNAVAILABLE and a.opt.content_format is None]
+        assert busy and all(a.mtype is NON and a.opt.max_age == 5 for a in busy)
+        assert len([a for a in answers if a.code.dotted == "0.00"]) == 6  # every one ACKed on receipt
+    finally:
+        for c in clients:
+            c.close()
+        await server.shutdown()
