@@ -693,7 +693,8 @@ class ServerEngine:
         obs.rendering = None
         p.init = obs
         # The payload of its informative responses, but 'exi'/'exp' (then encoded per response).
-        self._informative_encoded(obs, True, None, self.security.informative_parameters(obs.binding, now))
+        extra = self.security.informative_parameters(obs.binding, now)
+        self._informative_encoded(obs, self.tp_info_for(obs), True, None, extra)
         return True
 
     def _take_prepared(self, st: _ResourceState, now: float) -> _Prepared | None:
