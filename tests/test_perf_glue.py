@@ -64,6 +64,73 @@ def test_lean_site_gives_resources_what_aiocoaps_site_gives(site_class):
         site._find_child_and_pathstripped_message(m3)
 
 
+def test_stripped_request_builds_its_uri_only_when_asked_and_keeps_the_first(monkeypatch):
+    m = request()
+    m.remote = _remote()
+    expected = m.get_request_uri()
+    calls = []
+    real = Message.get_request_uri
+
+    def counting(self: Message, *a: object, **kw: object) -> str:
+        calls.append(self)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Message, "get_request_uri", counting)
+    site = _glue.LeanSite()
+    site.add_resource(("a", "b"), Echo())
+    _child, stripped = site._find_child_and_pathstripped_message(m)
+    assert calls == []  # not built while the request is routed
+    assert stripped.get_request_uri() == expected  # built from the original request when asked
+    again = _glue.path_stripped(stripped)  # stripped twice (a site inside a site): still the first URI
+    assert again.get_request_uri() == expected
+    assert again.copy().opt.uri_path == ()  # aiocoap's own copy of it works as for any message
+
+
+def test_is_multicast_locally_answers_what_aiocoap_answers():
+    _glue.install_address_cache()
+
+    class Interface:
+        pass
+
+    iface = Interface()  # the address keeps only a weak reference
+    for local, expected in (("ff02::fd", True), ("ff35:30:2001:db8::23", True), ("fd00::1", False),
+                            ("::ffff:224.0.1.187", True), ("::ffff:10.0.0.1", False)):
+        pktinfo = socket.inet_pton(socket.AF_INET6, local) + struct.pack("I", 1)
+        a = UDP6EndpointAddress(("fd00::2", 5683, 0, 0), iface, pktinfo=pktinfo)
+        assert a.is_multicast_locally is expected
+        assert (a.as_response_address() is a) is (not expected)
+
+
+@pytest.mark.asyncio
+async def test_requests_are_served_without_printing_them(monkeypatch):
+    """aiocoap names each rendering task with repr(request); after name_tasks_cheaply nothing prints it."""
+    site = _glue.LeanSite()
+    site.add_resource(("a", "b"), Echo())
+    ctx = await aiocoap.Context.create_server_context(site, bind=("::1", 0))
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        _glue.name_tasks_cheaply(ctx)
+        port = _glue.server_socket(ctx).getsockname()[1]
+
+        def refuse(self: Message) -> str:
+            raise AssertionError("a request was printed")
+
+        monkeypatch.setattr(Message, "__repr__", refuse)
+        sock.setblocking(False)
+        sock.connect(("::1", port))
+        req = Message(code=GET, uri_path=("a", "b"))
+        req.mtype, req.mid, req.token = CON, 7, b"t7"
+        sock.send(req.encode())
+        loop = asyncio.get_running_loop()
+        data = await asyncio.wait_for(loop.sock_recv(sock, 1500), 5)
+        resp = Message.decode(data)
+        assert resp.mid == 7 and resp.payload.startswith(b"()|coap://[::1]:")
+    finally:
+        monkeypatch.undo()
+        sock.close()
+        await ctx.shutdown()
+
+
 def _remote() -> UDP6EndpointAddress:
     class Interface:
         pass

@@ -294,6 +294,7 @@ class GroupServer:
             transports=["oscore", "udp6"] if server_credentials else ["udp6"],
             server_credentials=server_credentials,
         )
+        _glue.name_tasks_cheaply(ctx)
         ifindex = socket.if_nametoindex(interface) if interface else 0
         _glue.configure_multicast_sender(ctx, ifindex, hops=hops)
         _glue.set_receive_buffer(ctx, receive_buffer)

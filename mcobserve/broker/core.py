@@ -485,7 +485,7 @@ class Broker:
             if config.group_prefix is None:
                 raise ValueError("give a group or a group prefix")
             group = group_for(config.group_prefix, "/" + "/".join(config.collection), group_port)
-        site = aiocoap.resource.Site()
+        site = _glue.LeanSite()  # aiocoap's Site without a deep copy per request
         site.add_resource(
             [".well-known", "core"], aiocoap.resource.WKCResource(site.get_resources_as_linkheader)
         )
