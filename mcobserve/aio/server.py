@@ -61,7 +61,7 @@ from ..wire.feedback import get_feedback_divider
 from . import _glue
 from .authz import Authorize, Policy, refusal
 from .guard import RequestGuard, suppress_response
-from .sourceguard import DropLog, GuardLimits, SourceGuard
+from .sourceguard import DropLog, GuardLimits, SourceGuard, bounded_send
 
 log = logging.getLogger(__name__)
 
@@ -793,24 +793,7 @@ class _Hooks:
         guard = self.guard
         if guard is None:
             return message
-        now = self.clock()
-        if guard.allow(source, size, now):
-            return message
-        if message.code.is_response():
-            # Too large for an unverified source: a small 4.01 with Echo instead (RFC 9175 §2.4).
-            alt = Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
-            alt.mtype, alt.mid, alt.token, alt.remote = (
-                message.mtype,
-                message.mid,
-                message.token,
-                message.remote,
-            )
-            if guard.allow(source, len(alt.encode()), now):
-                guard.stats.replaced += 1
-                return alt
-        guard.stats.dropped += 1
-        self.drops.drop("amplification bound: source not verified (RFC 9175 §2.4)", source, now)
-        return None
+        return bounded_send(guard, self.drops, source, message, size, self.clock())
 
 
 #: After a change of a resource without group observation, its next INIT_NOTIF is prepared this many

@@ -26,6 +26,7 @@ import os
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -207,3 +208,21 @@ class DropLog:
             self._last[reason] = now
             self.counts[reason] = 0
             self.log.warning("dropped %d datagram(s): %s (latest from %s)", n, reason, source)
+
+
+def bounded_send(guard: SourceGuard, drops: DropLog, source: str, message: Any, size: int, now: float) -> Any:
+    """What may go to ``source`` (RFC 9175 §2.4): ``message`` within its budget; a response too large for
+    an unverified source becomes a small 4.01 with Echo; otherwise nothing (None, one rate-limited line)."""
+    if guard.allow(source, size, now):
+        return message
+    if message.code.is_response():
+        from aiocoap import UNAUTHORIZED, Message
+
+        alt = Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+        alt.mtype, alt.mid, alt.token, alt.remote = message.mtype, message.mid, message.token, message.remote
+        if guard.allow(source, len(alt.encode()), now):
+            guard.stats.replaced += 1
+            return alt
+    guard.stats.dropped += 1
+    drops.drop("amplification bound: source not verified (RFC 9175 §2.4)", source, now)
+    return None

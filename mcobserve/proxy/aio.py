@@ -27,7 +27,7 @@ from aiocoap import BAD_GATEWAY, GATEWAY_TIMEOUT, GET, NON, UNAUTHORIZED, Messag
 
 from ..aio import _glue
 from ..aio.client import ListenerPool, Observer, ResponseError
-from ..aio.sourceguard import DropLog, GuardLimits, SourceGuard
+from ..aio.sourceguard import DropLog, GuardLimits, SourceGuard, bounded_send
 from ..constants import DEFAULT_CODE_POINTS, CodePoints
 from ..engine.client import informative_response_payload
 from ..errors import McObserveError, ProxyError
@@ -177,24 +177,7 @@ class ClientSideGuard:
         guard = self.guard
         if guard is None or source in self.observing:
             return message
-        now = self.clock()
-        if guard.allow(source, size, now):
-            return message
-        if message.code.is_response():
-            # Too large for an unverified source: a small 4.01 with Echo instead (RFC 9175 §2.4).
-            alt = Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
-            alt.mtype, alt.mid, alt.token, alt.remote = (
-                message.mtype,
-                message.mid,
-                message.token,
-                message.remote,
-            )
-            if guard.allow(source, len(alt.encode()), now):
-                guard.stats.replaced += 1
-                return alt
-        guard.stats.dropped += 1
-        self.drops.drop("amplification bound: source not verified (RFC 9175 §2.4)", source, now)
-        return None
+        return bounded_send(guard, self.drops, source, message, size, self.clock())
 
 
 class Proxy:
