@@ -522,6 +522,11 @@ def udp_source(message: Message) -> str | None:
     return sockaddr[0] if sockaddr else None
 
 
+def exchange_key(message: Message) -> tuple[object, int]:
+    """(address, port) and Message ID of a UDP request: what a retransmission of it repeats."""
+    return (message.remote.sockaddr[:2], message.mid)
+
+
 def bound_deduplication(ctx: Context, trusted: Callable[[str], bool], caps: tuple[int, int]) -> None:
     """Bound aiocoap's message deduplication table (RFC 7252 §4.5) of the server context.
 

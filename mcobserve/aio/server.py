@@ -9,7 +9,6 @@ socket and answers registrations with informative responses. Protocol rules stay
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import errno
 import functools
@@ -61,7 +60,7 @@ from ..wire.feedback import get_feedback_divider
 from . import _glue
 from .authz import Authorize, Policy, refusal
 from .guard import RequestGuard, suppress_response
-from .sourceguard import DropLog, GuardLimits, SourceGuard, bounded_send
+from .sourceguard import ChallengeMemory, DropLog, GuardLimits, SourceGuard, bounded_send
 
 log = logging.getLogger(__name__)
 
@@ -710,7 +709,7 @@ class _Hooks:
         self.server = server
         self.guard = server.guard
         #: (address, port, MID) of requests answered with a 4.01 + Echo, oldest first (bounded).
-        self.challenged: collections.OrderedDict[tuple[Any, int], float] = collections.OrderedDict()
+        self.challenged = ChallengeMemory(CHALLENGED_MAX)
         self.drops = server.drops
         self.clock = server.clock
 
@@ -726,9 +725,9 @@ class _Hooks:
         if guard is None or not message.code.is_request():
             return True
         now = self.clock()
-        key = (message.remote.sockaddr[:2], message.mid)
+        key = _glue.exchange_key(message)
         if key in self.challenged:  # a retransmission of a challenged request: challenged again
-            return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+            return self.challenged.challenge(guard, source, None, now)
         if guard.verified(source, now):
             return True
         echo = message.opt.echo
@@ -738,11 +737,7 @@ class _Hooks:
             return True
         # Answered here, before aiocoap's pipeline and without per-request state (but this MID, so that
         # a late retransmission is not taken as a new registration once the source is verified).
-        challenged = self.challenged
-        challenged[key] = now + CHALLENGE_MEMORY
-        while challenged and (len(challenged) > CHALLENGED_MAX or next(iter(challenged.values())) <= now):
-            challenged.popitem(last=False)
-        return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+        return self.challenged.challenge(guard, source, key, now)
 
     def _needs_verification(self, message: Message) -> bool:
         """A registration to a group-observable resource, or a request to the introspection resource."""
@@ -799,8 +794,6 @@ class _Hooks:
 #: After a change of a resource without group observation, its next INIT_NOTIF is prepared this many
 #: seconds later at the earliest (one render and one signature per resource and delay, at most).
 PRERENDER_DELAY = 1.0
-#: Seconds a challenged request's (address, port, MID) is remembered (EXCHANGE_LIFETIME, RFC 7252 §4.8.2).
-CHALLENGE_MEMORY = 247.0
 #: Challenged requests remembered at most (about 150 bytes each).
 CHALLENGED_MAX = 16384
 

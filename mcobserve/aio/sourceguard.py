@@ -226,3 +226,35 @@ def bounded_send(guard: SourceGuard, drops: DropLog, source: str, message: Any, 
     guard.stats.dropped += 1
     drops.drop("amplification bound: source not verified (RFC 9175 §2.4)", source, now)
     return None
+
+
+#: Seconds a challenged request's (address, port, MID) is remembered (EXCHANGE_LIFETIME, RFC 7252 §4.8.2).
+CHALLENGE_MEMORY = 247.0
+
+
+class ChallengeMemory:
+    """Requests answered with a 4.01 + Echo, by (address, port, MID), oldest first and bounded: a late
+    retransmission of one is challenged again instead of counting as a new request once the source is
+    verified (a registration would count a second observer)."""
+
+    def __init__(self, cap: int, lifetime: float = CHALLENGE_MEMORY) -> None:
+        self.cap = cap
+        self.lifetime = lifetime
+        self._seen: OrderedDict[tuple[Any, int], float] = OrderedDict()
+
+    def __contains__(self, key: tuple[Any, int]) -> bool:
+        return key in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def challenge(self, guard: SourceGuard, source: str, key: tuple[Any, int] | None, now: float) -> Any:
+        """The 4.01 + Echo for ``source`` (RFC 9175 §2.4); ``key`` is remembered unless None."""
+        from aiocoap import UNAUTHORIZED, Message
+
+        if key is not None:
+            seen = self._seen
+            seen[key] = now + self.lifetime
+            while seen and (len(seen) > self.cap or next(iter(seen.values())) <= now):
+                seen.popitem(last=False)
+        return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))

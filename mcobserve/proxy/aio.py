@@ -10,7 +10,6 @@ notifications carry each client's own Token. What to forward to whom is decided 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import logging
@@ -23,11 +22,11 @@ from typing import Any
 import aiocoap
 import aiocoap.interfaces
 import aiocoap.pipe
-from aiocoap import BAD_GATEWAY, GATEWAY_TIMEOUT, GET, NON, UNAUTHORIZED, Message
+from aiocoap import BAD_GATEWAY, GATEWAY_TIMEOUT, GET, NON, Message
 
 from ..aio import _glue
 from ..aio.client import ListenerPool, Observer, ResponseError
-from ..aio.sourceguard import DropLog, GuardLimits, SourceGuard, bounded_send
+from ..aio.sourceguard import ChallengeMemory, DropLog, GuardLimits, SourceGuard, bounded_send
 from ..constants import DEFAULT_CODE_POINTS, CodePoints
 from ..engine.client import informative_response_payload
 from ..errors import McObserveError, ProxyError
@@ -57,8 +56,6 @@ FORWARD_TIMEOUT = 60.0
 
 #: Receive buffer of the client-facing socket, as the server's (``GroupServer.create``).
 RECEIVE_BUFFER = 4 << 20
-#: Seconds a challenged request's (address, port, MID) is remembered (EXCHANGE_LIFETIME, RFC 7252 §4.8.2).
-CHALLENGE_MEMORY = 247.0
 #: Challenged requests remembered at most.
 CHALLENGED_MAX = 4096
 
@@ -124,7 +121,7 @@ class ClientSideGuard:
         self.drops = DropLog(log)
         self.observing = proxy._observing_sources
         #: (address, port, MID) of requests answered with a 4.01 + Echo, oldest first (bounded).
-        self.challenged: collections.OrderedDict[tuple[Any, int], float] = collections.OrderedDict()
+        self.challenged = ChallengeMemory(CHALLENGED_MAX)
 
     def on_datagram(self, source: str, size: int) -> None:
         if self.guard is not None and source not in self.observing:
@@ -142,18 +139,14 @@ class ClientSideGuard:
         if echo is not None and guard.check_echo(source, echo, now):
             message.opt.echo = None  # the proxy's own Echo: not forwarded
             return True
-        key = (message.remote.sockaddr[:2], message.mid)
+        key = _glue.exchange_key(message)
         if key in self.challenged:  # a retransmission of a challenged request: challenged again
-            return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+            return self.challenged.challenge(guard, source, None, now)
         if source in self.observing or guard.verified(source, now):
             return True
         if not self.needs_verification(message):
             return True
-        challenged = self.challenged
-        challenged[key] = now + CHALLENGE_MEMORY
-        while challenged and (len(challenged) > CHALLENGED_MAX or next(iter(challenged.values())) <= now):
-            challenged.popitem(last=False)
-        return Message(code=UNAUTHORIZED, echo=guard.echo_value(source, now))
+        return self.challenged.challenge(guard, source, key, now)
 
     def needs_verification(self, message: Message) -> bool:
         """An Observe registration, unless it is an OSCORE request relayed to the server (proxy draft §5:
