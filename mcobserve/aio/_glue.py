@@ -32,7 +32,7 @@ from aiocoap.tokenmanager import TokenManager
 from aiocoap.transports.oscore import OSCOREAddress
 from aiocoap.transports.udp6 import MessageInterfaceUDP6, UDP6EndpointAddress
 
-from ..engine.common import Endpoint, normalize_ip
+from ..engine.common import Endpoint, host_address, normalize_ip
 from ..errors import ResponseTooLargeError
 
 assert aiocoap.meta.version == "0.4.17", "mcobserve.aio._glue is written against aiocoap 0.4.17"
@@ -361,13 +361,8 @@ def poll_datagrams(ctx: Context, limit: int = 64) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _is_multicast(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_multicast
+    address = host_address(host)
+    return address is not None and address.is_multicast
 
 
 #: The (type, code class) pairs aiocoap's MessageManager handles (RFC 7252 §4.2, §4.3); the rest is dropped.

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import errno
 import functools
-import ipaddress
 import logging
 import random
 import socket
@@ -801,13 +800,8 @@ CHALLENGED_MAX = 16384
 @functools.lru_cache(maxsize=4096)
 def _link_local(source: str) -> bool:
     """Is the UDP source address link-local (fe80::/10, 169.254/16, also as v4-mapped)?"""
-    try:
-        address = ipaddress.ip_address(source.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_link_local
+    address = host_address(source)
+    return address is not None and address.is_link_local
 
 
 def _answerless(request: Message, code_points: CodePoints) -> bool:
