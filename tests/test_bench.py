@@ -20,7 +20,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.netns
 @pytest.mark.timeout(90)
 def test_tiny_run_counts_datagrams_and_deliveries(tmp_path):
-    cfg = harness.BenchConfig(observers=[1, 5], updates=3, modes=["group", "traditional-non"])
+    cfg = harness.BenchConfig(
+        observers=[1, 5], updates=3, modes=["group", "traditional-non"], registration_runs=3, repeat_below=5
+    )
     result = harness.run_bench(cfg)
     assert [(c.mode, c.n) for c in result.cases] == [
         ("group", 1),
@@ -33,6 +35,10 @@ def test_tiny_run_counts_datagrams_and_deliveries(tmp_path):
         assert len(case.updates) == 3
         reg = case.registration
         assert (reg.done, reg.failed, reg.server_observers) == (case.n, 0, case.n)
+        if case.n == 1:  # below repeat_below: three runs, the median one reported
+            assert len(reg.runs) == 3 and reg.seconds == sorted(reg.runs)[1]
+        else:
+            assert reg.runs == ()
         expected = 1 if case.mode == "group" else case.n
         for u in case.updates:
             assert u.ok
@@ -61,7 +67,9 @@ def test_tiny_secured_run(tmp_path):
     """group-oscore: one protected multicast datagram per update; traditional-oscore(-con): N."""
     n = 3
     modes = ["group-oscore", "traditional-oscore", "traditional-oscore-con"]
-    cfg = harness.BenchConfig(observers=[n], updates=3, modes=modes, credentials_parent=str(tmp_path))
+    cfg = harness.BenchConfig(
+        observers=[n], updates=3, modes=modes, credentials_parent=str(tmp_path), registration_runs=1
+    )
     result = harness.run_bench(cfg)
     assert [(c.mode, c.n) for c in result.cases] == [(m, n) for m in modes]
     for case in result.cases:

@@ -8,7 +8,7 @@ import struct
 
 import aiocoap.resource
 import pytest
-from aiocoap import CON, GET, Message
+from aiocoap import ACK, CON, EMPTY, GET, Message
 from aiocoap.transports.udp6 import UDP6EndpointAddress
 
 from mcobserve.aio import _glue
@@ -149,10 +149,16 @@ def test_address_cache_prints_the_same_strings():
 
 
 @pytest.mark.asyncio
-async def test_group_registration_is_acked_on_receipt_not_after_waiting_its_turn():
+async def test_group_registration_is_acked_on_receipt_when_others_wait_else_after_its_5_03():
     """In a storm a registration waits behind thousands of others; its answer is a separate CON 5.03
-    anyway (draft §4.2), so the empty ACK leaves while the datagram is received (no retransmission)."""
+    anyway (draft §4.2), so when more datagrams wait at the socket its empty ACK leaves while it is
+    received (no retransmission). With nothing waiting the 5.03 is ready at once and leaves first, the
+    ACK right after it (RFC 7252 §5.2.2 lets the response come first): the client has its answer one
+    datagram earlier."""
     import ipaddress
+
+    from aiocoap import CON as TYPE_CON
+    from aiocoap import SERVICE_UNAVAILABLE
 
     from mcobserve.aio.resources import TextResource
     from mcobserve.aio.server import GroupServer
@@ -161,6 +167,8 @@ async def test_group_registration_is_acked_on_receipt_not_after_waiting_its_turn
 
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
+    second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    second.bind(("127.0.0.1", 0))
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
@@ -182,11 +190,17 @@ async def test_group_registration_is_acked_on_receipt_not_after_waiting_its_turn
         address = ("::ffff:127.0.0.1", client.getsockname()[1], 0, 0)
         local = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
         pktinfo = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("16sI", local, 0))]
-        for mid, observe, path in ((0x10, 0, "r"), (0x11, None, "r"), (0x12, 0, "other")):
+
+        def registration(mid: int, path: str = "r", observe: int | None = 0) -> bytes:
             m = Message(code=GET, uri_path=(path,), observe=observe)
             m.mtype, m.mid, m.token = CON, mid, bytes([mid])
+            return m.encode()
+
+        # 1. others wait at the socket (the loop has not read them yet): ACKed on receipt
+        client.sendto(b"\x40\x00\x00\x01", ("127.0.0.1", port))  # waits: an empty CON ping
+        for mid, observe, path in ((0x10, 0, "r"), (0x11, None, "r"), (0x12, 0, "other")):
             sent.clear()
-            mif.datagram_msg_received(m.encode(), pktinfo, 0, address)  # nothing else runs in between
+            mif.datagram_msg_received(registration(mid, path, observe), pktinfo, 0, address)  # no loop turn
             acks = [d for d in sent if d[:2] == b"\x60\x00"]
             if path == "r" and observe == 0:
                 assert acks == [bytes((0x60, 0, 0, mid))]  # the empty ACK of that registration, at once
@@ -194,8 +208,21 @@ async def test_group_registration_is_acked_on_receipt_not_after_waiting_its_turn
                 assert acks == []  # a plain GET, or no group-observable resource: piggybacked later
         await asyncio.sleep(0.3)
         assert server.engine.observation(("r",)).count == 1
+
+        # 2. nothing waits: nothing before the rendering; the separate CON 5.03 first, then its empty ACK
+        # (another client: the first one's 5.03 waits for its ACK, and NSTART 1 holds the next back)
+        other = ("::ffff:127.0.0.1", second.getsockname()[1], 0, 0)
+        sent.clear()
+        mif.datagram_msg_received(registration(0x20), pktinfo, 0, other)
+        assert sent == []
+        await asyncio.sleep(0.05)  # far below aiocoap's EMPTY_ACK_DELAY
+        kinds = [Message.decode(d) for d in sent]
+        assert [(k.mtype, k.code) for k in kinds][:2] == [(TYPE_CON, SERVICE_UNAVAILABLE), (ACK, EMPTY)]
+        assert kinds[1].mid == 0x20 and kinds[0].token == bytes([0x20])
+        assert server.engine.observation(("r",)).count == 2
     finally:
         client.close()
+        second.close()
         await server.shutdown()
 
 
@@ -232,6 +259,7 @@ async def test_registrations_acked_on_receipt_still_respect_the_in_flight_cap():
         mif = _glue.udp_message_manager(server.ctx).message_interface
         local = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
         pktinfo = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("16sI", local, 0))]
+        clients[0].sendto(b"\x40\x00\x00\x01", ("127.0.0.1", port))  # more waits at the socket: a storm
         for k, c in enumerate(clients):  # six observers that never ACK (one exchange each, NSTART 1)
             m = Message(code=GET, uri_path=("r",), observe=0)
             m.mtype, m.mid, m.token = CON, 0x20 + k, bytes([0x20 + k])
@@ -248,7 +276,7 @@ async def test_registrations_acked_on_receipt_still_respect_the_in_flight_cap():
                     break
         busy = [a for a in answers if a.code == SERVICE_UNAVAILABLE and a.opt.content_format is None]
         assert busy and all(a.mtype is NON and a.opt.max_age == 5 for a in busy)
-        assert len([a for a in answers if a.code.dotted == "0.00"]) == 6  # every one ACKed on receipt
+        assert len([a for a in answers if a.code.dotted == "0.00" and a.mtype is ACK]) == 6  # on receipt
     finally:
         for c in clients:
             c.close()

@@ -127,8 +127,8 @@ async def test_informative_responses_in_flight_are_capped():
         for s in socks:
             s.close()
         await server.shutdown()
-    for answers in got[:2]:  # empty ACK, then the separate CON informative response
-        assert [a[:2] for a in answers] == [(ACK, EMPTY), (CON, SERVICE_UNAVAILABLE)] and answers[1][3] > 0
+    for answers in got[:2]:  # the separate CON informative response (ready at once), then the empty ACK
+        assert [a[:2] for a in answers] == [(CON, SERVICE_UNAVAILABLE), (ACK, EMPTY)] and answers[0][3] > 0
     for answers in got[2:]:
         assert answers == [(ACK, SERVICE_UNAVAILABLE, 7, 0)]
     assert server.busy == 2

@@ -223,6 +223,9 @@ class GroupServer:
         self._prerendering: set[Path] = set()
         #: Registrations answered with a plain 5.03 because too many CON responses were in flight.
         self.busy = 0
+        #: With OSCORE contexts from files: done once their replay-window state is on disk (see
+        #: :func:`mcobserve.aio._glue.mark_replay_windows`); its result is how many were marked.
+        self.replay_windows_marked: asyncio.Task[int] | None = None
 
     @classmethod
     async def create(
@@ -322,6 +325,11 @@ class GroupServer:
                 (limits.dedup_verified, limits.dedup_unverified),
             )
         site.add_resource(IntrospectionResource.PATH, IntrospectionResource(server))
+        if server_credentials is not None:  # off each client's first request (RFC 8613 App. B.1.2)
+            marking = asyncio.create_task(_glue.mark_replay_windows(server_credentials))
+            server.replay_windows_marked = marking
+            server._tasks.add(marking)  # type: ignore[arg-type]
+            marking.add_done_callback(server._tasks.discard)  # type: ignore[arg-type]
         server._emit("started", server=str(bind), group=str(group))
         return server
 
@@ -479,8 +487,10 @@ class GroupServer:
             return
         response = self.engine.informative_response(obs, as_sent, self.clock())
         response.mtype = CON
-        _glue.acknowledge_now(request)  # Confirmable, separate (draft §4.2)
+        ack = _glue.acknowledge_later(request)  # Confirmable, separate (draft §4.2)
         pipe.add_response(response, is_last=True)
+        if ack is not None:  # after the response: it may pass through aiocoap's OSCORE task first
+            asyncio.get_running_loop().call_soon(ack)
 
     async def _start(self, obs: GroupObservation, shifted: Sequence[tuple[Any, Message]]) -> None:
         ready = self._ready[obs] = asyncio.Event()

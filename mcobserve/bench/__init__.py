@@ -18,3 +18,11 @@ GROUP_MODES = ("group", "group-oscore")
 """Modes with one multicast notification per update."""
 CON_MODES = ("traditional-con", "traditional-oscore-con")
 """Modes with CON notifications (one ACK per observer and update)."""
+WARMUPS = 16
+"""Warm-up resources per case, one registration each before the measurements (see the harness): CPython
+3.11 runs code slower until it ran it several times and specialised it; a serving process has."""
+
+
+def warmup_path(k: int) -> str:
+    """The Uri-Path of warm-up resource ``k`` (0 <= k < WARMUPS)."""
+    return f"w{k}"

@@ -27,20 +27,18 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import CON_MODES, DEFAULT_MODES, GROUP_MODES, MODES, SECURED_MODES
+from . import CON_MODES, DEFAULT_MODES, GROUP_MODES, MODES, SECURED_MODES, WARMUPS, warmup_path
 
 #: The folder holding the ``mcobserve`` package (a checkout or site-packages), for the children.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 GROUP = "[ff35:30:2001:db8::23]:61616"
 SERVER_PORT = 5683
-#: The server's second resource, for the warm-up request (server_proc.WARMUP_PATH).
-WARMUP_PATH = "w"
 NULL_UPDATES = 5
 #: Updates measured even when a case runs over its budget.
 MIN_UPDATES = 3
@@ -49,6 +47,7 @@ BURST_FIRST_SEQ = 50_000_000
 BURST_BUDGET = 10.0
 QUICK_OBSERVERS = (1, 20, 200)
 QUICK_UPDATES = 5
+QUICK_REGISTRATION_RUNS = 3
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
 
@@ -92,12 +91,18 @@ class BenchConfig:
     #: Where the secured modes' per-case OSCORE folder is made (None: /dev/shm if usable, else the
     #: system's temporary folder). aiocoap's server contexts write and fsync their sequence numbers there.
     credentials_parent: str | None = None
+    #: Cases with fewer observers than ``repeat_below`` run this many times (modes interleaved, fresh
+    #: processes each time) and report the run with the median registration time: a registration of 1
+    #: or 10 observers takes about a millisecond, and one run alone is mostly noise.
+    registration_runs: int = 7
+    repeat_below: int = 100
 
     @classmethod
     def quick(cls, **kw: Any) -> BenchConfig:
         """A run that finishes within a minute."""
         kw.setdefault("observers", list(QUICK_OBSERVERS))
         kw.setdefault("updates", QUICK_UPDATES)
+        kw.setdefault("registration_runs", QUICK_REGISTRATION_RUNS)
         return cls(**kw)
 
     def validate(self) -> None:
@@ -114,6 +119,8 @@ class BenchConfig:
             raise ValueError("listener must be 'observer' or 'process'")
         if not 1 <= self.processes <= 64:
             raise ValueError("processes must be within 1..64")
+        if self.registration_runs < 1:
+            raise ValueError("registration runs must be >= 1")
 
 
 @dataclass
@@ -160,6 +167,9 @@ class Registration:
     server_received: int
     server_observers: int  # what the server counts (COUNT, or aiocoap's observations)
     open_exchanges: int  # CON exchanges still open after waiting for quiet (should be 0)
+    #: ``seconds`` of every run of this (mode, N) when the case ran more than once (small N, see
+    #: ``BenchConfig.registration_runs``); the fields above are those of the median run.
+    runs: tuple[float, ...] = ()
 
 
 @dataclass
@@ -525,15 +535,17 @@ def run_case(lab: Any, cfg: BenchConfig, mode: str, n: int, progress: ProgressFn
         server_ready = server.expect(lambda e: e.get("ev") == "ready", 30, "ready")
         for c in clients:
             c.expect(lambda e: e.get("ev") == "ready", 60, "ready")
-        # -- warm-up: one request to a second resource of the server, the same in both modes of a pair --
-        # A fresh process pays once for what it does the first time (OpenSSL's first AES-CCM use,
-        # Python code run for the first time, which CPython 3.11 runs slower until it specialised it);
-        # that is no cost of a registration. Secured modes: a registration (its own context); the
-        # group mode's group observation of that resource is then cancelled. The measured resource is
-        # untouched: its registrations still start its group observation.
-        warm = clients[0].request("warmup", 30, ctx=n + 1, path=WARMUP_PATH)
-        if not warm.get("ok"):
-            raise BenchError(f"{mode} N={n}: the warm-up request failed: {warm.get('why')}")
+        # -- warm-up: one request to each of WARMUPS other resources, the same in every mode -----------
+        # A fresh process pays for what it does the first few times (OpenSSL's first AES-CCM use,
+        # Python code run for the first times, which CPython 3.11 runs slower until it specialised it);
+        # a serving process has long paid for it, and it is no cost of a registration. Secured modes: a
+        # registration each (one context of its own); the group mode's group observations of those
+        # resources are then cancelled. The measured resource is untouched: its registrations still
+        # start its group observation.
+        for k in range(WARMUPS):
+            warm = clients[0].request("warmup", 30, ctx=n + 1, path=warmup_path(k))
+            if not warm.get("ok"):
+                raise BenchError(f"{mode} N={n}: the warm-up request failed: {warm.get('why')}")
         server.request("warmed", 10)
         s0 = server.request("stats", 10, gc=True)
         server_pid = int(server_ready["pid"])
@@ -741,10 +753,30 @@ def run_bench(
     with OneHost() as lab:
         machine["rps_mask"] = steer_receive(lab, cfg) or "off"
         for n in cfg.observers:
+            runs = cfg.registration_runs if n < cfg.repeat_below else 1
+            per_mode: dict[str, list[Case]] = {mode: [] for mode in cfg.modes}
+            for _ in range(runs):  # the modes take turns: a drift of the machine hits them alike
+                for mode in cfg.modes:
+                    if progress is not None:
+                        progress("case", {"mode": mode, "n": n, "index": len(cases)})
+                    per_mode[mode].append(run_case(lab, cfg, mode, n, progress))
             for mode in cfg.modes:
-                if progress is not None:
-                    progress("case", {"mode": mode, "n": n, "index": len(cases)})
-                cases.append(run_case(lab, cfg, mode, n, progress))
+                cases.append(median_run(per_mode[mode]))
                 if on_case is not None:
                     on_case(BenchResult(cfg, list(cases), machine, started, time.monotonic() - t0))
     return BenchResult(cfg, cases, machine, started, time.monotonic() - t0)
+
+
+def median_run(runs: list[Case]) -> Case:
+    """One case from several runs of the same (mode, N): the first run's updates, the registration of the
+    run with the median registration time (with every run's time in ``registration.runs``), and every
+    run's errors."""
+    first = runs[0]
+    if len(runs) == 1:
+        return first
+    ordered = sorted(runs, key=lambda c: c.registration.seconds)
+    middle = ordered[(len(ordered) - 1) // 2]
+    first.registration = replace(middle.registration, runs=tuple(c.registration.seconds for c in runs))
+    for k, c in enumerate(runs[1:], start=2):
+        first.errors += [f"run {k}: {e}" for e in c.errors]
+    return first

@@ -52,11 +52,12 @@ from aiocoap.numbers.contentformat import ContentFormat
 from mcobserve.aio import _glue
 from mcobserve.engine.common import Endpoint
 
-from . import CON_MODES, GROUP_MODES, MODES, SECURED_MODES
+from . import CON_MODES, GROUP_MODES, MODES, SECURED_MODES, WARMUPS, warmup_path
 
 PATH = ("r",)
 #: A second resource of the same kind, observed once by the warm-up client before the measurements.
-WARMUP_PATH = ("w",)
+#: Resources of the same kind, observed once each by the warm-up client before the measurements.
+WARMUP_PATHS = tuple((warmup_path(k),) for k in range(WARMUPS))
 #: Self-managed group material lives this long (longer than any case: no rekeying, no cancellation).
 KEY_LIFETIME = 24 * 3600.0
 
@@ -258,20 +259,24 @@ class Bench:
                 server_credentials=credentials,
                 congestion=CongestionControl(interval=0),  # the benchmark measures the sender's limits
             )
+            if self.server.replay_windows_marked is not None:  # done at start, as a serving process has
+                await self.server.replay_windows_marked
             self.resource = TextResource(value(0))
             self.server.add_resource(PATH, self.resource, GroupPolicy(min_interval=0, counting=None))
-            self.server.add_resource(
-                WARMUP_PATH, TextResource(value(0)), GroupPolicy(min_interval=0, counting=None)
-            )
+            for wp in WARMUP_PATHS:
+                self.server.add_resource(
+                    wp, TextResource(value(0)), GroupPolicy(min_interval=0, counting=None)
+                )
             self.ctx = self.server.ctx
         else:
             site: Any = aiocoap.resource.Site()
             self.resource = PlainResource(value(0), reliable=args.mode in CON_MODES)
             site.add_resource(PATH, self.resource)
-            site.add_resource(WARMUP_PATH, PlainResource(value(0), reliable=args.mode in CON_MODES))
+            for wp in WARMUP_PATHS:
+                site.add_resource(wp, PlainResource(value(0), reliable=args.mode in CON_MODES))
             transports = ["udp6"]
             if credentials is not None:
-                site = _glue.oscore_site(site, credentials)
+                site = _glue.oscore_site(site, credentials, lean=False)  # aiocoap's own: the baseline
                 transports = ["oscore", "udp6"]  # as GroupServer.create does with credentials
             self.ctx = await aiocoap.Context.create_server_context(
                 site,
@@ -312,7 +317,8 @@ class Bench:
         """The warm-up is over: a group observation of the warm-up resource ends (its one multicast
         5.03 leaves before the measurements start); a traditional one stays, without changes."""
         if self.args.mode in GROUP_MODES:
-            self.server.remove_resource(WARMUP_PATH)
+            for wp in WARMUP_PATHS:
+                self.server.remove_resource(wp)
             await asyncio.sleep(0.05)
         return {"ok": True}
 

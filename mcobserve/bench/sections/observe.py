@@ -58,6 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds of updates per case; slower cases stop early, after at least 3 (default 60)",
     )
+    p.add_argument(
+        "--registration-runs",
+        type=int,
+        metavar="R",
+        help="runs of each case below 100 observers; the median registration is reported "
+        "(default 7; --quick 3)",
+    )
     x = p.add_argument_group("experiments (change the server; not the default comparison)")
     x.add_argument(
         "--aiocoap-backlog-fix",
@@ -95,6 +102,8 @@ def _config(args: argparse.Namespace) -> Any:
             ) from None
     if args.updates is not None:
         kw["updates"] = args.updates
+    if args.registration_runs is not None:
+        kw["registration_runs"] = args.registration_runs
     if args.modes:
         kw["modes"] = [m.strip() for m in args.modes.split(",") if m.strip()]
     cfg = harness.BenchConfig.quick(**kw) if args.quick else harness.BenchConfig(**kw)
