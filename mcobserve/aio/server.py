@@ -501,14 +501,15 @@ class GroupServer:
             ready.set()
         if obs.cancelled:
             return
-        self._emit(
-            "group_observation_started",
-            resource=_path_str(obs.path),
-            token=obs.token.hex(),
-            group=str(obs.group),
-            server=str(obs.server),
-            shifted=len(shifted),
-        )
+        if self.on_event is not None:
+            self._emit(
+                "group_observation_started",
+                resource=_path_str(obs.path),
+                token=obs.token.hex(),
+                group=str(obs.group),
+                server=str(obs.server),
+                shifted=len(shifted),
+            )
         now = self.clock()
         for key, request in shifted:
             servobs = self._traditional.pop((obs.path, key), None)

@@ -9,6 +9,7 @@ The aiocoap adapter (:mod:`mcobserve.aio.server`) executes those actions.
 from __future__ import annotations
 
 import enum
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -359,9 +360,9 @@ class GroupObservation:
     def active(self) -> bool:
         return not self.cancelled
 
-    @property
+    @functools.cached_property
     def tp_info(self) -> TpInfo:
-        """'tp_info' for CoAP over UDP (draft §4.2.1.1)."""
+        """'tp_info' for CoAP over UDP (draft §4.2.1.1); fixed for the group observation's lifetime."""
         return TpInfo(
             tpi_server=CRI(scheme_id=-1, host=self.server.host, port=self.server.port),
             tpi_client=CRI(scheme_id=-1, host=self.group.host, port=self.group.port),
