@@ -129,6 +129,17 @@ def acknowledge_later(request: Message) -> Callable[[], None] | None:
     return functools.partial(mman._send_empty_ack, remote, mid, "separate informative response (draft §4.2)")
 
 
+def respond_separately(pipe: aiocoap.pipe.Pipe, response: Message) -> None:
+    """Send ``response`` to ``pipe``'s request as a Confirmable separate response (RFC 7252 §5.2.2), e.g.
+    an informative response (draft §4.2): the response first, the request's empty ACK right after it
+    (unless that ACK already went out)."""
+    response.mtype = CON
+    ack = acknowledge_later(pipe.request)
+    pipe.add_response(response, is_last=True)
+    if ack is not None:  # after the response, which may pass through the OSCORE protection first
+        asyncio.get_running_loop().call_soon(ack)
+
+
 def is_oscore_protected(message: Message) -> bool:
     """Did this request or response come over (unicast) OSCORE, unprotected by aiocoap (RFC 8613)?"""
     return isinstance(message.remote, OSCOREAddress)

@@ -486,11 +486,7 @@ class GroupServer:
             )
             return
         response = self.engine.informative_response(obs, as_sent, self.clock())
-        response.mtype = CON
-        ack = _glue.acknowledge_later(request)  # Confirmable, separate (draft §4.2)
-        pipe.add_response(response, is_last=True)
-        if ack is not None:  # after the response: it may pass through aiocoap's OSCORE task first
-            asyncio.get_running_loop().call_soon(ack)
+        _glue.respond_separately(pipe, response)  # Confirmable, separate (draft §4.2)
 
     async def _start(self, obs: GroupObservation, shifted: Sequence[tuple[Any, Message]]) -> None:
         ready = self._ready[obs] = asyncio.Event()

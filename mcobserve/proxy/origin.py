@@ -18,7 +18,7 @@ from typing import Any
 import aiocoap
 import aiocoap.interfaces
 import aiocoap.pipe
-from aiocoap import CON, Message
+from aiocoap import Message
 
 from ..aio import _glue
 from ..aio.server import GroupServer
@@ -75,8 +75,6 @@ class PhantomRecognizer(aiocoap.interfaces.Resource):
         # Always the full 'tp_info': the reverse proxy (or client) that sent it listens to the group
         # itself (proxy draft §10.1, step 2), even when other responses name a stand-in.
         response = self.server.engine.informative_response(obs, request, now, full_tp_info=True)
-        response.mtype = CON
-        _glue.acknowledge_now(request)  # Confirmable, separate (draft §4.2)
         if self.server.on_event is not None:
             self.server.on_event(
                 {
@@ -87,7 +85,7 @@ class PhantomRecognizer(aiocoap.interfaces.Resource):
                     "token": obs.token.hex(),
                 }
             )
-        pipe.add_response(response, is_last=True)
+        _glue.respond_separately(pipe, response)  # Confirmable, separate (draft §4.2)
 
 
 def stand_in_cri(proxy: Endpoint) -> CRI:
