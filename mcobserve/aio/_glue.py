@@ -164,11 +164,11 @@ def oscore_site(
     return (
         _lean_oscore_site_class()(site, server_credentials)
         if lean
-        else _OscoreSiteWrapper()(site, server_credentials)
+        else _aiocoap_oscore_site_class()(site, server_credentials)
     )
 
 
-def _OscoreSiteWrapper() -> type:
+def _aiocoap_oscore_site_class() -> type:
     from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
     return OscoreSiteWrapper
