@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import socket
 
 import aiocoap
 import pytest
@@ -26,41 +25,20 @@ from aiocoap import (
 from mcobserve.aio.authz import Policy, requester
 from mcobserve.aio.resources import TextResource
 from mcobserve.aio.server import GroupServer
-from mcobserve.cli.credentials import write_oscore_contexts
-from mcobserve.cli.main import UsageError, load_credentials
+from mcobserve.cli.main import UsageError
 from mcobserve.cli.security import server_options
 from mcobserve.engine.common import Endpoint
 
+from .oscorekit import GROUP, LOCAL, client, free_port, oscore_server
+
 pytestmark = pytest.mark.asyncio
-
-LOCAL = "127.0.0.1"
-GROUP = Endpoint(ipaddress.ip_address("239.255.0.23"), 61616)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((LOCAL, 0))
-        return s.getsockname()[1]
 
 
 async def secured_server(tmp_path, **kw) -> tuple[GroupServer, TextResource, str]:
-    port = free_port()
-    write_oscore_contexts(tmp_path, f"{LOCAL}:{port}", 3)
-    creds = aiocoap.credentials.CredentialsMap()
-    creds.load_from_dict(load_credentials(str(tmp_path / "server.json")))
-    server = await GroupServer.create(
-        Endpoint(ipaddress.ip_address(LOCAL), port), GROUP, server_credentials=creds, **kw
-    )
+    server, port = await oscore_server(tmp_path, **kw)
     resource = TextResource("secret")
     server.add_resource(["r"], resource)
     return server, resource, f"coap://{LOCAL}:{port}"
-
-
-async def client(tmp_path, i: int | None) -> aiocoap.Context:
-    ctx = await aiocoap.Context.create_client_context()
-    if i is not None:
-        ctx.client_credentials.load_from_dict(load_credentials(str(tmp_path / f"client-{i}.json")))
-    return ctx
 
 
 async def ask(ctx: aiocoap.Context, code: Code, uri: str, **kw) -> Message:

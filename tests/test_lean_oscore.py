@@ -5,7 +5,6 @@ instead of on each client's first request (RFC 8613 Appendix B.1.2). Unicast on 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import socket
 from pathlib import Path
@@ -18,20 +17,10 @@ from aiocoap.oscore import FilesystemSecurityContext
 
 from mcobserve.aio.server import GroupServer
 from mcobserve.bench.secured import MemoryContext
-from mcobserve.cli.credentials import write_oscore_contexts
-from mcobserve.cli.main import load_credentials
-from mcobserve.engine.common import Endpoint
+
+from .oscorekit import LOCAL, client, oscore_server
 
 pytestmark = pytest.mark.asyncio
-
-LOCAL = "127.0.0.1"
-GROUP = Endpoint(ipaddress.ip_address("239.255.0.23"), 61616)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((LOCAL, 0))
-        return s.getsockname()[1]
 
 
 class Counter(aiocoap.resource.ObservableResource):
@@ -54,21 +43,9 @@ class Broken(aiocoap.resource.Resource):
         raise RuntimeError("a bug in a resource")
 
 
-async def secured(tmp_path: Path, clients: int = 3) -> tuple[GroupServer, str, int]:
-    port = free_port()
-    write_oscore_contexts(tmp_path, f"{LOCAL}:{port}", clients)
-    creds = aiocoap.credentials.CredentialsMap()
-    creds.load_from_dict(load_credentials(str(tmp_path / "server.json")))
-    server = await GroupServer.create(
-        Endpoint(ipaddress.ip_address(LOCAL), port), GROUP, server_credentials=creds
-    )
+async def secured(tmp_path: Path) -> tuple[GroupServer, str, int]:
+    server, port = await oscore_server(tmp_path)
     return server, f"coap://{LOCAL}:{port}", port
-
-
-async def client(tmp_path: Path, i: int) -> aiocoap.Context:
-    ctx = await aiocoap.Context.create_client_context()
-    ctx.client_credentials.load_from_dict(load_credentials(str(tmp_path / f"client-{i}.json")))
-    return ctx
 
 
 def sequence_file(tmp_path: Path, i: int) -> dict:

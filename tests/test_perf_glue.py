@@ -148,27 +148,15 @@ def test_address_cache_prints_the_same_strings():
     assert remote.hostinfo == "127.0.0.1:40000"
 
 
-@pytest.mark.asyncio
-async def test_group_registration_is_acked_on_receipt_when_others_wait_else_after_its_5_03():
-    """In a storm a registration waits behind thousands of others; its answer is a separate CON 5.03
-    anyway (draft §4.2), so when more datagrams wait at the socket its empty ACK leaves while it is
-    received (no retransmission). With nothing waiting the 5.03 is ready at once and leaves first, the
-    ACK right after it (RFC 7252 §5.2.2 lets the response come first): the client has its answer one
-    datagram earlier."""
+async def _loopback_group_server(**kw):
+    """A GroupServer on 127.0.0.1 (trusted network) with a group-observable /r; returns it and its port."""
     import ipaddress
-
-    from aiocoap import CON as TYPE_CON
-    from aiocoap import SERVICE_UNAVAILABLE
 
     from mcobserve.aio.resources import TextResource
     from mcobserve.aio.server import GroupServer
     from mcobserve.engine.common import Endpoint
     from mcobserve.engine.server import GroupPolicy
 
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    second.bind(("127.0.0.1", 0))
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
@@ -177,9 +165,38 @@ async def test_group_registration_is_acked_on_receipt_when_others_wait_else_afte
         Endpoint(ipaddress.ip_address("127.0.0.1"), port),
         Endpoint.parse("239.255.0.23:61616"),
         trusted_network=True,
+        **kw,
     )
+    server.add_resource(("r",), TextResource("v"), GroupPolicy(min_interval=0, counting=None))
+    return server, port
+
+
+#: IPV6_PKTINFO of a datagram that reached the server at 127.0.0.1 (v4-mapped).
+PKTINFO_LO = [
+    (
+        socket.IPPROTO_IPV6,
+        socket.IPV6_PKTINFO,
+        struct.pack("16sI", socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1"), 0),
+    )
+]
+
+
+@pytest.mark.asyncio
+async def test_group_registration_is_acked_on_receipt_when_others_wait_else_after_its_5_03():
+    """In a storm a registration waits behind thousands of others; its answer is a separate CON 5.03
+    anyway (draft §4.2), so when more datagrams wait at the socket its empty ACK leaves while it is
+    received (no retransmission). With nothing waiting the 5.03 is ready at once and leaves first, the
+    ACK right after it (RFC 7252 §5.2.2 lets the response come first): the client has its answer one
+    datagram earlier."""
+    from aiocoap import CON as TYPE_CON
+    from aiocoap import SERVICE_UNAVAILABLE
+
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    second.bind(("127.0.0.1", 0))
+    server, port = await _loopback_group_server()
     try:
-        server.add_resource(("r",), TextResource("v"), GroupPolicy(min_interval=0, counting=None))
         mif = _glue.udp_message_manager(server.ctx).message_interface
         sent: list[bytes] = []
         real = mif.transport.sendmsg
@@ -188,8 +205,7 @@ async def test_group_registration_is_acked_on_receipt_when_others_wait_else_afte
             real(data, anc, flags, addr),
         )
         address = ("::ffff:127.0.0.1", client.getsockname()[1], 0, 0)
-        local = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
-        pktinfo = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("16sI", local, 0))]
+        pktinfo = PKTINFO_LO
 
         def registration(mid: int, path: str = "r", observe: int | None = 0) -> bytes:
             m = Message(code=GET, uri_path=(path,), observe=observe)
@@ -230,35 +246,18 @@ async def test_group_registration_is_acked_on_receipt_when_others_wait_else_afte
 async def test_registrations_acked_on_receipt_still_respect_the_in_flight_cap():
     """Registrations ACKed on receipt that meet the cap of informative responses in flight when their
     turn comes get the plain 5.03 Non-confirmable: clients that never ACK hold no more exchanges."""
-    import ipaddress
-
     from aiocoap import NON, SERVICE_UNAVAILABLE
 
-    from mcobserve.aio.resources import TextResource
-    from mcobserve.aio.server import GroupServer
     from mcobserve.aio.sourceguard import GuardLimits
-    from mcobserve.engine.common import Endpoint
-    from mcobserve.engine.server import GroupPolicy
 
     clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(6)]
     for c in clients:
         c.bind(("127.0.0.1", 0))
         c.setblocking(False)
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    server = await GroupServer.create(
-        Endpoint(ipaddress.ip_address("127.0.0.1"), port),
-        Endpoint.parse("239.255.0.23:61616"),
-        trusted_network=True,
-        guard_limits=GuardLimits(max_in_flight=2),
-    )
+    server, port = await _loopback_group_server(guard_limits=GuardLimits(max_in_flight=2))
     try:
-        server.add_resource(("r",), TextResource("v"), GroupPolicy(min_interval=0, counting=None))
         mif = _glue.udp_message_manager(server.ctx).message_interface
-        local = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
-        pktinfo = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("16sI", local, 0))]
+        pktinfo = PKTINFO_LO
         clients[0].sendto(b"\x40\x00\x00\x01", ("127.0.0.1", port))  # more waits at the socket: a storm
         for k, c in enumerate(clients):  # six observers that never ACK (one exchange each, NSTART 1)
             m = Message(code=GET, uri_path=("r",), observe=0)

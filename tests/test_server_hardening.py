@@ -15,14 +15,7 @@ from mcobserve.aio.server import GroupServer, ensure_unserved
 from mcobserve.engine.common import Endpoint
 from mcobserve.errors import AddressInUseError
 
-LOCAL = "127.0.0.1"
-GROUP = Endpoint(ipaddress.ip_address("239.255.0.23"), 61616)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((LOCAL, 0))
-        return s.getsockname()[1]
+from .oscorekit import GROUP, LOCAL, free_port
 
 
 def here(port: int) -> Endpoint:

@@ -591,9 +591,9 @@ def install_datagram_hooks(ctx: Context, hooks: DatagramHooks) -> None:
                 ack_pending(message.remote, message.token)
         elif (
             ack_at_once is not None
-            and _waiting(sock)
             and ack_at_once(source, message)
             and hooks.may_ack_early(source, message)
+            and _waiting(sock)  # last: a system call, only for registrations
         ):
             # Answered separately anyway, and more datagrams wait: ACK now, before this request waits its
             # turn. With nothing waiting the response is ready at once and leaves first, its ACK right

@@ -216,7 +216,7 @@ class GroupServer:
         self._phantoms: dict[GroupObservation, Message] = {}
         self._remote = _glue.group_remote(ctx, engine.group, engine.server, ifindex)
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._timer = asyncio.create_task(self._run_timers())
         self._closed = False
         self.datagrams_sent = 0
@@ -326,10 +326,7 @@ class GroupServer:
             )
         site.add_resource(IntrospectionResource.PATH, IntrospectionResource(server))
         if server_credentials is not None:  # off each client's first request (RFC 8613 App. B.1.2)
-            marking = asyncio.create_task(_glue.mark_replay_windows(server_credentials))
-            server.replay_windows_marked = marking
-            server._tasks.add(marking)  # type: ignore[arg-type]
-            marking.add_done_callback(server._tasks.discard)  # type: ignore[arg-type]
+            server.replay_windows_marked = server._spawn(_glue.mark_replay_windows(server_credentials))
         server._emit("started", server=str(bind), group=str(group))
         return server
 
@@ -613,10 +610,11 @@ class GroupServer:
         if self.engine.drop_init(path, init):
             self._prerender_soon(path)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _render(self, obs: GroupObservation, reason: RenderReason) -> None:
         """Process the phantom request inside the server, never on the wire (draft §4.1, steps 3-6)."""
@@ -768,9 +766,10 @@ class _Hooks:
 
     def ack_at_once(self, source: str, message: Message) -> bool:
         """A registration for a group observation: its informative response is a separate CON (draft
-        §4.2), so its empty ACK leaves on receipt, not after the request waited its turn in a storm (the
-        client would retransmit after ACK_TIMEOUT). Under OSCORE the path is encrypted: every protected
-        registration (Observe 0) counts, when the server has group-observable resources."""
+        §4.2), so when other datagrams wait (the adapter checks) its empty ACK leaves on receipt, not after
+        the request waited its turn in a storm (the client would retransmit after ACK_TIMEOUT). Under
+        OSCORE the path is encrypted: every protected registration (Observe 0) counts, when the server
+        has group-observable resources."""
         if message.opt.observe != 0 or message.code not in (GET, FETCH):
             return False
         server = self.server

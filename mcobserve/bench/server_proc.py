@@ -55,7 +55,6 @@ from mcobserve.engine.common import Endpoint
 from . import CON_MODES, GROUP_MODES, MODES, SECURED_MODES, WARMUPS, warmup_path
 
 PATH = ("r",)
-#: A second resource of the same kind, observed once by the warm-up client before the measurements.
 #: Resources of the same kind, observed once each by the warm-up client before the measurements.
 WARMUP_PATHS = tuple((warmup_path(k),) for k in range(WARMUPS))
 #: Self-managed group material lives this long (longer than any case: no rekeying, no cancellation).
